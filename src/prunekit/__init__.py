@@ -18,6 +18,7 @@ from prunekit.errors import (
     UnsupportedOpError,
 )
 from prunekit.masks import make_permanent
+from prunekit.weights import prune_weights, sparsity
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,6 @@ __all__ = [
     "UnsupportedOpError",
     "__version__",
     "make_permanent",
+    "prune_weights",
+    "sparsity",
 ]
