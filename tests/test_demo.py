@@ -1,0 +1,97 @@
+"""The demo runs, is seeded, and its table is sane (sparsity reached, fine-tuning helps, sizes shrink)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prunekit.demo import DemoConfig, DigitsCNN, human_bytes, run_demo
+from prunekit.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def small_result():  # type: ignore[no-untyped-def]
+    cfg = DemoConfig(
+        sparsities=(0.5, 0.9),
+        criteria=("magnitude", "wanda"),
+        channel_ratios=(0.5,),
+        epochs=6,
+        finetune_epochs=1,
+        latency_repeats=5,
+    )
+    return run_demo(cfg)
+
+
+def test_demo_table_is_sane(small_result) -> None:  # type: ignore[no-untyped-def]
+    rows = small_result.rows
+    dense = rows[0]
+    assert dense.method == "dense" and dense.sparsity == pytest.approx(0.0, abs=1e-3)
+    assert dense.accuracy_finetuned > 0.9  # digits is easy: a trained CNN is far above chance (0.1)
+    weights = [r for r in rows if r.method == "weights"]
+    assert {(r.criterion, r.target) for r in weights} == {
+        (c, s) for c in ("magnitude", "wanda") for s in (0.5, 0.9)
+    }
+    for r in weights:
+        assert r.sparsity == pytest.approx(r.target, abs=0.01)
+        assert r.params == dense.params
+        # non-zeros drop by the pruned fraction of the prunable weights (biases/BN are not pruned)
+        assert r.nonzeros < dense.nonzeros * (1 - r.target) + 1000
+        assert 0.0 <= r.accuracy_pruned <= 1.0 and r.accuracy_finetuned > 0.8
+        assert r.file_bytes > 0
+    high = [r for r in weights if r.target == 0.9]
+    assert all(r.nonzeros < [w for w in weights if w.target == 0.5][0].nonzeros for r in high)
+    for r in (r for r in rows if r.method == "channels"):
+        assert r.params < dense.params and r.macs < dense.macs  # channels are really gone
+        assert r.latency_ms is not None and r.latency_ms > 0
+
+
+def test_demo_is_seeded() -> None:
+    cfg = DemoConfig(
+        sparsities=(0.8,),
+        criteria=("magnitude",),
+        channel_ratios=(),
+        epochs=2,
+        finetune_epochs=1,
+        latency_repeats=3,
+    )
+    a, b = run_demo(cfg), run_demo(cfg)
+    strip = [(r.nonzeros, r.accuracy_pruned, r.accuracy_finetuned) for r in a.rows]
+    assert strip == [(r.nonzeros, r.accuracy_pruned, r.accuracy_finetuned) for r in b.rows]
+
+
+def test_demo_config_validates() -> None:
+    with pytest.raises(ConfigError, match="sparsities"):
+        DemoConfig(sparsities=(1.5,))
+    with pytest.raises(ConfigError, match="epochs"):
+        DemoConfig(epochs=0)
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(10) == "10 B"
+    assert human_bytes(2048) == "2.0 KiB"
+    assert human_bytes(3 * 1024**2) == "3.0 MiB"
+
+
+def test_digits_cnn_shapes() -> None:
+    import torch
+
+    assert DigitsCNN()(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+@pytest.mark.slow
+def test_prunekit_demo_command_full(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The real console command with its defaults, as the README runs it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunekit.cli", "demo", "--json", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert len(payload["rows"]) >= 1 + 2 * 4
+    assert payload["seconds"] < 60
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
