@@ -7,6 +7,8 @@ sensitivity analysis, and reports of what was gained.
 
 from __future__ import annotations
 
+from prunekit import schedules as schedules
+from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.errors import (
     ConfigError,
     DataRequiredError,
@@ -18,21 +20,39 @@ from prunekit.errors import (
     UnsupportedOpError,
 )
 from prunekit.masks import make_permanent
+from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
+from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
+from prunekit.training import evaluate, fit, train_epoch
 from prunekit.weights import prune_weights, sparsity
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelPruner",
+    "ChannelPrunerConfig",
     "ConfigError",
+    "ConstantSchedule",
+    "CubicSchedule",
     "DataRequiredError",
     "FormatError",
+    "IterativeSchedule",
     "ModuleNotFound",
     "PatternError",
     "PlanError",
     "PrunekitError",
+    "Pruner",
+    "PrunerConfig",
+    "RegrowthConfig",
+    "Schedule",
     "UnsupportedOpError",
     "__version__",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
     "make_permanent",
+    "make_schedule",
     "prune_weights",
+    "save_checkpoint",
     "sparsity",
+    "train_epoch",
 ]
