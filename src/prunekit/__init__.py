@@ -19,6 +19,7 @@ from prunekit.errors import (
     PrunekitError,
     UnsupportedOpError,
 )
+from prunekit.hf import save_pretrained, sync_hf_config
 from prunekit.masks import make_permanent
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
@@ -53,6 +54,8 @@ __all__ = [
     "make_schedule",
     "prune_weights",
     "save_checkpoint",
+    "save_pretrained",
     "sparsity",
+    "sync_hf_config",
     "train_epoch",
 ]
