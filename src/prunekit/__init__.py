@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prunekit import schedules as schedules
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.criteria import WeightCriterion, register_criterion
 from prunekit.errors import (
     ConfigError,
     DataRequiredError,
@@ -24,7 +25,14 @@ from prunekit.masks import make_permanent
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
 from prunekit.training import evaluate, fit, train_epoch
-from prunekit.weights import prune_weights, sparsity
+from prunekit.weights import (
+    SparsityReport,
+    WeightPruningConfig,
+    WeightPruningResult,
+    prune_weights,
+    sparsity,
+    sparsity_report,
+)
 
 __version__ = "0.1.0"
 
@@ -45,7 +53,11 @@ __all__ = [
     "PrunerConfig",
     "RegrowthConfig",
     "Schedule",
+    "SparsityReport",
     "UnsupportedOpError",
+    "WeightCriterion",
+    "WeightPruningConfig",
+    "WeightPruningResult",
     "__version__",
     "evaluate",
     "fit",
@@ -53,9 +65,11 @@ __all__ = [
     "make_permanent",
     "make_schedule",
     "prune_weights",
+    "register_criterion",
     "save_checkpoint",
     "save_pretrained",
     "sparsity",
+    "sparsity_report",
     "sync_hf_config",
     "train_epoch",
 ]
