@@ -139,7 +139,7 @@ def test_pruner_state_dict_round_trip() -> None:
     for _ in range(4):
         _step(model, opt, pruner)
         _step(model2, opt2, p2)
-    for a, b in zip(model.parameters(), model2.parameters()):
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
