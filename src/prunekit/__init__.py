@@ -21,6 +21,7 @@ from prunekit.errors import (
     UnsupportedOpError,
 )
 from prunekit.hf import save_pretrained, sync_hf_config
+from prunekit.io import information_limit_bits, load, save
 from prunekit.masks import make_permanent
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
@@ -61,11 +62,14 @@ __all__ = [
     "__version__",
     "evaluate",
     "fit",
+    "information_limit_bits",
+    "load",
     "load_checkpoint",
     "make_permanent",
     "make_schedule",
     "prune_weights",
     "register_criterion",
+    "save",
     "save_checkpoint",
     "save_pretrained",
     "sparsity",

@@ -63,7 +63,11 @@ class Calibration:
     max_batches: int = 8
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int) or self.max_batches < 1:
+        if (
+            isinstance(self.max_batches, bool)
+            or not isinstance(self.max_batches, int)
+            or self.max_batches < 1
+        ):
             raise ConfigError(f"max_batches must be a positive int, got {self.max_batches!r}")
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise ConfigError(f"loss_fn must be callable (outputs, targets) -> scalar, got {self.loss_fn!r}")
@@ -197,7 +201,7 @@ class _GradientCriterion(WeightCriterion):
                 for t in targets
             }
         finally:
-            for p, g, flag in zip(params, saved_grads, saved_flags):
+            for p, g, flag in zip(params, saved_grads, saved_flags, strict=True):
                 p.grad = g
                 p.requires_grad_(flag)
             model.train(was_training)

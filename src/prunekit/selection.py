@@ -181,7 +181,9 @@ def resolve_targets(
                 return True
             if isinstance(sel, str) and is_default_type(module):
                 if _is_glob(sel):
-                    parents = [n for n, _ in modules if n and _inside(name, n) and fnmatch.fnmatchcase(n, sel)]
+                    parents = [
+                        n for n, _ in modules if n and _inside(name, n) and fnmatch.fnmatchcase(n, sel)
+                    ]
                     if parents:
                         return True
                 elif _inside(name, sel):
@@ -215,4 +217,12 @@ def resolve_targets(
     return targets, skipped
 
 
-__all__ = ["DEFAULT_TYPES", "Skipped", "Target", "input_dim", "is_default_type", "is_hf_conv1d", "resolve_targets"]
+__all__ = [
+    "DEFAULT_TYPES",
+    "Skipped",
+    "Target",
+    "input_dim",
+    "is_default_type",
+    "is_hf_conv1d",
+    "resolve_targets",
+]

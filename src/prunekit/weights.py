@@ -56,7 +56,9 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
         raise ConfigError(f"pattern must be a string 'N:M' such as '2:4' or '4:8', got {pattern!r}")
     n, m = int(match.group(1)), int(match.group(2))
     if not 0 < n < m:
-        raise ConfigError(f"pattern {pattern!r}: need 0 < N < M (keep N of every M weights), got N={n}, M={m}")
+        raise ConfigError(
+            f"pattern {pattern!r}: need 0 < N < M (keep N of every M weights), got N={n}, M={m}"
+        )
     return n, m
 
 
@@ -85,7 +87,9 @@ class WeightPruningConfig:
         nm = parse_pattern(self.pattern)
         if self.sparsity is None:
             if nm is None:
-                raise ConfigError("sparsity is required (a float in [0, 1), e.g. sparsity=0.9) unless pattern= is given")
+                raise ConfigError(
+                    "sparsity is required (a float in [0, 1), e.g. sparsity=0.9) unless pattern= is given"
+                )
         else:
             if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
                 raise ConfigError(f"sparsity must be a float in [0, 1), got {self.sparsity!r}")
@@ -101,7 +105,11 @@ class WeightPruningConfig:
                 )
         if self.scope not in ("global", "layer"):
             raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
-        if isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int) or self.max_batches < 1:
+        if (
+            isinstance(self.max_batches, bool)
+            or not isinstance(self.max_batches, int)
+            or self.max_batches < 1
+        ):
             raise ConfigError(f"max_batches must be a positive int, got {self.max_batches!r}")
         if not isinstance(self.chunk_elements, int) or self.chunk_elements < 1:
             raise ConfigError(f"chunk_elements must be a positive int, got {self.chunk_elements!r}")
@@ -139,17 +147,28 @@ class LayerSparsity:
 def _table(rows: Sequence[LayerSparsity], extra: Sequence[str] = ()) -> str:
     header = ("layer", "type", "shape", "params", "zeros", "sparsity")
     body = [
-        (r.name or "(root)", r.kind, "x".join(map(str, r.shape)), f"{r.numel:,}", f"{r.zeros:,}", f"{r.sparsity:.2%}")
+        (
+            r.name or "(root)",
+            r.kind,
+            "x".join(map(str, r.shape)),
+            f"{r.numel:,}",
+            f"{r.zeros:,}",
+            f"{r.sparsity:.2%}",
+        )
         for r in rows
     ]
     total_n = sum(r.numel for r in rows)
     total_z = sum(r.zeros for r in rows)
-    body.append(("total", "", "", f"{total_n:,}", f"{total_z:,}", f"{(total_z / total_n if total_n else 0):.2%}"))
+    body.append(
+        ("total", "", "", f"{total_n:,}", f"{total_z:,}", f"{(total_z / total_n if total_n else 0):.2%}")
+    )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     right = (False, False, False, True, True, True)
 
     def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
 
     lines = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(b) for b in body[:-1]), fmt(body[-1])]
     return "\n".join([*lines, *extra])
@@ -248,8 +267,11 @@ class _Scorer:
                 raise ConfigError(f"criterion {self.criterion!r} returned NaN scores for {target.fqn!r}")
             keep = mask[rows] if mask is not None else None
             if self.nm is not None:
-                nm_keep = _nm_keep(scores.masked_fill(~keep, -math.inf) if keep is not None else scores,
-                                   target.in_dim, *self.nm)
+                nm_keep = _nm_keep(
+                    scores.masked_fill(~keep, -math.inf) if keep is not None else scores,
+                    target.in_dim,
+                    *self.nm,
+                )
                 keep = nm_keep if keep is None else keep & nm_keep
             if keep is not None:  # out of place: never write into a tensor the criterion may own
                 scores = scores.masked_fill(~keep, -math.inf)
@@ -373,7 +395,11 @@ def prune_weights(
         2
     """
     cfg = WeightPruningConfig(
-        sparsity=sparsity, scope=scope, pattern=pattern, max_batches=max_batches, chunk_elements=chunk_elements
+        sparsity=sparsity,
+        scope=scope,
+        pattern=pattern,
+        max_batches=max_batches,
+        chunk_elements=chunk_elements,
     )
     crit = get_criterion(criterion)
     targets, skipped = resolve_targets(model, include, exclude)
@@ -391,7 +417,9 @@ def prune_weights(
         need = "data= (an iterable of (inputs, targets) batches, or a DataLoader)"
         if crit.requires_loss_fn:
             need += " and loss_fn= (e.g. torch.nn.functional.cross_entropy)"
-        raise DataRequiredError(f"criterion {crit.name!r} scores weights on data: pass {need}, or use 'magnitude'")
+        raise DataRequiredError(
+            f"criterion {crit.name!r} scores weights on data: pass {need}, or use 'magnitude'"
+        )
     if crit.requires_loss_fn and loss_fn is None:
         raise DataRequiredError(
             f"criterion {crit.name!r} needs gradients of a loss: pass loss_fn=(outputs, targets) -> scalar, "
@@ -415,7 +443,8 @@ def prune_weights(
     finally:
         crit.release()
     layers = tuple(
-        LayerSparsity(t.name, t.kind, tuple(t.weight.shape), t.weight.numel(), _pruned_count(t)) for t in targets
+        LayerSparsity(t.name, t.kind, tuple(t.weight.shape), t.weight.numel(), _pruned_count(t))
+        for t in targets
     )
     return WeightPruningResult(
         criterion=crit.name,
