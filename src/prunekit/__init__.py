@@ -8,6 +8,7 @@ sensitivity analysis, and reports of what was gained.
 from __future__ import annotations
 
 from prunekit import schedules as schedules
+from prunekit.allocate import AllocationPlan, allocate, apply_allocation, layer_latency
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.criteria import WeightCriterion, register_criterion
 from prunekit.errors import (
@@ -22,9 +23,11 @@ from prunekit.errors import (
 )
 from prunekit.hf import save_pretrained, sync_hf_config
 from prunekit.io import information_limit_bits, load, save
+from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
+from prunekit.sensitivity import LayerSensitivity, SensitivityConfig, SensitivityResult, sensitivity
 from prunekit.training import evaluate, fit, train_epoch
 from prunekit.weights import (
     SparsityReport,
@@ -38,6 +41,7 @@ from prunekit.weights import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocationPlan",
     "ChannelPruner",
     "ChannelPrunerConfig",
     "ConfigError",
@@ -46,6 +50,8 @@ __all__ = [
     "DataRequiredError",
     "FormatError",
     "IterativeSchedule",
+    "LayerPruningResult",
+    "LayerSensitivity",
     "ModuleNotFound",
     "PatternError",
     "PlanError",
@@ -54,24 +60,31 @@ __all__ = [
     "PrunerConfig",
     "RegrowthConfig",
     "Schedule",
+    "SensitivityConfig",
+    "SensitivityResult",
     "SparsityReport",
     "UnsupportedOpError",
     "WeightCriterion",
     "WeightPruningConfig",
     "WeightPruningResult",
     "__version__",
+    "allocate",
+    "apply_allocation",
     "evaluate",
     "fit",
     "information_limit_bits",
+    "layer_latency",
     "load",
     "load_checkpoint",
     "make_permanent",
     "make_schedule",
+    "prune_layers",
     "prune_weights",
     "register_criterion",
     "save",
     "save_checkpoint",
     "save_pretrained",
+    "sensitivity",
     "sparsity",
     "sparsity_report",
     "sync_hf_config",
