@@ -1,0 +1,87 @@
+"""Small model and data factories used by the example recipes and the CLI tests.
+
+Each model factory returns ``(model, example_inputs)``; ``prunekit`` imports them by
+``module:function``, e.g. ``prunekit summary examples.models:digits_cnn`` (run from the repo root).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from prunekit.demo import DigitsCNN
+
+
+def digits_cnn() -> tuple[nn.Module, torch.Tensor]:
+    """The demo's CNN for 8x8 digits (untrained, seeded)."""
+    torch.manual_seed(0)
+    return DigitsCNN(), torch.zeros(1, 1, 8, 8)
+
+
+def _trained(name: str, model: nn.Module, epochs: int) -> nn.Module:
+    """Train ``model`` on digits (seeded), caching the weights so later calls load them in milliseconds."""
+    from safetensors.torch import load_model, save_model
+
+    from prunekit import _loops
+    from prunekit.data import digits
+
+    cache = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "examples"
+    path = cache / f"{name}-e{epochs}.safetensors"
+    if path.exists():
+        load_model(model, str(path))
+        return model.eval()
+    torch.manual_seed(0)
+    train, _ = digits(seed=0).loaders(batch_size=64, seed=0)
+    _loops.train(model, train, epochs=epochs, lr=3e-3)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_model(model, str(tmp))
+    tmp.replace(path)  # atomic: parallel test processes never read a half-written file
+    return model.eval()
+
+
+def trained_digits_cnn() -> tuple[nn.Module, torch.Tensor]:
+    """The demo's CNN, trained on digits (about 99% test accuracy; cached after the first call)."""
+    model, example = digits_cnn()
+    return _trained("digits_cnn", model, epochs=12), example
+
+
+def trained_digits_mlp() -> tuple[nn.Module, torch.Tensor]:
+    """The digits MLP, trained on digits (cached after the first call)."""
+    model, example = digits_mlp()
+    return _trained("digits_mlp", model, epochs=15), example
+
+
+def digits_mlp() -> tuple[nn.Module, torch.Tensor]:
+    """A 64-128-64-10 MLP for 8x8 digits (untrained, seeded)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+    return model, torch.zeros(1, 1, 8, 8)
+
+
+def mnist_lenet() -> tuple[nn.Module, torch.Tensor]:
+    """LeNet-300-100 for 28x28 MNIST images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
+    return model, torch.zeros(1, 1, 28, 28)
+
+
+def digits_subset() -> tuple[DataLoader, DataLoader]:
+    """A data factory: 512 training and 256 test digits as (train, test) DataLoaders."""
+    from prunekit.data import digits
+
+    split = digits(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    train = DataLoader(
+        TensorDataset(split.x_train[:512], split.y_train[:512]), batch_size=64, shuffle=True, generator=gen
+    )
+    test = DataLoader(TensorDataset(split.x_test[:256], split.y_test[:256]), batch_size=256)
+    return train, test
