@@ -25,7 +25,9 @@ from prunekit.hf import save_pretrained, sync_hf_config
 from prunekit.io import information_limit_bits, load, save
 from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
+from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
+from prunekit.recipes import Recipe, RecipeResult
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
 from prunekit.sensitivity import LayerSensitivity, SensitivityConfig, SensitivityResult, sensitivity
 from prunekit.training import evaluate, fit, train_epoch
@@ -49,7 +51,9 @@ __all__ = [
     "CubicSchedule",
     "DataRequiredError",
     "FormatError",
+    "HardwareInfo",
     "IterativeSchedule",
+    "LatencyResult",
     "LayerPruningResult",
     "LayerSensitivity",
     "ModuleNotFound",
@@ -58,6 +62,8 @@ __all__ = [
     "PrunekitError",
     "Pruner",
     "PrunerConfig",
+    "Recipe",
+    "RecipeResult",
     "RegrowthConfig",
     "Schedule",
     "SensitivityConfig",
@@ -72,12 +78,15 @@ __all__ = [
     "apply_allocation",
     "evaluate",
     "fit",
+    "forward_peak_memory",
+    "hardware_info",
     "information_limit_bits",
     "layer_latency",
     "load",
     "load_checkpoint",
     "make_permanent",
     "make_schedule",
+    "measure_latency",
     "prune_layers",
     "prune_weights",
     "register_criterion",
