@@ -313,11 +313,10 @@ def _apply(scorer: _Scorer, targets: Sequence[Target], threshold: tuple[int, int
                 continue
             key = _keys(scores)
             chunk_keep = key > threshold[0]
-            if tie_budget > 0:
-                ties = (key == threshold[0]).flatten().nonzero().flatten()
-                if ties.numel() > tie_budget:
-                    chunk_keep.view(-1)[ties[tie_budget:]] = True
-                tie_budget -= min(tie_budget, ties.numel())
+            ties = (key == threshold[0]).view(-1).nonzero().view(-1)
+            if ties.numel() > tie_budget:  # prune only the first `tie_budget` ties, keep the rest
+                chunk_keep.view(-1)[ties[tie_budget:]] = True
+            tie_budget -= min(tie_budget, ties.numel())
             new_mask[rows] = chunk_keep
         set_mask(t.module, t.param_name, new_mask)
         del new_mask
