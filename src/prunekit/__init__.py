@@ -30,6 +30,13 @@ from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerCo
 from prunekit.recipes import Recipe, RecipeResult
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
 from prunekit.sensitivity import LayerSensitivity, SensitivityConfig, SensitivityResult, sensitivity
+from prunekit.structured import (
+    ChannelPruneConfig,
+    ChannelPruneResult,
+    ModelSummary,
+    prune_channels,
+    summary,
+)
 from prunekit.training import evaluate, fit, train_epoch
 from prunekit.weights import (
     SparsityReport,
@@ -44,6 +51,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllocationPlan",
+    "ChannelPruneConfig",
+    "ChannelPruneResult",
     "ChannelPruner",
     "ChannelPrunerConfig",
     "ConfigError",
@@ -56,6 +65,7 @@ __all__ = [
     "LatencyResult",
     "LayerPruningResult",
     "LayerSensitivity",
+    "ModelSummary",
     "ModuleNotFound",
     "PatternError",
     "PlanError",
@@ -87,6 +97,7 @@ __all__ = [
     "make_permanent",
     "make_schedule",
     "measure_latency",
+    "prune_channels",
     "prune_layers",
     "prune_weights",
     "register_criterion",
@@ -96,6 +107,7 @@ __all__ = [
     "sensitivity",
     "sparsity",
     "sparsity_report",
+    "summary",
     "sync_hf_config",
     "train_epoch",
 ]

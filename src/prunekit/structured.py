@@ -1,0 +1,677 @@
+"""Structured pruning: physically remove channels, neurons and attention heads.
+
+::
+
+    record (1 eager forward)  ->  build_graph (coupled units, groups)  ->  score (criterion)
+        ->  select (ratio / target, layer or global scope, round_to)  ->  Plan (data)
+        ->  validate + apply (swap tensor.data, set attributes)  ->  verify forward  (restore on failure)
+
+Example:
+    >>> import torch, prunekit as pk
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+    ...                         torch.nn.Conv2d(16, 8, 3))
+    >>> r = pk.prune_channels(m, torch.randn(1, 3, 8, 8), ratio=0.5)
+    >>> m[0].out_channels, m[1].num_features, m[3].in_channels
+    (8, 8, 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.channel_criteria import ChannelCriterion, get_criterion
+from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError
+from prunekit.graph import _SIZE_ATTR, DependencyGraph, Group, build_graph
+from prunekit.metrics import count_macs, count_params
+from prunekit.surgery import AttrUpdate, Plan, PlanEntry, apply, masked_reference, record_plan
+from prunekit.trace import _flatten, as_args, record
+
+logger = logging.getLogger(__name__)
+
+IgnoreSpec = nn.Module | str | type
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChannelPruneConfig:
+    """Everything ``prune_channels`` accepts besides the model and inputs.
+
+    Attributes:
+        ratio: Fraction of units (channels, neurons, heads) to remove in every group (``scope="layer"``) or
+            over all groups (``scope="global"``); in [0, 1).
+        target_macs: Instead of ``ratio``: keep this fraction of the (estimated) MACs, in (0, 1].
+        target_params: Instead of ``ratio``: keep this fraction of the parameters, in (0, 1].
+        criterion: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``, ``"random"`` or a
+            :class:`prunekit.channel_criteria.ChannelCriterion` object.
+        scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
+        round_to: Keep a multiple of this many channels in every channel group (e.g. 8).
+        prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept.
+    """
+
+    ratio: float = 0.5
+    target_macs: float | None = None
+    target_params: float | None = None
+    criterion: str | ChannelCriterion = "l2"
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int | None = None
+    prune_heads: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
+            raise ConfigError(f"ratio must be in [0, 1), got {self.ratio!r}")
+        if self.target_macs is not None and self.target_params is not None:
+            raise ConfigError("give at most one of target_macs and target_params")
+        for name in ("target_macs", "target_params"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
+                raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
+        if self.scope not in ("layer", "global"):
+            raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
+        get_criterion(self.criterion)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupChange:
+    """Width of one coupled group before and after."""
+
+    name: str
+    kind: str
+    before: int
+    after: int
+    members: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Something kept at full width, and why."""
+
+    where: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ChannelPruneResult:
+    """What ``prune_channels`` did.
+
+    Attributes:
+        plan: The applied plan (JSON-able dict; also appended to ``model._prunekit_plan``).
+        groups: Every prunable group with its width before and after.
+        skipped: Modules and ops kept at full width, with the reason.
+        params_before: Parameter count before.
+        params_after: Parameter count after.
+        macs_before: MACs before, estimated from the traced conv/linear/matmul shapes.
+        macs_after: MACs after (same estimate).
+        seconds: Wall time of the whole call.
+    """
+
+    plan: dict[str, Any]
+    groups: list[GroupChange]
+    skipped: list[Skipped]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-able)."""
+        return {
+            "plan": self.plan,
+            "groups": [dataclasses.asdict(g) for g in self.groups],
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "seconds": self.seconds,
+        }
+
+    def __str__(self) -> str:
+        pruned = [g for g in self.groups if g.after < g.before]
+        lines = [
+            f"prune_channels: {len(pruned)}/{len(self.groups)} groups pruned in {self.seconds:.2f} s",
+            f"  params {self.params_before:,} -> {self.params_after:,} ({self.params_after / max(self.params_before, 1):.1%})",
+            f"  MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_after / max(self.macs_before, 1):.1%})",
+        ]
+        for g in pruned[:40]:
+            lines.append(f"  {g.name:<50} {g.before:>6} -> {g.after:<6} ({g.kind})")
+        if len(pruned) > 40:
+            lines.append(f"  ... {len(pruned) - 40} more groups")
+        for s in self.skipped[:40]:
+            lines.append(f"  kept: {s.where}: {s.reason}")
+        return "\n".join(lines)
+
+
+def _resolve_ignore(
+    model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None
+) -> dict[str, list[int]]:
+    if ignore is None:
+        return {}
+    if isinstance(ignore, (nn.Module, str, type)):
+        ignore = [ignore]
+    names = dict(model.named_modules())
+    by_id = {id(m): n for n, m in names.items()}
+    matched: set[str] = set()
+    for spec in ignore:
+        if isinstance(spec, nn.Module):
+            if id(spec) not in by_id:
+                raise ModuleNotFound(
+                    f"ignore= has a {type(spec).__name__} module that is not part of the model; pass a submodule of the model, its name, or a type"
+                )
+            matched.add(by_id[id(spec)])
+        elif isinstance(spec, str):
+            hits = [n for n in names if n and fnmatch.fnmatchcase(n, spec)]
+            if not hits:
+                sample = ", ".join(n for n in list(names)[1:8])
+                raise ModuleNotFound(
+                    f"ignore= pattern {spec!r} matches no module; module names look like: {sample}"
+                )
+            matched.update(hits)
+        elif isinstance(spec, type):
+            hits = [n for n, m in names.items() if isinstance(m, spec)]
+            if not hits:
+                raise ModuleNotFound(f"ignore= type {spec.__name__} matches no module of the model")
+            matched.update(hits)
+        else:
+            raise ConfigError(
+                f"ignore= entries must be modules, name globs or types, got {type(spec).__name__}"
+            )
+    frozen: dict[str, list[int]] = {}
+    for prefix in matched:
+        for sub, m in names[prefix].named_modules():
+            full = f"{prefix}.{sub}".strip(".") if sub else prefix
+            for pname, p in m.named_parameters(recurse=False):
+                dims = [1] if type(m).__name__ == "Conv1D" else [0]
+                frozen[f"{full}.{pname}".lstrip(".")] = [d for d in dims if d < p.dim()]
+    # map to canonical names (tied parameters)
+    canon: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        canon.setdefault(id(p), n)
+    all_params = dict(model.named_parameters(remove_duplicate=False))
+    return {canon.get(id(all_params[n]), n): d for n, d in frozen.items() if n in all_params}
+
+
+def _compute_grads(
+    model: nn.Module, data: Iterable[Any], loss_fn: Callable[..., torch.Tensor], max_batches: int = 8
+) -> None:
+    model.zero_grad(set_to_none=True)
+    for i, batch in enumerate(data):
+        if i >= max_batches:
+            break
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            x, y = batch
+            args, kwargs = as_args(x)
+            loss = loss_fn(model(*args, **kwargs), y)
+        else:
+            args, kwargs = as_args(batch)
+            loss = loss_fn(model(*args, **kwargs))
+        loss.backward()
+
+
+class _Selector:
+    """Chooses units to remove and estimates params/MACs of a choice (used for target search)."""
+
+    def __init__(self, graph: DependencyGraph, scores: list[np.ndarray], round_to: int | None) -> None:
+        self.g = graph
+        self.scores = scores
+        self.round_to = round_to
+        self.order = [np.argsort(s, kind="stable") for s in scores]
+        n_labels = int(graph.labels.max()) + 1 if len(graph.labels) else 1
+        self.n_labels = n_labels
+        self.cost_labels = [([graph.labels[f] for f in c.factors], c.macs) for c in graph.costs]
+        self.param_labels: dict[int, list[np.ndarray]] = defaultdict(list)
+        for vid, _d, start, size in graph.param_dims:
+            if graph.trace.values[vid].kind == "param":
+                self.param_labels[vid].append(graph.labels[start : start + size])
+        norm = []
+        for s in scores:
+            m = float(np.mean(s)) if len(s) else 1.0
+            norm.append(s / m if m > 0 else np.ones_like(s))
+        self.norm = norm
+
+    def _round(self, keep: int, n: int, grp: Group) -> int:
+        keep = max(1, min(n, keep))
+        r = self.round_to
+        if r and grp.kind == "channel" and n > r:
+            keep = min(n, max(r, int(math.ceil(keep / r)) * r))
+        return keep
+
+    def select(self, ratio: float, scope: str) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        groups = self.g.groups
+        if scope == "layer":
+            for g in groups:
+                keep = self._round(g.n_units - int(math.floor(ratio * g.n_units)), g.n_units, g)
+                if keep < g.n_units:
+                    out[g.gid] = self.order[g.gid][: g.n_units - keep]
+            return out
+        if not groups:
+            return out
+        allv = np.concatenate(self.norm)
+        gid = np.concatenate([np.full(g.n_units, g.gid) for g in groups])
+        count = int(math.floor(ratio * len(allv)))
+        if count == 0:
+            return out
+        lowest = np.argsort(allv, kind="stable")[:count]
+        per = np.bincount(gid[lowest], minlength=len(groups))
+        for g in groups:
+            keep = self._round(g.n_units - int(per[g.gid]), g.n_units, g)
+            if keep < g.n_units:
+                out[g.gid] = self.order[g.gid][: g.n_units - keep]
+        return out
+
+    def removed_labels(self, removed: Mapping[int, np.ndarray]) -> np.ndarray:
+        mask = np.zeros(self.n_labels, dtype=bool)
+        for gid, units in removed.items():
+            mask[self.g.groups[gid].labels[units]] = True
+        return mask
+
+    def cost(self, removed: Mapping[int, np.ndarray]) -> tuple[float, float]:
+        mask = self.removed_labels(removed)
+        macs = 0.0
+        for factors, base in self.cost_labels:
+            frac = 1.0
+            for lab in factors:
+                if len(lab):
+                    frac *= 1.0 - float(mask[lab].mean())
+            macs += base * frac
+        params = 0.0
+        for dims in self.param_labels.values():
+            params += math.prod(int(len(lab) - mask[lab].sum()) for lab in dims) if dims else 1
+        return macs, params
+
+
+def _make_plan(
+    model: nn.Module, graph: DependencyGraph, removed: Mapping[int, np.ndarray], mask: np.ndarray
+) -> Plan:
+    rm: dict[tuple[str, int], np.ndarray] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    for gid, units in removed.items():
+        grp = graph.groups[gid]
+        for m in grp.members:
+            key = (m.name, m.dim)
+            hit = np.isin(m.units, units) & (m.units >= 0)
+            rm[key] = rm[key] | hit if key in rm else hit
+            sizes[key] = m.size
+    entries = []
+    new_shape: dict[str, list[int]] = {}
+    for (name, dim), hit in sorted(rm.items()):
+        if not hit.any():
+            continue
+        kept = tuple(int(i) for i in np.nonzero(~hit)[0])
+        entries.append(PlanEntry(fqn=name, dim=dim, size=sizes[(name, dim)], kept=kept))
+        if name not in new_shape:
+            mod, _, attr = name.rpartition(".")
+            new_shape[name] = list(getattr(model.get_submodule(mod), attr).shape)
+        new_shape[name][dim] = len(kept)
+    attrs: dict[tuple[str, str], AttrUpdate] = {}
+
+    def put(module: str, attr: str, new: Any) -> None:
+        mod = model.get_submodule(module)
+        old = getattr(mod, attr)
+        if old != new and (module, attr) not in attrs:
+            attrs[(module, attr)] = AttrUpdate(module=module, name=attr, old=old, new=new)
+
+    conv_in: dict[str, tuple[int, bool]] = {}
+    for c in graph.convs:
+        kept_in = int((~mask[graph.labels[c.in_ids]]).sum())
+        conv_in[c.module] = (kept_in, c.depthwise)
+    touched = {n.rpartition(".")[0] for n in new_shape}
+    for mname in sorted(touched):
+        mod = model.get_submodule(mname)
+
+        def shp(attr: str, mname: str = mname, mod: nn.Module = mod) -> list[int] | None:
+            key = f"{mname}.{attr}".lstrip(".")
+            if key in new_shape:
+                return new_shape[key]
+            t = getattr(mod, attr, None)
+            return list(t.shape) if isinstance(t, torch.Tensor) else None
+
+        w = shp("weight")
+        if isinstance(mod, nn.Linear) and w is not None:
+            put(mname, "in_features", w[1])
+            put(mname, "out_features", w[0])
+        elif isinstance(mod, nn.modules.conv._ConvTransposeNd) and w is not None:
+            put(mname, "in_channels", w[0])
+            put(mname, "out_channels", w[1] * mod.groups)
+        elif isinstance(mod, nn.modules.conv._ConvNd) and w is not None:
+            kin, dw = conv_in.get(mname, (w[1] * mod.groups, False))
+            if dw:
+                put(mname, "groups", kin)
+            put(mname, "in_channels", kin)
+            put(mname, "out_channels", w[0])
+        elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+            s = w or shp("running_mean")
+            if s is not None:
+                put(mname, "num_features", s[0])
+        elif isinstance(mod, nn.Embedding) and w is not None:
+            put(mname, "embedding_dim", w[1])
+            put(mname, "num_embeddings", w[0])
+        elif isinstance(mod, nn.LayerNorm) and w is not None:
+            put(mname, "normalized_shape", tuple(w))
+        elif isinstance(mod, nn.GroupNorm) and w is not None:
+            put(mname, "num_channels", w[0])
+        elif isinstance(mod, nn.PReLU) and w is not None:
+            put(mname, "num_parameters", w[0])
+        elif type(mod).__name__ == "Conv1D" and w is not None:
+            if hasattr(mod, "nf"):
+                put(mname, "nf", w[1])
+            if hasattr(mod, "nx"):
+                put(mname, "nx", w[0])
+    # size literals in reshapes/splits (stored head counts, hidden sizes)
+    for ev in graph.events:
+        new = int((~mask[graph.labels[ev.ids]]).sum())
+        if new == ev.old:
+            continue
+        for mname, attr in _find_size_attrs(model, ev.module, ev.old):
+            if (mname, attr) not in attrs:
+                attrs[(mname, attr)] = AttrUpdate(module=mname, name=attr, old=ev.old, new=new)
+    return Plan(entries=tuple(entries), attributes=tuple(attrs.values()))
+
+
+def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str, str]]:
+    parts = module.split(".") if module else []
+    for k in range(len(parts), -1, -1):
+        name = ".".join(parts[:k])
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            continue
+        hits = [
+            (name, a)
+            for a, v in vars(mod).items()
+            if not a.startswith("_") and type(v) is int and v == old and _SIZE_ATTR.search(a)
+        ]
+        if hits:
+            return hits
+    return []
+
+
+def _verify(model: nn.Module, example_inputs: Any, out_shapes: list[tuple[int, ...]]) -> None:
+    args, kwargs = as_args(example_inputs)
+    stack: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def pre(m: nn.Module, a: Any) -> None:
+        stack.append(names.get(id(m), type(m).__name__))
+
+    h = nn.modules.module.register_module_forward_pre_hook(pre)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+    except Exception as e:
+        where = stack[-1] if stack else "<root>"
+        raise PlanError(
+            f"the pruned model failed to run ({type(e).__name__}: {e}) in module '{where}'; the model was restored "
+            f"unchanged. A size is probably held outside the weights there: pass ignore=['{where}'] to keep it"
+        ) from e
+    finally:
+        h.remove()
+        for m, t in modes.items():
+            m.training = t
+    outs: list[torch.Tensor] = []
+    _flatten(out, outs)
+    got = [tuple(o.shape) for o in outs]
+    if got != out_shapes:
+        raise PlanError(
+            f"the pruned model's output shapes {got} differ from the original {out_shapes}; the model was restored"
+        )
+
+
+def prune_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float = 0.5,
+    *,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    criterion: str | ChannelCriterion = "l2",
+    scope: Literal["layer", "global"] = "layer",
+    ignore: Iterable[IgnoreSpec] | IgnoreSpec | None = None,
+    round_to: int | None = None,
+    prune_heads: bool = True,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    config: ChannelPruneConfig | None = None,
+) -> ChannelPruneResult:
+    """Physically remove channels, neurons and attention heads of ``model``, in place.
+
+    The model is traced once on ``example_inputs``; coupled slices (residual adds, concat, depthwise
+    convs, heads, tied weights, ...) are removed together, module attributes are updated, and the pruned
+    model is run once to check it. On any failure the model is left exactly as it was. Optimizers and EMA
+    copies built on the old parameters must be rebuilt (the parameter objects are the same, their
+    shapes are not).
+
+    Args:
+        model: Any ``nn.Module``.
+        example_inputs: A tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        ratio: Fraction of units to remove (per group for ``scope="layer"``, overall for ``"global"``).
+        target_macs: Keep this fraction of the estimated MACs instead (searches the ratio).
+        target_params: Keep this fraction of the parameters instead (searches the ratio).
+        criterion: Importance of units: ``"l2"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``,
+            ``"random"`` or a :class:`~prunekit.channel_criteria.ChannelCriterion`.
+        scope: ``"layer"`` or ``"global"``.
+        ignore: Modules (objects, name globs, or types) whose output width is kept.
+        round_to: Keep a multiple of this many channels per channel group.
+        prune_heads: Allow removing whole attention heads.
+        data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
+        loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
+        config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
+
+    Returns:
+        A :class:`ChannelPruneResult` (plan, widths before/after, what was kept and why).
+
+    Raises:
+        ConfigError: bad ratio/target/scope/criterion.
+        ModuleNotFound: an ``ignore`` entry matches nothing.
+        DataRequiredError: ``taylor`` without data and without gradients.
+        PlanError: the pruned model could not be built or run (the model is restored).
+    """
+    t0 = time.perf_counter()
+    cfg = config or ChannelPruneConfig(
+        ratio=ratio,
+        target_macs=target_macs,
+        target_params=target_params,
+        criterion=criterion,
+        scope=scope,
+        round_to=round_to,
+        prune_heads=prune_heads,
+    )
+    crit = get_criterion(cfg.criterion)
+    frozen_names = _resolve_ignore(model, ignore)
+    if getattr(crit, "needs_grad", False) and data is None:
+        used = [p for p in model.parameters() if p.requires_grad]
+        if not used or any(p.grad is None for p in used):
+            raise DataRequiredError(
+                f"criterion {getattr(crit, 'name', crit)!r} needs gradients: pass data=[(inputs, targets), ...] and "
+                "loss_fn=..., or call loss.backward() before prune_channels"
+            )
+    if getattr(crit, "needs_grad", False) and data is not None and loss_fn is None:
+        raise DataRequiredError("criterion 'taylor' with data= also needs loss_fn=(outputs, targets) -> loss")
+
+    trace = record(model, example_inputs)
+    graph = build_graph(trace, prune_heads=cfg.prune_heads, frozen_names=frozen_names)
+    params = dict(model.named_parameters())
+    module_types = trace.module_types
+    saved_grads: dict[int, torch.Tensor | None] = {}
+    if getattr(crit, "needs_grad", False) and data is not None and loss_fn is not None:
+        saved_grads = {id(p): p.grad for p in model.parameters()}
+        modes = {m: m.training for m in model.modules()}
+        try:
+            _compute_grads(model, data, loss_fn)
+            scores = [np.asarray(crit.score(g, params, module_types), dtype=np.float64) for g in graph.groups]
+        finally:
+            for p in model.parameters():
+                p.grad = saved_grads.get(id(p))
+            for m, t in modes.items():
+                m.training = t
+    else:
+        scores = [np.asarray(crit.score(g, params, module_types), dtype=np.float64) for g in graph.groups]
+    for g, s in zip(graph.groups, scores, strict=True):
+        if s.shape != (g.n_units,):
+            raise ConfigError(
+                f"criterion {getattr(crit, 'name', crit)!r} returned shape {s.shape} for group '{g.name}', expected ({g.n_units},)"
+            )
+
+    sel = _Selector(graph, scores, cfg.round_to)
+    base_macs, base_params = sel.cost({})
+    target = cfg.target_macs if cfg.target_macs is not None else cfg.target_params
+    if target is not None:
+        which = 0 if cfg.target_macs is not None else 1
+        lo, hi = 0.0, 0.999
+        best = sel.select(hi, cfg.scope)
+        if sel.cost(best)[which] > target * (base_macs, base_params)[which]:
+            logger.warning("target %.3f cannot be reached; pruning as much as allowed", target)
+        else:
+            for _ in range(24):
+                mid = (lo + hi) / 2
+                cand = sel.select(mid, cfg.scope)
+                if sel.cost(cand)[which] <= target * (base_macs, base_params)[which]:
+                    hi, best = mid, cand
+                else:
+                    lo = mid
+        removed = best
+    else:
+        removed = sel.select(float(cfg.ratio), cfg.scope)
+    mask = sel.removed_labels(removed)
+    plan = _make_plan(model, graph, removed, mask)
+
+    params_before = count_params(model)
+    out_shapes = [trace.values[v].shape for v in trace.output_values]
+    snap = apply(model, plan)
+    try:
+        _verify(model, example_inputs, out_shapes)
+    except Exception:
+        snap.restore()
+        raise
+    record_plan(model, plan)
+
+    groups = []
+    for g in graph.groups:
+        nrm = len(removed.get(g.gid, ()))
+        groups.append(
+            GroupChange(
+                g.name, g.kind, g.n_units, g.n_units - nrm, tuple(sorted({m.name for m in g.members}))
+            )
+        )
+    skipped = [Skipped(r.where, f"{r.op}: {r.reason}") for r in graph.frozen]
+    with_params = {n.rpartition(".")[0] for n in params}
+    for mname in sorted(with_params):
+        if mname not in trace.modules_run and mname:
+            skipped.append(Skipped(mname, "did not run on example_inputs: left unchanged"))
+    for s in skipped:
+        logger.info("kept %s: %s", s.where, s.reason)
+    macs_after, _ = sel.cost(removed)
+    return ChannelPruneResult(
+        plan=plan.to_dict(),
+        groups=groups,
+        skipped=_dedupe(skipped),
+        params_before=params_before,
+        params_after=count_params(model),
+        macs_before=int(base_macs),
+        macs_after=int(macs_after),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _dedupe(items: list[Skipped]) -> list[Skipped]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for s in items:
+        if (s.where, s.reason) not in seen:
+            seen.add((s.where, s.reason))
+            out.append(s)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One module with its own parameters."""
+
+    name: str
+    type: str
+    shapes: dict[str, tuple[int, ...]]
+    params: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """Parameters, MACs and per-layer shapes of a model (``str`` is a table, ``to_dict`` plain data)."""
+
+    params: int
+    macs: int
+    layers: tuple[LayerInfo, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
+        }
+
+    def __str__(self) -> str:
+        w = max([len(layer.name) for layer in self.layers] + [5])
+        lines = [f"{'layer':<{w}}  {'type':<16} {'params':>10}  shapes"]
+        for layer in self.layers:
+            shapes = ", ".join(f"{k} {tuple(v)}" for k, v in layer.shapes.items())
+            lines.append(f"{layer.name:<{w}}  {layer.type:<16} {layer.params:>10,}  {shapes}")
+        lines.append(f"total params {self.params:,}   MACs {self.macs:,}")
+        return "\n".join(lines)
+
+
+def summary(model: nn.Module, example_inputs: Any) -> ModelSummary:
+    """Parameters, MACs (one forward on ``example_inputs``) and the shapes of every layer.
+
+    Example:
+        >>> import torch
+        >>> s = summary(torch.nn.Linear(4, 3), torch.randn(2, 4))
+        >>> s.params, s.macs
+        (15, 24)
+    """
+    layers = []
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        own = [(n, p) for n, p in mod.named_parameters(recurse=False) if id(p) not in seen]
+        own_all = list(mod.named_parameters(recurse=False))
+        if not own_all:
+            continue
+        for _, p in own:
+            seen.add(id(p))
+        layers.append(
+            LayerInfo(
+                name or "<root>",
+                type(mod).__name__,
+                {n: tuple(p.shape) for n, p in own_all},
+                sum(p.numel() for _, p in own),
+            )
+        )
+    return ModelSummary(
+        params=count_params(model), macs=count_macs(model, example_inputs), layers=tuple(layers)
+    )
+
+
+__all__ = [
+    "ChannelPruneConfig",
+    "ChannelPruneResult",
+    "GroupChange",
+    "LayerInfo",
+    "ModelSummary",
+    "Skipped",
+    "masked_reference",
+    "prune_channels",
+    "summary",
+]

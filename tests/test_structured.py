@@ -1,0 +1,322 @@
+"""prune_channels end to end: pruned model == original with removed slices zeroed (the oracle)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError
+from prunekit.surgery import apply_plan, masked_reference
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            with torch.no_grad():
+                m.weight.normal_()
+                m.bias.normal_()
+    return model.eval()
+
+
+def check_oracle(model: nn.Module, inputs: Any, atol: float = 1e-5, **kw: Any) -> pk.ChannelPruneResult:
+    """Prune ``model`` and compare it with the masked original on fresh random inputs."""
+    orig = copy.deepcopy(model)
+    res = pk.prune_channels(model, inputs, **kw)
+    ref = masked_reference(orig, model._prunekit_plan)
+    x2 = torch.randn_like(inputs) if isinstance(inputs, torch.Tensor) else inputs
+    with torch.no_grad():
+        got = model(x2)
+        want = ref(x2)
+    torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+    return res
+
+
+class Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.sc = (
+            nn.Sequential()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(y))
+        return F.relu(y + self.sc(x))
+
+
+class ResNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.l1 = Basic(16, 16, 1)
+        self.l2 = Basic(16, 32, 2)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.l2(self.l1(self.stem(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class DepthwiseSE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(8, 24, 1)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.se1 = nn.Conv2d(24, 6, 1)
+        self.se2 = nn.Conv2d(6, 24, 1)
+        self.proj = nn.Conv2d(24, 8, 1)
+        self.grouped = nn.Conv2d(8, 16, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(16, 5, 1)  # 1x1-conv classifier: keeps its width (feeds the output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.hardswish(self.dw(F.relu6(self.expand(x))))
+        s = torch.sigmoid(self.se2(F.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        x = x + self.proj(y * s)
+        return self.head(F.relu(self.grouped(x))).mean((2, 3))
+
+
+class DenseFlatten(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(9, 4, 3, padding=1)
+        self.c = nn.Conv2d(13, 8, 1)
+        self.fc = nn.Linear(8 * 4 * 4, 12)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, F.relu(self.a(x))], 1)
+        x = torch.cat([x, F.relu(self.b(x))], 1)
+        x = F.max_pool2d(F.relu(self.c(x)), 2)
+        return self.out(F.relu(self.fc(torch.flatten(x, 1))))
+
+
+class Shuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 12, 1)
+        self.b = nn.Conv2d(12, 12, 1, groups=3)
+        self.c = nn.Conv2d(6, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b(F.relu(self.a(x)))
+        n, c, h, w = x.shape
+        x = x.view(n, 3, c // 3, h, w).transpose(1, 2).reshape(n, c, h, w)  # channel shuffle
+        x1, x2 = x.chunk(2, dim=1)
+        return self.c(F.relu(x1) + x2)
+
+
+@pytest.mark.parametrize(
+    "factory,shape",
+    [
+        (ResNetish, (2, 3, 8, 8)),
+        (DepthwiseSE, (2, 8, 6, 6)),
+        (DenseFlatten, (2, 3, 8, 8)),
+        (Shuffle, (2, 4, 5, 5)),
+    ],
+)
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_cnn_oracle(factory: type[nn.Module], shape: tuple[int, ...], scope: str) -> None:
+    model = _randomize_bn(factory())
+    x = torch.randn(*shape)
+    res = check_oracle(model, x, ratio=0.5, scope=scope)
+    assert res.params_after < res.params_before
+    assert any(g.after < g.before for g in res.groups)
+
+
+def test_resnet_widths_and_attributes() -> None:
+    model = _randomize_bn(ResNetish())
+    pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5)
+    # residual stream of l1 is one group: stem, l1.c2 and l1 input share it
+    assert model.stem[0].out_channels == 8 == model.l1.c1.in_channels == model.l1.b2.num_features
+    assert model.l2.c1.in_channels == model.l2.sc[0].in_channels == 8
+    assert model.fc.out_features == 10 and model.fc.in_features == model.l2.b2.num_features == 16
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.shape[0] == m.out_channels and m.weight.shape[1] * m.groups == m.in_channels
+
+
+def test_depthwise_groups_follow_and_output_head_kept() -> None:
+    model = _randomize_bn(DepthwiseSE())
+    res = check_oracle(model, torch.randn(2, 8, 6, 6), ratio=0.5)
+    assert model.dw.groups == model.dw.in_channels == model.dw.out_channels == 12
+    assert model.se1.out_channels == 3
+    assert model.head.out_channels == 5  # feeds the output: kept
+    assert (
+        model.expand.in_channels == 8 and model.proj.out_channels == 8
+    )  # model input width / residual to input
+    assert res.macs_after < res.macs_before
+
+
+def test_grouped_conv_equal_counts_per_group() -> None:
+    model = _randomize_bn(DepthwiseSE())
+    model.proj = nn.Conv2d(24, 8, 1)
+    pk.prune_channels(model, torch.randn(1, 8, 6, 6), ratio=0.5)
+    g = model.grouped
+    assert g.groups == 4 and g.out_channels % 4 == 0 and g.out_channels == 8
+
+
+def test_ignore_and_round_to() -> None:
+    model = _randomize_bn(ResNetish())
+    pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.6, ignore=[model.l1.c1], round_to=4)
+    assert model.l1.c1.out_channels == 16
+    for m in (model.stem[0], model.l2.c1, model.l2.c2):
+        assert m.out_channels % 4 == 0
+    model2 = _randomize_bn(ResNetish())
+    pk.prune_channels(model2, torch.randn(1, 3, 8, 8), ratio=0.5, ignore="l2.*")
+    assert model2.l2.c1.out_channels == 32 and model2.l2.c2.out_channels == 32
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "bn_scale", "fpgm", "random"])
+def test_criteria_oracle(criterion: str) -> None:
+    check_oracle(_randomize_bn(ResNetish()), torch.randn(2, 3, 8, 8), ratio=0.3, criterion=criterion)
+
+
+def test_l1_removes_smallest_filters() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU(), nn.Conv2d(4, 1, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 5.0, 0.1, 3.0]).view(4, 1, 1, 1).expand(4, 2, 1, 1))
+        model[0].bias.zero_()
+        model[2].weight.fill_(0.01)
+    pk.prune_channels(model, torch.randn(1, 2, 3, 3), ratio=0.5, criterion="l1")
+    assert sorted(model[0].weight[:, 0, 0, 0].tolist()) == [3.0, 5.0]
+
+
+def test_taylor_needs_data_and_uses_it() -> None:
+    model = _randomize_bn(ResNetish())
+    with pytest.raises(DataRequiredError):
+        pk.prune_channels(model, torch.randn(1, 3, 8, 8), criterion="taylor")
+    before = [p.clone() for p in model.parameters()]
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))]
+    check_oracle(model, torch.randn(2, 3, 8, 8), criterion="taylor", data=data, loss_fn=F.cross_entropy)
+    assert all(p.grad is None for p in model.parameters())
+    assert len(before) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("which", ["target_macs", "target_params"])
+def test_targets_reached(which: str) -> None:
+    model = _randomize_bn(ResNetish())
+    x = torch.randn(1, 3, 8, 8)
+    macs0, params0 = (
+        pk.summary(model, x).macs,
+        pk.count_params(model) if hasattr(pk, "count_params") else None,
+    )
+    del params0
+    from prunekit.metrics import count_macs, count_params
+
+    p0 = count_params(model)
+    res = pk.prune_channels(model, x, **{which: 0.5})
+    if which == "target_params":
+        assert count_params(model) <= 0.5 * p0 and count_params(model) >= 0.35 * p0
+        assert res.params_after == count_params(model)
+    else:
+        assert count_macs(model, x) <= 0.5 * macs0 * 1.02
+
+
+def test_bad_input_leaves_model_untouched() -> None:
+    model = _randomize_bn(ResNetish())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, 8, 8)
+    for kw, err in [
+        ({"ratio": 1.0}, ConfigError),
+        ({"ratio": -0.1}, ConfigError),
+        ({"criterion": "nope"}, ConfigError),
+        ({"scope": "all"}, ConfigError),
+        ({"ignore": ["nothing.*"]}, ModuleNotFound),
+        ({"target_macs": 0.5, "target_params": 0.5}, ConfigError),
+        ({"round_to": 0}, ConfigError),
+    ]:
+        with pytest.raises(err):
+            pk.prune_channels(model, x, **kw)
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    assert not hasattr(model, "_prunekit_plan")
+
+
+class StaleSize(nn.Module):
+    """Holds a channel count outside the weights, under a name prunekit cannot know."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Linear(8 * 4, 2)
+        self.zzz = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.b(y.reshape(y.shape[0], self.zzz * 4))
+
+
+def test_failure_rolls_back_exactly() -> None:
+    model = StaleSize()
+    params = {n: p for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PlanError, match="restored"):
+        pk.prune_channels(model, torch.randn(1, 3, 2, 2), ratio=0.5)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert model.a.out_channels == 8 and model.b.in_features == 32
+    assert not hasattr(model, "_prunekit_plan")
+    pk.prune_channels(model, torch.randn(1, 3, 2, 2), ratio=0.5, ignore=[model.a])  # the way out
+    assert model.a.out_channels == 8
+
+
+def test_plan_json_apply_plan_and_accumulation() -> None:
+    torch.manual_seed(1)
+    model = _randomize_bn(ResNetish())
+    fresh = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8)
+    pk.prune_channels(model, x, ratio=0.25)
+    pk.prune_channels(model, x, ratio=0.25, criterion="l1")
+    plans = json.loads(json.dumps(model._prunekit_plan))
+    assert len(plans) == 2 and all(p["version"] == 1 for p in plans)
+    apply_plan(fresh, plans)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh(x), model(x))
+    assert len(fresh._prunekit_plan) == 2
+    # oracle over two accumulated plans
+    with pytest.raises(PlanError):
+        apply_plan(fresh, plans)  # already applied: sizes no longer match
+
+
+def test_identity_of_params_kept_and_training_works() -> None:
+    model = _randomize_bn(ResNetish())
+    ids = {n: id(p) for n, p in model.named_parameters()}
+    pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.5)
+    assert {n: id(p) for n, p in model.named_parameters()} == ids
+    model.train()
+    opt = torch.optim.Adam(model.parameters())
+    loss = F.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 10, (4,)))
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None or p.grad.shape == p.shape for p in model.parameters())
+
+
+def test_summary_and_result_str() -> None:
+    model = _randomize_bn(ResNetish())
+    x = torch.randn(1, 3, 8, 8)
+    s = pk.summary(model, x)
+    assert s.params == sum(p.numel() for p in model.parameters())
+    assert "stem.0" in str(s) and s.to_dict()["macs"] == s.macs > 0
+    res = pk.prune_channels(model, x, ratio=0.5)
+    assert "params" in str(res) and json.dumps(res.to_dict())
+    s2 = pk.summary(model, x)
+    assert s2.macs < s.macs and s2.params == res.params_after
