@@ -335,8 +335,8 @@ def _round_units(
     max_ratio: float,
 ) -> dict[str, float]:
     """Round each ratio to whole units (k / units), then add/remove single units until within tolerance."""
-    counts = {n: int(round(r * units[n])) for n, r in ratios.items()}
     limit = {n: int(math.floor(max_ratio * units[n] + 1e-9)) for n in ratios}
+    counts = {n: min(int(round(r * units[n])), limit[n]) for n, r in ratios.items()}
 
     def achieved() -> float:
         return sum(counts[n] / units[n] * costs[n] for n in counts) / total
