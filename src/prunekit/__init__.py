@@ -26,6 +26,7 @@ from prunekit.io import information_limit_bits, load, save
 from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
 from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
+from prunekit.methods import LotteryConfig, iterative_prune, lottery_ticket, one_shot_then_finetune
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.recipes import Recipe, RecipeResult
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
@@ -65,6 +66,7 @@ __all__ = [
     "LatencyResult",
     "LayerPruningResult",
     "LayerSensitivity",
+    "LotteryConfig",
     "ModelSummary",
     "ModuleNotFound",
     "PatternError",
@@ -91,12 +93,15 @@ __all__ = [
     "forward_peak_memory",
     "hardware_info",
     "information_limit_bits",
+    "iterative_prune",
     "layer_latency",
     "load",
     "load_checkpoint",
+    "lottery_ticket",
     "make_permanent",
     "make_schedule",
     "measure_latency",
+    "one_shot_then_finetune",
     "prune_channels",
     "prune_layers",
     "prune_weights",

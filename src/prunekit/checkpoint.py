@@ -228,6 +228,36 @@ def save_checkpoint(
         pass
 
 
+def atomic_save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None
+) -> None:
+    """Write plain named tensors (+ optional JSON ``meta``) to a safetensors file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        clean = {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+        save_file(clean, tmp, metadata={"prunekit.meta": json.dumps(meta or {})})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by :func:`atomic_save_tensors`."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("prunekit.meta", "{}"))
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+    except Exception as e:
+        raise FormatError(f"cannot read tensors from {path}: {e}") from e
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint's tensors and JSON without applying them.
 
@@ -286,4 +316,11 @@ def load_checkpoint(
     return Checkpoint(position=meta["position"], extra=extra)
 
 
-__all__ = ["Checkpoint", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "atomic_save_tensors",
+    "load_checkpoint",
+    "load_tensors",
+    "read_checkpoint",
+    "save_checkpoint",
+]

@@ -146,6 +146,7 @@ def fit(
     loss_fn: LossFn | None = None,
     pruner: StepHook | None = None,
     val_loader: Iterable[Any] | None = None,
+    test_loader: Iterable[Any] | None = None,
     eval_every: int | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -162,6 +163,7 @@ def fit(
         loss_fn: ``loss_fn(outputs, targets)``; default cross-entropy.
         pruner: called once per step after ``optimizer.step()``; its state is checkpointed.
         val_loader: evaluated every ``eval_every`` steps and at the end (history of loss/accuracy).
+        test_loader: also evaluated at those points (``test_accuracy`` in the history).
         eval_every: steps between evaluations (``None``: only at the end).
         checkpoint: path of a ``.safetensors`` checkpoint; resumed from if it exists.
         checkpoint_every: steps between checkpoint writes.
@@ -183,6 +185,14 @@ def fit(
     step, epoch, batch_idx = 0, 0, 0
     history: list[dict[str, float]] = []
     epoch_start: dict[str, torch.Tensor] = {}
+
+    def _record(at: int) -> dict[str, float]:
+        assert val_loader is not None
+        r = evaluate(model, val_loader, loss_fn)
+        entry = {"step": at, "loss": r.loss, "accuracy": r.accuracy}
+        if test_loader is not None:
+            entry["test_accuracy"] = evaluate(model, test_loader, loss_fn).accuracy
+        return entry
 
     def snapshot_epoch_start() -> None:
         epoch_start["torch"] = torch.get_rng_state()
@@ -254,8 +264,7 @@ def fit(
             if on_step is not None:
                 on_step(step)
             if val_loader is not None and eval_every and step % eval_every == 0:
-                r = evaluate(model, val_loader, loss_fn)
-                history.append({"step": step, "loss": r.loss, "accuracy": r.accuracy})
+                history.append(_record(step))
             if step >= steps:
                 break
             if step % checkpoint_every == 0:
@@ -267,7 +276,7 @@ def fit(
     if val_loader is not None:
         final = evaluate(model, val_loader, loss_fn)
         if not history or history[-1]["step"] != step:
-            history.append({"step": step, "loss": final.loss, "accuracy": final.accuracy})
+            history.append(_record(step))
     save(done=True)
     if any(math.isnan(h["loss"]) for h in history):
         log.warning("validation loss became NaN during fit")
