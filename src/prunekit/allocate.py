@@ -33,6 +33,7 @@ from prunekit.sensitivity import (
     ESTIMATORS,
     SensitivityResult,
     _EvalMode,
+    _weight,
     call_model,
     iter_curve,
     keep_mask,
@@ -409,7 +410,7 @@ def apply_allocation(
         if physical:
             import prunekit
 
-            prune_channels = getattr(prunekit, "prune_channels", None)
+            prune_channels: Any = getattr(prunekit, "prune_channels", None)
             if prune_channels is None:
                 raise ConfigError(
                     "physical=True needs prunekit.prune_channels (structured pruning), not available"
@@ -438,7 +439,7 @@ def _mask_channels(modules: Mapping[str, nn.Module], ratios: Mapping[str, float]
         )
     for name, ratio in ratios.items():
         module = modules[name]
-        weight = module.weight
+        weight = _weight(module)
         empty = torch.zeros(0)
         scores = CRITERIA[criterion](weight.detach().float(), name=name, grad=empty, fisher=empty)
         keep = keep_mask(scores, ratio, "channel")

@@ -1,7 +1,7 @@
 """Layer pruning: score whole blocks and remove the least important ones physically.
 
 Blocks are found by one recorded forward pass. A block is a composite module (a module with
-parameterised children) held in an ``nn.ModuleList`` or ``nn.Sequential`` whose siblings run as a
+parameterised children, itself not a ModuleList/Sequential) held in an ``nn.ModuleList`` or ``nn.Sequential`` whose siblings run as a
 chain (each one's output is the next one's input), called once, and whose hidden state keeps its
 shape and dtype across it::
 
@@ -109,8 +109,9 @@ class LayerPruningResult:
 def _hidden_in(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> torch.Tensor | None:
     if args and isinstance(args[0], torch.Tensor):
         return args[0]
-    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
-        return kwargs["hidden_states"]
+    hidden = kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor):
+        return hidden
     for v in list(args) + list(kwargs.values()):
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             return v
@@ -155,7 +156,7 @@ def find_blocks(model: nn.Module, example_inputs: Any) -> list[BlockInfo]:
     children: list[tuple[str, str, int, nn.Module]] = []
     for cname, container in _containers(model):
         for i, (key, child) in enumerate(container.named_children()):
-            if _is_composite(child):
+            if _is_composite(child) and not isinstance(child, (nn.ModuleList, nn.Sequential)):
                 children.append((f"{cname}.{key}" if cname else key, cname, i, child))
 
     def hook(name: str) -> Callable[..., None]:
@@ -361,7 +362,7 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
             for new_i, old_i in enumerate(kept):
                 for sub in old[old_i].modules():
                     if isinstance(getattr(sub, "layer_idx", None), int) and sub.layer_idx == old_i:
-                        sub.layer_idx = new_i
+                        setattr(sub, "layer_idx", new_i)  # noqa: B010  (typed as Tensor | Module)
             for f in _update_hf_config(model, len(old), sorted(by_container[c]), len(kept)):
                 if f not in updated:
                     updated.append(f)
@@ -369,7 +370,7 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
         for c, container in containers.items():
             container._modules = saved[c]
         for sub, idx in saved_idx:
-            sub.layer_idx = idx
+            setattr(sub, "layer_idx", idx)  # noqa: B010
         for k, v in saved_cfg.items():
             setattr(config, k, v)
         raise
@@ -441,7 +442,10 @@ def prune_layers(
             f"cannot remove {n} blocks: only {len(candidates)} removable block(s) found "
             f"({[b.name for b in candidates]}). Not removable: {not_removable or 'none'}. Lower n"
         )
-    sizes = {b.container: len(model.get_submodule(b.container) if b.container else model) for b in candidates}
+    sizes = {
+        b.container: len(list((model.get_submodule(b.container) if b.container else model).children()))
+        for b in candidates
+    }
 
     batches = take_batches(data, max_batches, "prune_layers") if data is not None else None
     names = [b.name for b in candidates]

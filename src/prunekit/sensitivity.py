@@ -147,6 +147,13 @@ def evaluate(
     return loss_sum / total, (metric_sum / total if metric is not None else None)
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise ConfigError(f"{type(module).__name__} has no weight tensor to prune")
+    return weight
+
+
 def _device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -297,7 +304,7 @@ def layer_macs(model: nn.Module, batch_inputs: Any, names: Sequence[str]) -> dic
         def fn(module: nn.Module, args: Any, out: Any) -> None:
             if not isinstance(out, torch.Tensor) or name in macs:
                 return
-            w = module.weight  # every output element costs one dot product over w[0]
+            w = _weight(module)  # every output element costs one dot product over w[0]
             macs[name] = out.numel() * w[0].numel() // max(1, n_examples)
 
         return fn
@@ -676,8 +683,8 @@ def _one_pass(
     loss_fn: Callable[[Any, Any], Any],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean gradient and empirical Fisher diagonal of every layer's weight, without touching ``.grad``."""
-    weights = [m.weight for _, m in layers]
-    flags = [w.requires_grad for w in weights]
+    weights = [_weight(m) for _, m in layers]
+    flags: list[bool] = [bool(w.requires_grad) for w in weights]
     grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
     fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
     device = _device(model)
@@ -832,7 +839,7 @@ def _analyse_layer(
     metric: Callable[[Any, Any], Any] | None,
     macs: int,
 ) -> LayerSensitivity:
-    weight: torch.Tensor = module.weight
+    weight = _weight(module)
     bias = getattr(module, "bias", None)
     channel = cfg.granularity == "channel"
     with torch.no_grad():
