@@ -6,7 +6,8 @@ elsewhere; these loops only need to be correct, seeded and quiet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,18 @@ from prunekit.errors import ConfigError, FormatError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch threads inside the block (``None``: leave as is); the old value is restored."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @dataclass(frozen=True)
@@ -149,4 +162,4 @@ def evaluate(model: nn.Module, loader: Iterable[Any], loss_fn: LossFn | None = N
     return EvalResult(loss=total_loss / count, accuracy=correct / count if classify else None, examples=count)
 
 
-__all__ = ["EvalResult", "evaluate", "forward", "make_optimizer", "split_batch", "train"]
+__all__ = ["EvalResult", "evaluate", "forward", "make_optimizer", "num_threads", "split_batch", "train"]

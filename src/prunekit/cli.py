@@ -77,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "  prunekit demo --json --quiet",
         formatter_class=_Formatter,
     )
-    p.add_argument("--out", metavar="DIR", help="write report.html and report.json into DIR")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.html and report.json into DIR (default: $TMPDIR/prunekit-demo)",
+    )
+    p.add_argument("--no-report", action="store_true", help="do not write the HTML/JSON report")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _common(p)
     p.set_defaults(func=_cmd_demo)
@@ -219,10 +224,14 @@ def _json_default(obj: Any) -> Any:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from prunekit.demo import DemoConfig, demo_table, run_demo
 
+    out = None if args.no_report else (args.out or str(Path(tempfile.gettempdir()) / "prunekit-demo"))
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
-    result = run_demo(DemoConfig(seed=args.seed), progress=show_progress, out_dir=args.out)
+    result = run_demo(DemoConfig(seed=args.seed), progress=show_progress, out_dir=out)
     if args.json:
         _emit_json(result.to_dict())
         return EXIT_OK

@@ -444,7 +444,8 @@ class Recipe:
         if self.data is not None:
             out["data"] = asdict(self.data)
         out["prune"] = [
-            {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()} for st in self.steps
+            {"what": st.what, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()}}
+            for st in self.steps
         ]
         out["schedule"] = asdict(self.schedule)
         if self.finetune is not None:
