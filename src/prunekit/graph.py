@@ -435,18 +435,28 @@ class _Builder:
         return groups
 
     def _is_shuffle(self, out_vid: int, dims: list[int]) -> bool:
-        """A split into (a, b) that is transposed and merged back: a channel shuffle."""
+        """A split into (a, b) whose two new dims are swapped next (channel shuffle)."""
         if len(dims) != 2:
             return False
+        nd = len(self.shape(out_vid))
         frontier = [out_vid]
         for _ in range(3):
             nxt = []
             for v in frontier:
                 for ci in self.consumers.get(v, []):
                     c = self.t.nodes[ci]
-                    if c.name in ("transpose", "swapaxes", "swapdims", "permute"):
-                        return True
-                    if c.name in ("contiguous", "clone"):
+                    if c.name in ("transpose", "swapaxes", "swapdims"):
+                        pair = {int(self.arg(c, 1, "dim0")) % nd, int(self.arg(c, 2, "dim1")) % nd}
+                        if pair == set(dims):
+                            return True
+                    elif c.name == "permute":
+                        perm = list(c.args[1:]) if len(c.args) > 1 else list(c.kwargs.get("dims", ()))
+                        if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+                            perm = list(perm[0])
+                        pos = [p % nd for p in perm]
+                        if dims[0] in pos and dims[1] in pos and pos.index(dims[0]) > pos.index(dims[1]):
+                            return True
+                    elif c.name in ("contiguous", "clone"):
                         nxt.extend(c.outputs)
             frontier = nxt
         return False
@@ -484,7 +494,9 @@ class _Builder:
                 continue
             osz = [out_shape[d] for d in gj]
             f2 = np.ascontiguousarray(full).reshape(osz)
-            carrier = 1 if self._is_shuffle(out_vid, gj) else 0
+            # (heads, head_dim) and (3, heads, head_dim): the dim before the innermost carries the
+            # units (whole heads); a shuffle (groups, per_group) keeps equal positions in every group.
+            carrier = len(gj) - 1 if self._is_shuffle(out_vid, gj) else len(gj) - 2
             if carrier == 0 and not self.prune_heads:
                 self.freeze(st[src])
             mv = np.moveaxis(f2, carrier, 0).reshape(osz[carrier], -1)
@@ -492,9 +504,9 @@ class _Builder:
                 self.union(mv[:, 1:], mv[:, :1])
             out[gj[carrier]] = mv[:, 0].copy()
         self.state[out_vid] = out
-        self._size_literals(node, out_vid, out)
+        self._size_literals(node, out_vid, out, st)
 
-    def _size_literals(self, node: Node, out_vid: int, out: State) -> None:
+    def _size_literals(self, node: Node, out_vid: int, out: State, in_state: State) -> None:
         if node.name not in ("view", "reshape", "unflatten"):
             return
         lits: list[Any] = list(node.args[1:])
@@ -506,7 +518,8 @@ class _Builder:
         if len(lits) != len(shape):
             return
         for j, ids in out.items():
-            if isinstance(lits[j], int) and lits[j] == shape[j] and lits[j] > 1:
+            same = any(len(i) == len(ids) and np.array_equal(i, ids) for i in in_state.values())
+            if isinstance(lits[j], int) and lits[j] == shape[j] and lits[j] > 1 and not same:
                 self.events.append(SizeEvent(node.module, int(lits[j]), ids))
 
     def r_permute(self, node: Node) -> None:
@@ -968,7 +981,9 @@ class _Builder:
                     out[o] = ids
                 d += 1
                 o += 1
-            else:  # advanced index (tensor or list)
+            else:  # advanced index (tensor or list): index values are positions, never channels
+                if isinstance(i, TensorRef):
+                    self.freeze_state(self.st(i.vid))
                 nd_idx = len(self.shape(i.vid)) if isinstance(i, TensorRef) else 1
                 is_bool = isinstance(i, TensorRef) and self.t.values[i.vid].shape and False
                 del is_bool
@@ -1292,7 +1307,7 @@ def _make_groups(
         by_sig[tuple(zip(keys.tolist(), counts.tolist(), strict=True))].append(u)
     groups: list[Group] = []
     for sig, units in by_sig.items():
-        if len(units) < 2:
+        if len(units) < 2 or all(trace.values[param_dims[k][0]].kind != "param" for k, _ in sig):
             continue
         unit_labels = uniq[units]
         members = []

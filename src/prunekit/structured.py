@@ -35,7 +35,7 @@ from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, Plan
 from prunekit.graph import _SIZE_ATTR, DependencyGraph, Group, build_graph
 from prunekit.metrics import count_macs, count_params
 from prunekit.surgery import AttrUpdate, Plan, PlanEntry, apply, masked_reference, record_plan
-from prunekit.trace import _flatten, as_args, record
+from prunekit.trace import Trace, _flatten, as_args, record
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ChannelPruneResult:
 
 
 def _resolve_ignore(
-    model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None
+    model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None, all_dims: bool = False
 ) -> dict[str, list[int]]:
     if ignore is None:
         return {}
@@ -193,7 +193,7 @@ def _resolve_ignore(
         for sub, m in names[prefix].named_modules():
             full = f"{prefix}.{sub}".strip(".") if sub else prefix
             for pname, p in m.named_parameters(recurse=False):
-                dims = [1] if type(m).__name__ == "Conv1D" else [0]
+                dims = list(range(p.dim())) if all_dims else [1] if type(m).__name__ == "Conv1D" else [0]
                 frozen[f"{full}.{pname}".lstrip(".")] = [d for d in dims if d < p.dim()]
     # map to canonical names (tied parameters)
     canon: dict[int, str] = {}
@@ -295,7 +295,8 @@ class _Selector:
 
 def _make_plan(
     model: nn.Module, graph: DependencyGraph, removed: Mapping[int, np.ndarray], mask: np.ndarray
-) -> Plan:
+) -> tuple[Plan, tuple[AttrUpdate, ...]]:
+    """The plan (slices + attributes of known module types) and candidate updates of stored sizes."""
     rm: dict[tuple[str, int], np.ndarray] = {}
     sizes: dict[tuple[str, int], int] = {}
     for gid, units in removed.items():
@@ -318,9 +319,12 @@ def _make_plan(
         new_shape[name][dim] = len(kept)
     attrs: dict[tuple[str, str], AttrUpdate] = {}
 
+    claimed: set[tuple[str, str]] = set()
+
     def put(module: str, attr: str, new: Any) -> None:
         mod = model.get_submodule(module)
         old = getattr(mod, attr)
+        claimed.add((module, attr))
         if old != new and (module, attr) not in attrs:
             attrs[(module, attr)] = AttrUpdate(module=module, name=attr, old=old, new=new)
 
@@ -370,15 +374,22 @@ def _make_plan(
                 put(mname, "nf", w[1])
             if hasattr(mod, "nx"):
                 put(mname, "nx", w[0])
-    # size literals in reshapes/splits (stored head counts, hidden sizes)
+    # size literals in reshapes/splits (stored head counts, hidden sizes): candidates only, tried if needed
+    extra: dict[tuple[str, str], AttrUpdate | None] = {}
     for ev in graph.events:
         new = int((~mask[graph.labels[ev.ids]]).sum())
         if new == ev.old:
             continue
         for mname, attr in _find_size_attrs(model, ev.module, ev.old):
-            if (mname, attr) not in attrs:
-                attrs[(mname, attr)] = AttrUpdate(module=mname, name=attr, old=ev.old, new=new)
-    return Plan(entries=tuple(entries), attributes=tuple(attrs.values()))
+            key = (mname, attr)
+            if key in attrs or key in claimed:
+                continue
+            if key in extra and (extra[key] is None or extra[key].new != new):  # type: ignore[union-attr]
+                extra[key] = None  # two different new values: ambiguous, never set
+            else:
+                extra[key] = AttrUpdate(module=mname, name=attr, old=ev.old, new=new)
+    cands = tuple(a for a in extra.values() if a is not None)
+    return Plan(entries=tuple(entries), attributes=tuple(attrs.values())), cands
 
 
 def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str, str]]:
@@ -399,39 +410,6 @@ def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str,
     return []
 
 
-def _verify(model: nn.Module, example_inputs: Any, out_shapes: list[tuple[int, ...]]) -> None:
-    args, kwargs = as_args(example_inputs)
-    stack: list[str] = []
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def pre(m: nn.Module, a: Any) -> None:
-        stack.append(names.get(id(m), type(m).__name__))
-
-    h = nn.modules.module.register_module_forward_pre_hook(pre)
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(*args, **kwargs)
-    except Exception as e:
-        where = stack[-1] if stack else "<root>"
-        raise PlanError(
-            f"the pruned model failed to run ({type(e).__name__}: {e}) in module '{where}'; the model was restored "
-            f"unchanged. A size is probably held outside the weights there: pass ignore=['{where}'] to keep it"
-        ) from e
-    finally:
-        h.remove()
-        for m, t in modes.items():
-            m.training = t
-    outs: list[torch.Tensor] = []
-    _flatten(out, outs)
-    got = [tuple(o.shape) for o in outs]
-    if got != out_shapes:
-        raise PlanError(
-            f"the pruned model's output shapes {got} differ from the original {out_shapes}; the model was restored"
-        )
-
-
 def prune_channels(
     model: nn.Module,
     example_inputs: Any,
@@ -447,6 +425,7 @@ def prune_channels(
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
+    check: bool = True,
 ) -> ChannelPruneResult:
     """Physically remove channels, neurons and attention heads of ``model``, in place.
 
@@ -471,6 +450,8 @@ def prune_channels(
         data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
+        check: Compare the pruned model's outputs on ``example_inputs`` with the original's with the
+            removed slices zeroed (one extra forward); a mismatch restores the model and raises.
 
     Returns:
         A :class:`ChannelPruneResult` (plan, widths before/after, what was kept and why).
@@ -504,61 +485,46 @@ def prune_channels(
         raise DataRequiredError("criterion 'taylor' with data= also needs loss_fn=(outputs, targets) -> loss")
 
     trace = record(model, example_inputs)
-    graph = build_graph(trace, prune_heads=cfg.prune_heads, frozen_names=frozen_names)
     params = dict(model.named_parameters())
-    module_types = trace.module_types
     saved_grads: dict[int, torch.Tensor | None] = {}
+    grads_ready = False
     if getattr(crit, "needs_grad", False) and data is not None and loss_fn is not None:
         saved_grads = {id(p): p.grad for p in model.parameters()}
         modes = {m: m.training for m in model.modules()}
         try:
             _compute_grads(model, data, loss_fn)
-            scores = [np.asarray(crit.score(g, params, module_types), dtype=np.float64) for g in graph.groups]
+        except Exception:
+            _restore_grads(model, saved_grads)
+            raise
         finally:
-            for p in model.parameters():
-                p.grad = saved_grads.get(id(p))
             for m, t in modes.items():
                 m.training = t
-    else:
-        scores = [np.asarray(crit.score(g, params, module_types), dtype=np.float64) for g in graph.groups]
-    for g, s in zip(graph.groups, scores, strict=True):
-        if s.shape != (g.n_units,):
-            raise ConfigError(
-                f"criterion {getattr(crit, 'name', crit)!r} returned shape {s.shape} for group '{g.name}', expected ({g.n_units},)"
-            )
-
-    sel = _Selector(graph, scores, cfg.round_to)
-    base_macs, base_params = sel.cost({})
-    target = cfg.target_macs if cfg.target_macs is not None else cfg.target_params
-    if target is not None:
-        which = 0 if cfg.target_macs is not None else 1
-        lo, hi = 0.0, 0.999
-        best = sel.select(hi, cfg.scope)
-        if sel.cost(best)[which] > target * (base_macs, base_params)[which]:
-            logger.warning("target %.3f cannot be reached; pruning as much as allowed", target)
-        else:
-            for _ in range(24):
-                mid = (lo + hi) / 2
-                cand = sel.select(mid, cfg.scope)
-                if sel.cost(cand)[which] <= target * (base_macs, base_params)[which]:
-                    hi, best = mid, cand
-                else:
-                    lo = mid
-        removed = best
-    else:
-        removed = sel.select(float(cfg.ratio), cfg.scope)
-    mask = sel.removed_labels(removed)
-    plan = _make_plan(model, graph, removed, mask)
-
-    params_before = count_params(model)
-    out_shapes = [trace.values[v].shape for v in trace.output_values]
-    snap = apply(model, plan)
+        grads_ready = True
+    auto_kept: list[Skipped] = []
+    auto_names: set[str] = set()
     try:
-        _verify(model, example_inputs, out_shapes)
-    except Exception:
-        snap.restore()
-        raise
-    record_plan(model, plan)
+        for _attempt in range(8):
+            graph, removed, plan, cands, sel = _plan(model, trace, cfg, crit, frozen_names, params)
+            failure = _apply_checked(model, example_inputs, trace, plan, cands, check)
+            if failure is None:
+                break
+            where, why = failure
+            if not where or where in auto_names or where == "<root>":
+                raise PlanError(
+                    f"the pruned model {why} in module '{where or '<root>'}'; the model was restored unchanged. "
+                    f"A size is probably held outside the weights there: pass ignore=['{where or '...'}'] to keep it"
+                )
+            logger.info("pruning changed module %s in a way it does not support (%s): keeping it", where, why)
+            auto_names.add(where)
+            auto_kept.append(Skipped(where, f"kept at full width: pruning it made the model fail ({why})"))
+            frozen_names = {**frozen_names, **_resolve_ignore(model, [where], all_dims=True)}
+        else:
+            raise PlanError(
+                f"pruning kept failing ({why}); the model was restored unchanged. Use ignore= on '{where}'"
+            )
+    finally:
+        if grads_ready:
+            _restore_grads(model, saved_grads)
 
     groups = []
     for g in graph.groups:
@@ -568,24 +534,178 @@ def prune_channels(
                 g.name, g.kind, g.n_units, g.n_units - nrm, tuple(sorted({m.name for m in g.members}))
             )
         )
-    skipped = [Skipped(r.where, f"{r.op}: {r.reason}") for r in graph.frozen]
+    skipped = auto_kept + [Skipped(r.where, f"{r.op}: {r.reason}") for r in graph.frozen]
     with_params = {n.rpartition(".")[0] for n in params}
     for mname in sorted(with_params):
         if mname not in trace.modules_run and mname:
             skipped.append(Skipped(mname, "did not run on example_inputs: left unchanged"))
     for s in skipped:
         logger.info("kept %s: %s", s.where, s.reason)
+    base_macs, _ = sel.cost({})
     macs_after, _ = sel.cost(removed)
     return ChannelPruneResult(
         plan=plan.to_dict(),
         groups=groups,
         skipped=_dedupe(skipped),
-        params_before=params_before,
+        params_before=sum(
+            int(np.prod(trace.values[v].shape)) for v in {trace.param_values[n] for n in params}
+        ),
         params_after=count_params(model),
         macs_before=int(base_macs),
         macs_after=int(macs_after),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _restore_grads(model: nn.Module, saved: Mapping[int, torch.Tensor | None]) -> None:
+    for p in model.parameters():
+        p.grad = saved.get(id(p))
+
+
+def _plan(
+    model: nn.Module,
+    trace: Trace,
+    cfg: ChannelPruneConfig,
+    crit: ChannelCriterion,
+    frozen_names: dict[str, list[int]],
+    params: Mapping[str, torch.Tensor],
+) -> tuple[DependencyGraph, dict[int, np.ndarray], Plan, tuple[AttrUpdate, ...], _Selector]:
+    graph = build_graph(trace, prune_heads=cfg.prune_heads, frozen_names=frozen_names)
+    scores = [np.asarray(crit.score(g, params, trace.module_types), dtype=np.float64) for g in graph.groups]
+    for g, sc in zip(graph.groups, scores, strict=True):
+        if sc.shape != (g.n_units,):
+            raise ConfigError(
+                f"criterion {getattr(crit, 'name', crit)!r} returned shape {sc.shape} for group '{g.name}', "
+                f"expected ({g.n_units},)"
+            )
+    sel = _Selector(graph, scores, cfg.round_to)
+    target = cfg.target_macs if cfg.target_macs is not None else cfg.target_params
+    if target is not None:
+        which = 0 if cfg.target_macs is not None else 1
+        goal = target * sel.cost({})[which]
+        lo, hi = 0.0, 0.999
+        best = sel.select(hi, cfg.scope)
+        if sel.cost(best)[which] > goal:
+            logger.warning("target %.3f cannot be reached; pruning as much as allowed", target)
+        else:
+            for _ in range(24):
+                mid = (lo + hi) / 2
+                cand = sel.select(mid, cfg.scope)
+                if sel.cost(cand)[which] <= goal:
+                    hi, best = mid, cand
+                else:
+                    lo = mid
+        removed = best
+    else:
+        removed = sel.select(float(cfg.ratio), cfg.scope)
+    mask = sel.removed_labels(removed)
+    plan, cands = _make_plan(model, graph, removed, mask)
+    return graph, removed, plan, cands, sel
+
+
+def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[torch.Tensor]:
+    """Outputs of ``model`` with the plan's removed slices zeroed, without touching ``model``."""
+    from torch.func import functional_call
+
+    masked: dict[str, torch.Tensor] = {}
+    for e in plan.entries:
+        mod, _, attr = e.fqn.rpartition(".")
+        t = masked.get(e.fqn)
+        if t is None:
+            t = getattr(model.get_submodule(mod), attr).detach().clone()
+        drop = torch.ones(e.size, dtype=torch.bool)
+        drop[list(e.kept)] = False
+        t.index_fill_(e.dim, torch.nonzero(drop).flatten().to(t.device), 0)
+        masked[e.fqn] = t
+    args, kwargs = as_args(example_inputs)
+    return _run(lambda: functional_call(model, masked, args, kwargs, tie_weights=True, strict=False), model)
+
+
+def _run(fn: Callable[[], Any], model: nn.Module) -> list[torch.Tensor]:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = fn()
+    finally:
+        for m, t in modes.items():
+            m.training = t
+    outs: list[torch.Tensor] = []
+    _flatten(out, outs)
+    return outs
+
+
+def _same(got: list[torch.Tensor], want: list[torch.Tensor]) -> str | None:
+    if [tuple(g.shape) for g in got] != [tuple(w.shape) for w in want]:
+        return (
+            f"changed the output shapes {[tuple(w.shape) for w in want]} -> {[tuple(g.shape) for g in got]}"
+        )
+    for g, w in zip(got, want, strict=True):
+        if not w.is_floating_point():
+            if not torch.equal(g, w):
+                return "changed an integer output"
+            continue
+        scale = float(w.abs().max()) if w.numel() else 0.0
+        if not torch.allclose(g.float(), w.float(), rtol=1e-3, atol=1e-3 * scale + 1e-5):
+            diff = float((g.float() - w.float()).abs().max())
+            return f"no longer equals the original with the removed slices zeroed (max diff {diff:.3g})"
+    return None
+
+
+def _apply_checked(
+    model: nn.Module,
+    example_inputs: Any,
+    trace: Trace,
+    plan: Plan,
+    cands: tuple[AttrUpdate, ...],
+    check: bool,
+) -> tuple[str, str] | None:
+    """Apply ``plan`` (then, if needed, with the candidate size attributes); keep it if it runs and
+    matches the masked original. Returns None on success, else (module, reason) with the model restored."""
+    want = _masked_outputs(model, example_inputs, plan) if check else None
+    attempts = [plan] + ([dataclasses.replace(plan, attributes=plan.attributes + cands)] if cands else [])
+    first: tuple[str, str] | None = None
+    for p in attempts:
+        snap = apply(model, p)
+        failure = _try_run(model, example_inputs, trace, want)
+        if failure is None:
+            record_plan(model, p)
+            return None
+        snap.restore()
+        first = first or failure
+    return first
+
+
+def _try_run(
+    model: nn.Module, example_inputs: Any, trace: Trace, want: list[torch.Tensor] | None
+) -> tuple[str, str] | None:
+    args, kwargs = as_args(example_inputs)
+    stack: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def pre(m: nn.Module, a: Any) -> None:
+        stack.append(names.get(id(m), type(m).__name__))
+
+    def post(m: nn.Module, a: Any, o: Any) -> None:
+        if stack:
+            stack.pop()
+
+    h1 = nn.modules.module.register_module_forward_pre_hook(pre)
+    h2 = nn.modules.module.register_module_forward_hook(post)
+    try:
+        got = _run(lambda: model(*args, **kwargs), model)
+    except Exception as e:  # the pruned model does not run: report where
+        return (stack[-1] if stack else "", f"failed to run ({type(e).__name__}: {str(e)[:200]})")
+    finally:
+        h1.remove()
+        h2.remove()
+    if want is None:
+        shapes = [trace.values[v].shape for v in trace.output_values]
+        if [tuple(g.shape) for g in got] != shapes:
+            return ("", f"changed the output shapes {shapes} -> {[tuple(g.shape) for g in got]}")
+        return None
+    why = _same(got, want)
+    return None if why is None else ("", why)
 
 
 def _dedupe(items: list[Skipped]) -> list[Skipped]:

@@ -286,6 +286,7 @@ class _Recorder(TorchFunctionMode):
 @contextlib.contextmanager
 def _patched_function_apply(rec: _Recorder) -> Iterator[None]:
     """Make every custom ``torch.autograd.Function`` one opaque node (its inner ops are not recorded)."""
+    original_attr = torch.autograd.Function.__dict__["apply"]  # the classmethod object itself
     original = torch.autograd.Function.apply
 
     def apply(cls: Any, *args: Any, **kwargs: Any) -> Any:
@@ -303,7 +304,7 @@ def _patched_function_apply(rec: _Recorder) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.autograd.Function.apply = original  # type: ignore[method-assign]
+        torch.autograd.Function.apply = original_attr  # type: ignore[method-assign]
 
 
 def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
