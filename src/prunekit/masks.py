@@ -116,7 +116,8 @@ def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
         else:
             module.register_buffer(buffer_name, mask.clone())
             mask = getattr(module, buffer_name)
-        param.mul_(mask)
+        # in place, no temporary (mul_ by a bool mask allocates a float copy of it); pruned -> +0.0
+        torch.where(mask, param, param.new_zeros(()), out=param)
     keeper = _keeper(module)
     if keeper is None:
         keeper = _MaskKeeper([name])

@@ -81,7 +81,7 @@ class WeightPruningConfig:
     scope: Scope = "global"
     pattern: str | None = None
     max_batches: int = 8
-    chunk_elements: int = 1 << 20
+    chunk_elements: int = 1 << 18
 
     def __post_init__(self) -> None:
         nm = parse_pattern(self.pattern)
@@ -215,10 +215,40 @@ class WeightPruningResult:
 # scoring in chunks
 
 
+class _Workspace:
+    """Buffers reused chunk after chunk, so scoring a huge model allocates almost nothing per chunk."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.device: torch.device | None = None
+
+    def ensure(self, n: int, device: torch.device) -> None:
+        if n > self.size or device != self.device:
+            self.size, self.device = max(n, self.size), device
+            self.scores = torch.empty(self.size, dtype=torch.float32, device=device)
+            self.key = torch.empty(self.size, dtype=torch.int32, device=device)
+            self.tmp = torch.empty(self.size, dtype=torch.int32, device=device)
+            self.flag = torch.empty(self.size, dtype=torch.bool, device=device)
+            self.flag2 = torch.empty(self.size, dtype=torch.bool, device=device)
+
+    def keys(self, scores: torch.Tensor) -> torch.Tensor:
+        """Order-preserving int32 keys of float32 scores (negative floats flipped below positive)."""
+        n = scores.numel()
+        bits, key, tmp = scores.view(-1).view(torch.int32), self.key[:n], self.tmp[:n]
+        torch.bitwise_right_shift(bits, 31, out=tmp)
+        tmp.bitwise_and_(0x7FFFFFFF)
+        return torch.bitwise_xor(bits, tmp, out=key)
+
+    def high(self, key: torch.Tensor) -> torch.Tensor:
+        """Bucket of the high 16 bits, in [0, 65536)."""
+        return torch.bitwise_right_shift(key, 16, out=self.tmp[: key.numel()]).add_(32768)
+
+
 def _keys(scores: torch.Tensor) -> torch.Tensor:
-    """Order-preserving int32 keys of float32 scores (negative floats flipped below the positive)."""
-    bits = scores.view(torch.int32)
-    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    """Order-preserving int32 keys of float32 scores (allocating version, for tests and small use)."""
+    ws = _Workspace()
+    ws.ensure(scores.numel(), scores.device)
+    return ws.keys(scores.contiguous()).clone().view(scores.shape)
 
 
 def _nm_keep(scores: torch.Tensor, in_dim: int, n: int, m: int) -> torch.Tensor:
@@ -238,6 +268,7 @@ class _Scorer:
         self.criterion = criterion
         self.nm = cfg.nm
         self.chunk = cfg.chunk_elements
+        self.ws = _Workspace()
 
     def row_slices(self, target: Target) -> Iterator[slice]:
         w = target.weight
@@ -251,8 +282,12 @@ class _Scorer:
             yield slice(start, min(rows, start + step))
 
     def chunks(self, target: Target) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
-        """``(rows, scores, keep_before)``: scores are -inf where ``keep_before`` is False."""
+        """``(rows, scores, keep_before)``: scores are -inf where ``keep_before`` is False.
+
+        ``scores`` lives in the workspace: it is valid until the next chunk is produced.
+        """
         mask = get_mask(target.module, target.param_name)
+        ws = self.ws
         for rows in self.row_slices(target):
             raw = self.criterion.score(target, rows)
             expected = tuple(target.weight[rows].shape)
@@ -262,39 +297,42 @@ class _Scorer:
                     f"criterion {self.criterion!r} returned {got} for {target.fqn!r}[{rows.start}:{rows.stop}], "
                     f"expected a tensor of shape {expected}"
                 )
-            scores = raw.detach().to(torch.float32).contiguous()
-            if torch.isnan(scores).any():
+            n = raw.numel()
+            ws.ensure(n, raw.device)
+            scores = ws.scores[:n].view(expected)
+            scores.copy_(raw.detach())  # never write into a tensor the criterion may own
+            del raw
+            flag = ws.flag[:n].view(expected)
+            if torch.ne(scores, scores, out=flag).any():
                 raise ConfigError(f"criterion {self.criterion!r} returned NaN scores for {target.fqn!r}")
             keep = mask[rows] if mask is not None else None
+            if keep is not None:
+                scores.masked_fill_(torch.logical_not(keep, out=flag), -math.inf)
             if self.nm is not None:
-                nm_keep = _nm_keep(
-                    scores.masked_fill(~keep, -math.inf) if keep is not None else scores,
-                    target.in_dim,
-                    *self.nm,
-                )
+                nm_keep = _nm_keep(scores, target.in_dim, *self.nm)
                 keep = nm_keep if keep is None else keep & nm_keep
-            if keep is not None:  # out of place: never write into a tensor the criterion may own
-                scores = scores.masked_fill(~keep, -math.inf)
+                scores.masked_fill_(torch.logical_not(keep, out=flag), -math.inf)
             yield rows, scores, keep
 
 
 def _kth_key(scorer: _Scorer, targets: Sequence[Target], k: int) -> tuple[int, int]:
     """Radix select: the k-th smallest key t (1-based) and how many of the keys equal to t to prune."""
+    ws = scorer.ws
     counts = torch.zeros(_BINS, dtype=torch.int64)
     for t in targets:
         for _, scores, _ in scorer.chunks(t):
-            hi = (_keys(scores) >> 16) + 32768
-            counts += torch.bincount(hi.flatten(), minlength=_BINS).cpu()
+            counts += torch.bincount(ws.high(ws.keys(scores)), minlength=_BINS).cpu()
     cum = counts.cumsum(0)
     bucket = int(torch.searchsorted(cum, torch.tensor(k)))  # first bucket with cum >= k
     below = int(cum[bucket - 1]) if bucket > 0 else 0
     counts.zero_()
     for t in targets:
         for _, scores, _ in scorer.chunks(t):
-            key = _keys(scores)
-            inside = key[(key >> 16) == bucket - 32768]
+            key = ws.keys(scores)
+            flag = torch.eq(ws.high(key), bucket, out=ws.flag[: key.numel()])
+            inside = key[flag]
             if inside.numel():
-                counts += torch.bincount((inside & 0xFFFF).flatten(), minlength=_BINS).cpu()
+                counts += torch.bincount(inside.bitwise_and_(0xFFFF), minlength=_BINS).cpu()
     cum = counts.cumsum(0)
     low = int(torch.searchsorted(cum, torch.tensor(k - below)))
     less = below + (int(cum[low - 1]) if low > 0 else 0)
@@ -302,29 +340,48 @@ def _kth_key(scorer: _Scorer, targets: Sequence[Target], k: int) -> tuple[int, i
 
 
 def _apply(scorer: _Scorer, targets: Sequence[Target], threshold: tuple[int, int] | None) -> None:
-    """Mask every key below the threshold (and the first ties), layer by layer."""
+    """Mask every key below the threshold (and the first ties), layer by layer, chunk by chunk.
+
+    The chunk results are ANDed straight into the layer's mask buffer and the pruned weights
+    zeroed in place, so no layer-sized temporary is ever built.
+    """
+    ws = scorer.ws
     tie_budget = threshold[1] if threshold is not None else 0
     for t in targets:
-        new_mask = torch.ones(t.weight.shape, dtype=torch.bool, device=t.weight.device)
+        param = t.weight
+        if get_mask(t.module, t.param_name) is None:  # register an all-True mask: no copy of anything
+            set_mask(
+                t.module,
+                t.param_name,
+                torch.ones((), dtype=torch.bool, device=param.device).expand(param.shape),
+            )
+        mask = get_mask(t.module, t.param_name)
+        assert mask is not None
+        zero = param.new_zeros(())
         for rows, scores, keep in scorer.chunks(t):
+            n = scores.numel()
             if threshold is None:
-                if keep is not None:
-                    new_mask[rows] = keep
-                continue
-            key = _keys(scores)
-            chunk_keep = key > threshold[0]
-            ties = (key == threshold[0]).view(-1).nonzero().view(-1)
-            if ties.numel() > tie_budget:  # prune only the first `tie_budget` ties, keep the rest
-                chunk_keep.view(-1)[ties[tie_budget:]] = True
-            tie_budget -= min(tie_budget, ties.numel())
-            new_mask[rows] = chunk_keep
-        set_mask(t.module, t.param_name, new_mask)
-        del new_mask
+                if keep is None:
+                    continue
+                chunk_keep = keep
+            else:
+                key = ws.keys(scores).view(scores.shape)
+                chunk_keep = torch.gt(key, threshold[0], out=ws.flag[:n].view(scores.shape))
+                ties_flag = torch.eq(key, threshold[0], out=ws.flag2[:n].view(scores.shape))
+                if ties_flag.any():
+                    ties = ties_flag.view(-1).nonzero().view(-1)
+                    if ties.numel() > tie_budget:  # prune only the first `tie_budget` ties, keep the rest
+                        chunk_keep.view(-1)[ties[tie_budget:]] = True
+                    tie_budget -= min(tie_budget, ties.numel())
+            rows_mask = mask[rows]
+            rows_mask.logical_and_(chunk_keep)
+            weights = param.data[rows]
+            torch.where(rows_mask, weights, zero, out=weights)
 
 
 def _pruned_count(target: Target) -> int:
     mask = get_mask(target.module, target.param_name)
-    return int(mask.numel() - mask.sum()) if mask is not None else 0
+    return mask.numel() - int(torch.count_nonzero(mask)) if mask is not None else 0
 
 
 def _check_pattern(targets: Sequence[Target], pattern: str, nm: tuple[int, int]) -> None:
@@ -352,7 +409,7 @@ def prune_weights(
     data: Any = None,
     loss_fn: LossFn | None = None,
     max_batches: int = 8,
-    chunk_elements: int = 1 << 20,
+    chunk_elements: int = 1 << 18,
 ) -> WeightPruningResult:
     """Prune individual weights in place with bool masks; return what was pruned per layer.
 
