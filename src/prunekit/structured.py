@@ -332,12 +332,14 @@ def _make_plan(
     for c in graph.convs:
         kept_in = int((~mask[graph.labels[c.in_ids]]).sum())
         conv_in[c.module] = (kept_in, c.depthwise)
-    touched = {n.rpartition(".")[0] for n in new_shape}
+    canonical = {alias: v.names[0] for v in graph.trace.values for alias in v.names}
+    aliases = [a for a, c in canonical.items() if c in new_shape]
+    touched = {n.rpartition(".")[0] for n in aliases}
     for mname in sorted(touched):
         mod = model.get_submodule(mname)
 
         def shp(attr: str, mname: str = mname, mod: nn.Module = mod) -> list[int] | None:
-            key = f"{mname}.{attr}".lstrip(".")
+            key = canonical.get(f"{mname}.{attr}".lstrip("."), "")
             if key in new_shape:
                 return new_shape[key]
             t = getattr(mod, attr, None)
