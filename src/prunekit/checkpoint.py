@@ -147,12 +147,22 @@ def _restore_model(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
                 f"checkpoint has mask {key!r} but the model has no parameter {module_name}.{pname}"
             )
         current = get_mask(module, pname)
+        if tuple(value.shape) != tuple(getattr(module, pname).shape):
+            raise FormatError(
+                f"checkpoint does not fit the model: mask {key!r} has shape {tuple(value.shape)}, "
+                f"the parameter has {tuple(getattr(module, pname).shape)}"
+            )
         if current is None:
             set_mask(module, pname, value)
         else:  # masks may grow back (regrowth): overwrite, do not AND
             with torch.no_grad():
                 current.copy_(value)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise FormatError(
+            f"checkpoint does not fit the model: {e}. Resume with the same architecture that wrote it."
+        ) from e
     really_missing = [k for k in missing if not _is_tied(model, k)]
     if really_missing or unexpected:
         raise FormatError(

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -199,10 +201,12 @@ def fit(
         if gen is not None:
             epoch_start["loader"] = gen.get_state()
 
-    def save(done: bool = False) -> None:
+    def save(done: bool = False, final: EvalResult | None = None) -> None:
         if checkpoint is None:
             return
         extra: dict[str, Any] = {"history": history}
+        if final is not None:
+            extra["final"] = {"loss": final.loss, "accuracy": final.accuracy, "n": final.n}
         tensors = {f"epoch_start/{k}": v for k, v in epoch_start.items()}
         if pruner is not None:
             pstate = pruner.state_dict()
@@ -233,15 +237,18 @@ def fit(
         }
         resumed_batches = batch_idx
         log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, step, epoch, batch_idx)
-        if ck.position.get("done"):
-            final = evaluate(model, val_loader, loss_fn) if val_loader is not None else None
+        if ck.position.get("done"):  # do not evaluate again: that could draw from RNGs the run saved
+            saved = ck.extra.get("final")
+            final = EvalResult(**saved) if saved else None
             return FitResult(steps=step, history=history, final=final)
 
     n_batches = len(train_loader)
     while step < steps:
         if resumed_batches:
             # replay this epoch's shuffle from its start, then put the current RNG state back
+            # replaying fetches the skipped batches: keep every RNG a dataset may draw from untouched
             current = torch.get_rng_state()
+            current_np, current_py = np.random.get_state(), random.getstate()
             current_loader = gen.get_state() if gen is not None else None
             torch.set_rng_state(epoch_start["torch"])
             if gen is not None and "loader" in epoch_start:
@@ -250,6 +257,8 @@ def fit(
             for _ in range(resumed_batches):
                 next(it)
             torch.set_rng_state(current)
+            np.random.set_state(current_np)
+            random.setstate(current_py)
             if gen is not None and current_loader is not None and "loader" not in epoch_start:
                 gen.set_state(current_loader)
             resumed_batches = 0
@@ -277,7 +286,7 @@ def fit(
         final = evaluate(model, val_loader, loss_fn)
         if not history or history[-1]["step"] != step:
             history.append(_record(step))
-    save(done=True)
+    save(done=True, final=final)
     if any(math.isnan(h["loss"]) for h in history):
         log.warning("validation loss became NaN during fit")
     return FitResult(steps=step, history=history, final=final)
