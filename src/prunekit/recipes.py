@@ -362,8 +362,15 @@ class Recipe:
             data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
+            context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+            problem = getattr(e, "problem", None) or " ".join(str(e).split())
+            if context and context_mark is not None:  # e.g. an unclosed '[' opened on this line
+                where = f"{source}:{context_mark.line + 1}:{context_mark.column + 1}"
+                at = f" (at line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+                raise ConfigError(
+                    f"{where}: malformed YAML: {context} starting here: {problem}{at}"
+                ) from None
             where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
-            problem = getattr(e, "problem", None) or str(e)
             raise ConfigError(f"{where}: malformed YAML: {problem}") from None
         if not isinstance(data, dict):
             raise ConfigError(
