@@ -262,7 +262,6 @@ class Pruner:
         if rg is None:
             raise ConfigError("regrow() needs PrunerConfig(regrowth=RegrowthConfig(...))")
         moved = 0
-        self.last_regrowth = {}
         plans = []
         for mp in masked_parameters(unwrap(self.model)):
             if rg.method == "rigl" and mp.param.grad is None:
@@ -271,13 +270,13 @@ class Pruner:
                     "and before optimizer.zero_grad()"
                 )
             plans.append(mp)
+        before = {mp.fqn: mp.mask.clone() for mp in plans}
         for mp in plans:
             mask = mp.mask.view(-1)
             n_active = int(mask.sum())
             n_inactive = mask.numel() - n_active
             k = min(int(fraction * n_active), n_inactive)
             if k <= 0:
-                self.last_regrowth[mp.fqn] = torch.zeros_like(mp.mask)
                 continue
             w = mp.param.detach().view(-1).abs().float()
             drop_score = torch.where(mask, w, torch.full_like(w, math.inf))
@@ -293,18 +292,19 @@ class Pruner:
             new[drop] = False
             new[grow] = True
             mask.copy_(new)
-            grown = torch.zeros_like(mask)
-            grown[grow] = True
-            self.last_regrowth[mp.fqn] = grown.view_as(mp.mask)
-            moved += k
         if self.config.sync_distributed:
-            broadcast_masks(self.model)
+            broadcast_masks(self.model)  # rank 0 decides; the grown set below is computed after this
+        self.last_regrowth = {}
         for mp in masked_parameters(unwrap(self.model)):
-            changed = self.last_regrowth.get(mp.fqn)
             mp.param.mul_(mp.mask)
-            if changed is not None:
-                mp.param[changed] = 0.0
-                self._reset_optimizer_state(mp.param, changed)
+            old = before.get(mp.fqn)
+            if old is None:
+                continue
+            grown = mp.mask & ~old
+            self.last_regrowth[mp.fqn] = grown
+            mp.param[grown] = 0.0
+            self._reset_optimizer_state(mp.param, grown)
+            moved += int(grown.sum())
         return moved
 
     def _reset_optimizer_state(self, param: nn.Parameter, where: torch.Tensor) -> None:
