@@ -112,6 +112,29 @@ def test_ties_are_broken_to_hit_the_exact_count() -> None:
     assert kept.min() >= 1
 
 
+@given(
+    values=st.lists(
+        st.sampled_from([-math.inf, -2.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0, math.inf]),
+        min_size=24,
+        max_size=24,
+    ),
+    sparsity=st.floats(0.0, 0.99),
+    chunk=st.integers(1, 30),
+)
+def test_any_float_scores_order_exactly_with_signed_zeros_and_infinities(values, sparsity, chunk) -> None:
+    class Fixed(pk.WeightCriterion):
+        def score(self, target, rows):
+            return torch.tensor(values).view(4, 6)[rows]
+
+    layer = nn.Linear(6, 4)
+    pk.prune_weights(layer, sparsity, criterion=Fixed(), chunk_elements=chunk)
+    mask = get_mask(layer, "weight").flatten()
+    scores = torch.tensor(values)
+    assert int((~mask).sum()) == _k(sparsity, 24)
+    if mask.any() and (~mask).any():
+        assert scores[~mask].max() <= scores[mask].min()  # -0.0 == 0.0 here, as in every float order
+
+
 @given(first=st.floats(0.0, 0.9), second=st.floats(0.0, 0.95), scope=st.sampled_from(["global", "layer"]))
 def test_pruning_again_is_cumulative_toward_total_sparsity(first, second, scope) -> None:
     model = _cnn()

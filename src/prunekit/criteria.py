@@ -195,7 +195,7 @@ class _GradientCriterion(WeightCriterion):
                     loss = calibration.loss_fn(_forward(model, inputs), _to_device(labels, params[0].device))
                     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                         raise ConfigError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}")
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]
             self._grads = {
                 t.fqn: (t.weight.grad if t.weight.grad is not None else torch.zeros_like(t.weight)).detach()
                 for t in targets

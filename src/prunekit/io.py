@@ -378,7 +378,7 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     plan = header.get("plan")
     if plan is not None:
         try:
-            from prunekit.surgery import apply_plan  # type: ignore[attr-defined]
+            from prunekit.surgery import apply_plan
         except ImportError as e:
             raise _fail(path, "holds a structured pruning plan but prunekit.surgery is not available",
                         "use a prunekit with structured pruning") from e  # fmt: skip

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from prunekit.criteria import Calibration, LossFn, WeightCriterion, get_criterion
+from prunekit.criteria import Calibration, LossFn, Magnitude, WeightCriterion, get_criterion
 from prunekit.errors import ConfigError, DataRequiredError, PatternError
 from prunekit.masks import get_mask, masked_parameters, set_mask
 from prunekit.selection import Skipped, Target, is_default_type, resolve_targets
@@ -244,11 +245,10 @@ class _Workspace:
         return torch.bitwise_right_shift(key, 16, out=self.tmp[: key.numel()]).add_(32768)
 
 
-def _keys(scores: torch.Tensor) -> torch.Tensor:
-    """Order-preserving int32 keys of float32 scores (allocating version, for tests and small use)."""
-    ws = _Workspace()
-    ws.ensure(scores.numel(), scores.device)
-    return ws.keys(scores.contiguous()).clone().view(scores.shape)
+def _key_to_float(key: int) -> float:
+    """Inverse of the key mapping: the float32 value whose key is ``key``."""
+    bits = key if key >= 0 else key ^ 0x7FFFFFFF
+    return float(struct.unpack("<f", struct.pack("<i", bits))[0])
 
 
 def _nm_keep(scores: torch.Tensor, in_dim: int, n: int, m: int) -> torch.Tensor:
@@ -281,30 +281,39 @@ class _Scorer:
         for start in range(0, rows, step):
             yield slice(start, min(rows, start + step))
 
-    def chunks(self, target: Target) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+    def chunks(
+        self, target: Target, check_nan: bool = False
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
         """``(rows, scores, keep_before)``: scores are -inf where ``keep_before`` is False.
 
-        ``scores`` lives in the workspace: it is valid until the next chunk is produced.
+        ``scores`` lives in the workspace: it is valid until the next chunk is produced. Zeros are
+        made ``+0.0`` so that float comparisons and integer keys order scores the same way.
         """
         mask = get_mask(target.module, target.param_name)
         ws = self.ws
+        fast = type(self.criterion) is Magnitude
         for rows in self.row_slices(target):
-            raw = self.criterion.score(target, rows)
-            expected = tuple(target.weight[rows].shape)
-            if not isinstance(raw, torch.Tensor) or tuple(raw.shape) != expected:
-                got = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
-                raise ConfigError(
-                    f"criterion {self.criterion!r} returned {got} for {target.fqn!r}[{rows.start}:{rows.stop}], "
-                    f"expected a tensor of shape {expected}"
-                )
-            n = raw.numel()
-            ws.ensure(n, raw.device)
+            weights = target.weight.detach()[rows]
+            expected = tuple(weights.shape)
+            n = weights.numel()
+            ws.ensure(n, weights.device)
             scores = ws.scores[:n].view(expected)
-            scores.copy_(raw.detach())  # never write into a tensor the criterion may own
-            del raw
-            flag = ws.flag[:n].view(expected)
-            if torch.ne(scores, scores, out=flag).any():
+            if fast and weights.dtype == torch.float32:
+                torch.abs(weights, out=scores)
+            else:
+                raw = self.criterion.score(target, rows)
+                if not isinstance(raw, torch.Tensor) or tuple(raw.shape) != expected:
+                    got = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+                    raise ConfigError(
+                        f"criterion {self.criterion!r} returned {got} for {target.fqn!r}[{rows.start}:{rows.stop}], "
+                        f"expected a tensor of shape {expected}"
+                    )
+                scores.copy_(raw.detach())  # never write into a tensor the criterion may own
+                del raw
+            scores.add_(0.0)  # -0.0 -> +0.0
+            if check_nan and torch.isnan(scores.sum()) and torch.isnan(scores).any():
                 raise ConfigError(f"criterion {self.criterion!r} returned NaN scores for {target.fqn!r}")
+            flag = ws.flag[:n].view(expected)
             keep = mask[rows] if mask is not None else None
             if keep is not None:
                 scores.masked_fill_(torch.logical_not(keep, out=flag), -math.inf)
@@ -320,7 +329,7 @@ def _kth_key(scorer: _Scorer, targets: Sequence[Target], k: int) -> tuple[int, i
     ws = scorer.ws
     counts = torch.zeros(_BINS, dtype=torch.int64)
     for t in targets:
-        for _, scores, _ in scorer.chunks(t):
+        for _, scores, _ in scorer.chunks(t, check_nan=True):
             counts += torch.bincount(ws.high(ws.keys(scores)), minlength=_BINS).cpu()
     cum = counts.cumsum(0)
     bucket = int(torch.searchsorted(cum, torch.tensor(k)))  # first bucket with cum >= k
@@ -347,6 +356,7 @@ def _apply(scorer: _Scorer, targets: Sequence[Target], threshold: tuple[int, int
     """
     ws = scorer.ws
     tie_budget = threshold[1] if threshold is not None else 0
+    value = _key_to_float(threshold[0]) if threshold is not None else 0.0
     for t in targets:
         param = t.weight
         if get_mask(t.module, t.param_name) is None:  # register an all-True mask: no copy of anything
@@ -365,11 +375,17 @@ def _apply(scorer: _Scorer, targets: Sequence[Target], threshold: tuple[int, int
                     continue
                 chunk_keep = keep
             else:
-                key = ws.keys(scores).view(scores.shape)
-                chunk_keep = torch.gt(key, threshold[0], out=ws.flag[:n].view(scores.shape))
-                ties_flag = torch.eq(key, threshold[0], out=ws.flag2[:n].view(scores.shape))
-                if ties_flag.any():
-                    ties = ties_flag.view(-1).nonzero().view(-1)
+                flag = ws.flag[:n].view(scores.shape)
+                if tie_budget == 0:  # common case: one comparison (zeros are canonical, no NaN)
+                    chunk_keep = torch.ge(scores, value, out=flag)
+                else:
+                    chunk_keep = torch.gt(scores, value, out=flag)
+                    ties = (
+                        torch.eq(scores, value, out=ws.flag2[:n].view(scores.shape))
+                        .view(-1)
+                        .nonzero()
+                        .view(-1)
+                    )
                     if ties.numel() > tie_budget:  # prune only the first `tie_budget` ties, keep the rest
                         chunk_keep.view(-1)[ties[tie_budget:]] = True
                     tie_budget -= min(tie_budget, ties.numel())
