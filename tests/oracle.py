@@ -87,12 +87,15 @@ def masked_reference(original: nn.Module, kept: Kept) -> nn.Module:
         A new module in eval mode.
     """
     ref = copy.deepcopy(original).eval()
-    named = dict(ref.named_parameters(remove_duplicate=False))
+    named = {
+        **dict(ref.named_buffers(remove_duplicate=False)),
+        **dict(ref.named_parameters(remove_duplicate=False)),
+    }
     norms: dict[str, Tensor] = {}
     with torch.no_grad():
         for fqn, dims in kept.items():
             if fqn not in named:
-                raise KeyError(f"plan names parameter {fqn!r}, which the original model does not have")
+                raise KeyError(f"plan names {fqn!r}, which is no parameter or buffer of the original model")
             p = named[fqn]
             for dim, idx in dims.items():
                 keep = torch.zeros(p.shape[dim], dtype=torch.bool)
@@ -113,16 +116,27 @@ def masked_reference(original: nn.Module, kept: Kept) -> nn.Module:
     return ref
 
 
-def kept_from_plan(plan: Any) -> dict[str, dict[int, list[int]]]:
-    """Read ``{param_fqn: {dim: kept}}`` from a prunekit structured plan (duck-typed on its entries)."""
+def _entries(plan: Any) -> list[Any]:
     entries = plan.get("entries") if isinstance(plan, Mapping) else getattr(plan, "entries", None)
     if entries is None:
         raise TypeError(f"cannot read kept indices from plan of type {type(plan).__name__}")
+    return list(entries)
+
+
+def kept_from_plan(plan: Any) -> dict[str, dict[int, list[int]]]:
+    """Read ``{fqn: {dim: kept}}`` from a prunekit plan, or a list of plans applied in order (composed).
+
+    A later plan's kept indices index into the widths left by the earlier ones, so they are mapped
+    back to original indices: ``kept_total = kept_first[kept_second]``.
+    """
+    plans = plan if isinstance(plan, list) else [plan]
     out: dict[str, dict[int, list[int]]] = {}
-    for e in entries:
-        get = e.get if isinstance(e, Mapping) else (lambda k, e=e: getattr(e, k, None))
-        fqn = get("param") or get("fqn") or get("name")
-        dim = int(get("dim"))
-        idx = get("kept") if get("kept") is not None else get("kept_indices")
-        out.setdefault(str(fqn), {})[dim] = [int(i) for i in idx]
+    for one in plans:
+        for e in _entries(one):
+            get = e.get if isinstance(e, Mapping) else (lambda k, e=e: getattr(e, k, None))
+            fqn = str(get("fqn") or get("param") or get("name"))
+            dim = int(get("dim"))
+            idx = [int(i) for i in (get("kept") if get("kept") is not None else get("kept_indices"))]
+            prev = out.setdefault(fqn, {}).get(dim)
+            out[fqn][dim] = idx if prev is None else [prev[i] for i in idx]
     return out
