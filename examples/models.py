@@ -74,6 +74,36 @@ def mnist_lenet() -> tuple[nn.Module, torch.Tensor]:
     return model, torch.zeros(1, 1, 28, 28)
 
 
+class _Residual(nn.Module):
+    """x + MLP(x): a block that layer pruning can remove (its input and output shapes match)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+class ResMLP(nn.Module):
+    """A residual MLP for 8x8 digits: stem, ``depth`` residual blocks, classifier."""
+
+    def __init__(self, width: int = 64, depth: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU())
+        self.blocks = nn.Sequential(*[_Residual(width) for _ in range(depth)])
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def trained_digits_resmlp() -> tuple[nn.Module, torch.Tensor]:
+    """A 6-block residual MLP trained on digits (cached after the first call)."""
+    torch.manual_seed(0)
+    return _trained("digits_resmlp", ResMLP(), epochs=10), torch.zeros(1, 1, 8, 8)
+
+
 def digits_subset() -> tuple[DataLoader, DataLoader]:
     """A data factory: 512 training and 256 test digits as (train, test) DataLoaders."""
     from prunekit.data import digits

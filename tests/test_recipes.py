@@ -13,7 +13,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound
-from prunekit.recipes import ChannelsStep, Recipe, WeightsStep
+from prunekit.recipes import ChannelsStep, LayersStep, Recipe, WeightsStep
 from prunekit.sources import import_object
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,9 @@ def test_every_example_recipe_runs(path: Path, monkeypatch: pytest.MonkeyPatch) 
                 if isinstance(module, nn.Linear):
                     groups = module.weight.reshape(module.out_features, -1, 4)
                     assert int(groups.ne(0).sum(-1).max()) <= 2, name
+        if isinstance(st_, LayersStep):
+            removed = [r for r in result.layers if r["shape_after"] is None]
+            assert after["params"] < before["params"] and len(removed) == 2 * st_.n  # two Linears per block
         if isinstance(st_, ChannelsStep):
             assert after["params"] < before["params"] and after["macs"] < before["macs"]
     assert after["nonzeros"] < before["nonzeros"]

@@ -39,7 +39,7 @@ from prunekit.errors import ConfigError
 
 WEIGHT_CRITERIA = ("magnitude", "random", "taylor", "snip", "wanda")
 CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
-DATA_AWARE = {"weights": ("taylor", "snip", "wanda"), "channels": ("taylor",), "layers": ()}
+DATA_AWARE = {"weights": ("taylor", "snip", "wanda"), "channels": ("taylor",), "layers": ("loss",)}
 _PATTERN = re.compile(r"^\d+:\d+$")
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +103,10 @@ class _ChannelsSchema(_Strict):
 class _LayersSchema(_Strict):
     what: Literal["layers"]
     n: int = Field(ge=1, description="how many blocks to remove")
-    criterion: str = "block_influence"
+    criterion: Literal["block_influence", "loss", "position"] = "block_influence"
+    blocks: str | list[str] | None = Field(
+        default=None, description="container name or block names to choose from"
+    )
 
 
 _StepSchema = Annotated[_WeightsSchema | _ChannelsSchema | _LayersSchema, Field(discriminator="what")]
@@ -239,6 +242,7 @@ class LayersStep:
 
     n: int
     criterion: str = "block_influence"
+    blocks: str | tuple[str, ...] | None = None
     what: Literal["layers"] = "layers"
 
     def __post_init__(self) -> None:
@@ -427,7 +431,8 @@ class Recipe:
                     )
                 )
             else:
-                steps.append(LayersStep(n=st.n, criterion=st.criterion))
+                blocks = st.blocks if isinstance(st.blocks, str) or st.blocks is None else tuple(st.blocks)
+                steps.append(LayersStep(n=st.n, criterion=st.criterion, blocks=blocks))
         return cls(
             steps=tuple(steps),
             name=s.name,

@@ -49,10 +49,15 @@ _LAYER_TYPES = (
 )
 
 
-def layer_rows(model: nn.Module) -> list[dict[str, Any]]:
-    """One row per Linear/Conv/Embedding/Norm module: shape, width, params, non-zeros, sparsity."""
+def layer_rows(model: nn.Module, original_names: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """One row per Linear/Conv/Embedding/Norm module: shape, width, params, non-zeros, sparsity.
+
+    ``original_names`` maps ``id(module)`` to its name before pruning, so a module keeps its name in the
+    report when layer pruning renumbers its container (``blocks.5`` may now be ``blocks.3``).
+    """
     rows = []
-    for name, module in model.named_modules():
+    for current, module in model.named_modules():
+        name = (original_names or {}).get(id(module), current)
         weight = module._parameters.get("weight")
         if not isinstance(module, _LAYER_TYPES) and not (
             isinstance(weight, torch.Tensor) and weight.dim() >= 2
@@ -257,7 +262,7 @@ def _apply_channels(
 
 
 def _apply_layers(
-    model: nn.Module, st: LayersStep, n: int, example_inputs: Any, calib: list[Any] | None
+    model: nn.Module, st: LayersStep, n: int, example_inputs: Any, calib: list[Any] | None, loss_fn: LossFn
 ) -> None:
     import prunekit as pk
 
@@ -266,7 +271,10 @@ def _apply_layers(
         raise ConfigError("this prunekit build has no layer pruning (prune_layers); remove the layers step")
     if n <= 0:
         return
-    prune_layers(model, example_inputs, n=n, data=calib, criterion=st.criterion)
+    blocks = list(st.blocks) if isinstance(st.blocks, tuple) else st.blocks
+    prune_layers(
+        model, example_inputs, n=n, data=calib, loss_fn=loss_fn, criterion=st.criterion, blocks=blocks
+    )
 
 
 def run_recipe(
@@ -326,6 +334,7 @@ def run_recipe(
     with bar:
         bar.describe("measuring the model before pruning")
         layers_before = layer_rows(model)
+        original_names = {id(mod): name for name, mod in model.named_modules()}
         before = measured()
         bar.advance()
         history: list[dict[str, Any]] = [
@@ -342,7 +351,7 @@ def run_recipe(
                     _apply_channels(model, st, rounds, example_inputs, calib, loss_fn)
                 else:
                     n_k = round(st.n * frac) - layers_done
-                    _apply_layers(model, st, n_k, example_inputs, calib)
+                    _apply_layers(model, st, n_k, example_inputs, calib, loss_fn)
                     layers_done += max(n_k, 0)
                 bar.advance()
             ev = _loops.evaluate(model, test, loss_fn) if test is not None else None
@@ -383,7 +392,7 @@ def run_recipe(
         recipe=recipe,
         before=before,
         after=after,
-        layers=merge_layers(layers_before, layer_rows(model)),
+        layers=merge_layers(layers_before, layer_rows(model, original_names)),
         history=history,
         hardware=hardware_info(m.threads).to_dict(),
         seconds=time.perf_counter() - start,
