@@ -241,4 +241,5 @@ def test_recipe_is_exported() -> None:
         "what": "layers",
         "n": 1,
         "criterion": "block_influence",
+        "blocks": None,
     }
