@@ -426,6 +426,7 @@ def prune_weights(
     loss_fn: LossFn | None = None,
     max_batches: int = 8,
     chunk_elements: int = 1 << 18,
+    config: WeightPruningConfig | None = None,
 ) -> WeightPruningResult:
     """Prune individual weights in place with bool masks; return what was pruned per layer.
 
@@ -444,6 +445,8 @@ def prune_weights(
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria (taylor, snip).
         max_batches: at most this many batches of ``data`` are used.
         chunk_elements: scores held in memory at a time.
+        config: a :class:`WeightPruningConfig` instead of ``sparsity``, ``scope``, ``pattern``,
+            ``max_batches`` and ``chunk_elements`` (pass one or the other).
 
     Returns:
         A :class:`WeightPruningResult` (per-layer pruned counts, skipped modules).
@@ -466,13 +469,23 @@ def prune_weights(
         >>> int(model[0].weight.reshape(32, 4, 4).ne(0).sum(-1).max())
         2
     """
-    cfg = WeightPruningConfig(
-        sparsity=sparsity,
-        scope=scope,
-        pattern=pattern,
-        max_batches=max_batches,
-        chunk_elements=chunk_elements,
-    )
+    if config is None:
+        cfg = WeightPruningConfig(
+            sparsity=sparsity,
+            scope=scope,
+            pattern=pattern,
+            max_batches=max_batches,
+            chunk_elements=chunk_elements,
+        )
+    elif not isinstance(config, WeightPruningConfig):
+        raise ConfigError(f"config must be a WeightPruningConfig, got {type(config).__name__}")
+    elif (sparsity, scope, pattern, max_batches, chunk_elements) != (None, "global", None, 8, 1 << 18):
+        raise ConfigError(
+            "pass either config= or sparsity/scope/pattern/max_batches/chunk_elements, not both; "
+            "use dataclasses.replace(config, ...) for a variant"
+        )
+    else:
+        cfg = config
     crit = get_criterion(criterion)
     targets, skipped = resolve_targets(model, include, exclude)
     if not targets:
