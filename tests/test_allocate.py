@@ -233,3 +233,19 @@ def test_layer_latency_table_has_every_layer() -> None:
     model = SmallCNN()
     table = pk.layer_latency(model, torch.randn(2, 1, 12, 12), repeats=3, warmup=1)
     assert set(table) == {"conv1", "conv2", "fc"} and all(v > 0 for v in table.values())
+
+
+def test_channel_plan_removes_channels_physically() -> None:
+    if not hasattr(pk, "prune_channels"):
+        pytest.skip("structured pruning not available")
+    model = SmallCNN()
+    x = torch.randn(4, 1, 12, 12)
+    data = [(torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,)))]
+    res = pk.sensitivity(model, data, F.cross_entropy, ratios=(0.25, 0.5, 0.75), granularity="channel", progress=False)
+    plan = pk.allocate(res, 0.4, by="macs", exclude=["fc"])
+    macs_before = pk.metrics.count_macs(model, x)
+    pk.apply_allocation(model, plan, example_inputs=x, physical=True)
+    assert model.conv1.out_channels == 8 - round(plan["conv1"] * 8)
+    assert model.conv2.out_channels == 8 - round(plan["conv2"] * 8)
+    assert model.fc.in_features == model.conv2.out_channels * 36 and model(x).shape == (4, 10)
+    assert pk.metrics.count_macs(model, x) < macs_before

@@ -260,3 +260,18 @@ def test_removal_equals_skipping_property(scales: list[float], data: st.DataObje
         assert torch.equal(model(x), reference(x))
     lowest = sorted(res.scores.values())[:n]
     assert sorted(res.scores[r] for r in res.removed) == lowest
+
+
+def test_hf_config_found_through_a_wrapper_module() -> None:
+    class Wrapper(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids).last_hidden_state.mean(1)
+
+    wrapped = Wrapper(_bert())
+    res = pk.prune_layers(wrapped, {"input_ids": torch.randint(0, 99, (2, 5))}, n=3, criterion="position")
+    assert res.removed == ("model.encoder.layer.1", "model.encoder.layer.2", "model.encoder.layer.3")
+    assert wrapped.model.config.num_hidden_layers == 1 and res.config_updated == ("num_hidden_layers",)

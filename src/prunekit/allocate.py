@@ -37,6 +37,7 @@ from prunekit.sensitivity import (
     call_model,
     iter_curve,
     keep_mask,
+    select_layers,
     to_device,
 )
 
@@ -379,8 +380,9 @@ def apply_allocation(
 
     Weight plans (``granularity="layer"``) call ``prune_weights(model, ratio, scope="layer",
     include=[name])`` once per layer with the plan's criterion. Channel plans zero each layer's
-    lowest-L2 output channels (weight rows and bias) with masks, or, with ``physical=True``, call
-    ``prune_channels(model, example_inputs, ratio={name: ratio})`` to remove them.
+    lowest-scoring output channels (weight rows and bias) with masks, or, with ``physical=True``,
+    remove them: one ``prune_channels(model, example_inputs, ratio=r, scope="layer",
+    ignore=<every other Linear/Conv>)`` call per layer (coupled slices go with them).
 
     Args:
         model: the model the sensitivity analysis ran on.
@@ -415,7 +417,15 @@ def apply_allocation(
                 raise ConfigError(
                     "physical=True needs prunekit.prune_channels (structured pruning), not available"
                 )
-            prune_channels(model, example_inputs, ratio=applied, scope="layer")
+            if example_inputs is None:
+                raise ConfigError("physical=True needs example_inputs= (one batch) to trace the model")
+            crit = {"magnitude": "l1", "l2": "l2", "random": "random"}.get(str(criterion), "l2")
+            prunable = [n for n, _ in select_layers(model)]
+            for name, ratio in applied.items():  # one traced call per layer: its own ratio, others kept
+                others = [n for n in prunable if n != name]
+                prune_channels(
+                    model, example_inputs, ratio=ratio, scope="layer", criterion=crit, ignore=others or None
+                )
         else:
             _mask_channels(modules, applied, str(criterion))
         return applied
@@ -466,8 +476,6 @@ def layer_latency(
         repeats: timed forward passes; the median per layer is returned.
         warmup: untimed forward passes first.
     """
-    from prunekit.sensitivity import select_layers
-
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     modules = dict(model.named_modules())

@@ -308,10 +308,18 @@ def block_influence(model: nn.Module, names: Sequence[str], inputs_list: Sequenc
 # ----------------------------------------------------------------------------------------------
 
 
-def _update_hf_config(
-    model: nn.Module, old_len: int, removed_idx: Sequence[int], new_len: int
-) -> tuple[str, ...]:
-    config = getattr(model, "config", None)
+def _owning_config(model: nn.Module, container: str) -> Any:
+    """The ``config`` of the nearest module above ``container`` that has one (HF models), else None."""
+    parts = container.split(".") if container else []
+    for i in range(len(parts) - 1, -1, -1):
+        owner = model.get_submodule(".".join(parts[:i])) if i else model
+        config = getattr(owner, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):
+            return config
+    return None
+
+
+def _update_hf_config(config: Any, old_len: int, removed_idx: Sequence[int], new_len: int) -> tuple[str, ...]:
     if config is None:
         return ()
     updated: list[str] = []
@@ -347,12 +355,9 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
     saved_idx = [
         (sub, sub.layer_idx) for sub in model.modules() if isinstance(getattr(sub, "layer_idx", None), int)
     ]
-    config = getattr(model, "config", None)
-    saved_cfg = {
-        k: getattr(config, k)
-        for k in ("num_hidden_layers", "layer_types", "sliding_window_pattern_list")
-        if config is not None and hasattr(config, k)
-    }
+    configs = {id(cfg): cfg for cfg in (_owning_config(model, c) for c in by_container) if cfg is not None}
+    keys = ("num_hidden_layers", "layer_types", "sliding_window_pattern_list")
+    saved_cfg = [(cfg, k, getattr(cfg, k)) for cfg in configs.values() for k in keys if hasattr(cfg, k)]
     updated: list[str] = []
     try:
         for c, container in containers.items():
@@ -363,7 +368,8 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
                 for sub in old[old_i].modules():
                     if isinstance(getattr(sub, "layer_idx", None), int) and sub.layer_idx == old_i:
                         setattr(sub, "layer_idx", new_i)  # noqa: B010  (typed as Tensor | Module)
-            for f in _update_hf_config(model, len(old), sorted(by_container[c]), len(kept)):
+            config = _owning_config(model, c)
+            for f in _update_hf_config(config, len(old), sorted(by_container[c]), len(kept)):
                 if f not in updated:
                     updated.append(f)
     except Exception:
@@ -371,8 +377,8 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
             container._modules = saved[c]
         for sub, idx in saved_idx:
             setattr(sub, "layer_idx", idx)  # noqa: B010
-        for k, v in saved_cfg.items():
-            setattr(config, k, v)
+        for cfg, k, v in saved_cfg:
+            setattr(cfg, k, v)
         raise
     return tuple(updated)
 
