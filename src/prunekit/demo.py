@@ -66,8 +66,8 @@ class DemoConfig:
     sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
     criteria: tuple[str, ...] = ("magnitude", "wanda")
     channel_ratios: tuple[float, ...] = (0.25, 0.5)
-    epochs: int = 12
-    finetune_epochs: int = 2
+    epochs: int = 10
+    finetune_epochs: int = 1
     lr: float = 3e-3
     batch_size: int = 64
     seed: int = 0

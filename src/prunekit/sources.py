@@ -129,6 +129,10 @@ def _from_hf(path: Path) -> tuple[nn.Module, Any]:
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConfigError(f"{path} is a Hugging Face model directory; install transformers to read it") from e
     try:
+        transformers.utils.logging.disable_progress_bar()  # our own output stays readable (and --quiet quiet)
+    except AttributeError:  # pragma: no cover - older transformers
+        pass
+    try:
         config = transformers.AutoConfig.from_pretrained(str(path))
         archs = list(getattr(config, "architectures", None) or [])
         cls = getattr(transformers, archs[0], None) if archs else None
