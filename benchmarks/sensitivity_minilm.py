@@ -11,7 +11,8 @@ Influence) uses the calibration lines 1-256 only. No fine-tuning anywhere.
 2. Removing 1, 2, 3 of the 6 transformer layers: by Block Influence (ShortGPT) vs by position
    (the last layers), with ``pk.prune_layers``.
 
-Run (seed 0; about 20-30 minutes on 2 shared CPU cores):
+Run (seed 0; defaults as below; 15-45 minutes on 2 shared CPU cores, most of it the 36 x 5 sensitivity
+evaluations and the 1,000-sentence evaluations):
 
     HF_HUB_OFFLINE=1 python benchmarks/sensitivity_minilm.py --out /tmp/prunekit-bench/minilm
 """
@@ -89,12 +90,15 @@ def main() -> None:
     )
     parser.add_argument("--out", default="/tmp/prunekit-bench/minilm", help="output dir (plots, CSV, JSON)")
     parser.add_argument(
-        "--calib", type=int, default=128, help="calibration sentences for the sensitivity curves"
+        "--calib", type=int, default=64, help="calibration sentences for the sensitivity curves"
     )
-    parser.add_argument("--ratios", default="0.2,0.4,0.6,0.8,0.9", help="ratios measured per layer")
-    parser.add_argument("--targets", default="0.3,0.5,0.6", help="global sparsity targets")
+    parser.add_argument("--ratios", default="0.2,0.35,0.5,0.65,0.8", help="ratios measured per layer")
+    parser.add_argument("--targets", default="0.2,0.3,0.4,0.5", help="global sparsity targets")
     parser.add_argument("--eval", type=int, default=1000, help="evaluation sentences (lines 257-...)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--load-sensitivity", default=None, help="reuse a sensitivity.json written by an earlier run"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -128,15 +132,18 @@ def main() -> None:
     # ---------------------------------------------------------------- sensitivity
     ratios = tuple(float(r) for r in args.ratios.split(","))
     t0 = time.perf_counter()
-    res = pk.sensitivity(
-        model,
-        sens_pairs,
-        one_minus_cosine,
-        ratios=ratios,
-        metric=cosine,
-        include=[nn.Linear],
-        exclude=["*pooler*"],
-    )
+    if args.load_sensitivity:
+        res = pk.SensitivityResult.from_dict(json.loads(Path(args.load_sensitivity).read_text()))
+    else:
+        res = pk.sensitivity(
+            model,
+            sens_pairs,
+            one_minus_cosine,
+            ratios=ratios,
+            metric=cosine,
+            include=[nn.Linear],
+            exclude=["*pooler*"],
+        )
     t_sens = time.perf_counter() - t0
     res.to_csv(out / "sensitivity.csv")
     res.to_json(out / "sensitivity.json")

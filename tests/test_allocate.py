@@ -249,3 +249,17 @@ def test_channel_plan_removes_channels_physically() -> None:
     assert model.conv2.out_channels == 8 - round(plan["conv2"] * 8)
     assert model.fc.in_features == model.conv2.out_channels * 36 and model(x).shape == (4, 10)
     assert pk.metrics.count_macs(model, x) < macs_before
+
+
+def test_allocation_from_the_one_pass_estimate_also_beats_uniform() -> None:
+    model = Branches()
+    calib, held_out = _data(model, 1), _data(model, 2)
+    res = pk.sensitivity(model, calib, F.mse_loss, ratios=(0.3, 0.6, 0.9), progress=False)
+    plan = pk.allocate(res, 0.6, source="fisher")
+    assert plan.source == "fisher" and plan.achieved == pytest.approx(0.6, rel=0.01)
+    allocated, uniform = copy.deepcopy(model), copy.deepcopy(model)
+    pk.apply_allocation(allocated, plan)
+    pk.prune_weights(uniform, 0.6, scope="layer")
+    assert _loss(allocated, held_out) < _loss(uniform, held_out)
+    with pytest.raises(pk.ConfigError, match="source"):
+        pk.allocate(res, 0.6, source="hessian")
