@@ -94,12 +94,24 @@ def test_header_is_json_and_tied_weights_are_stored_once(tmp_path: Path) -> None
         keys = set(f.keys())
     assert header["format"] == "prunekit.model" and header["version"] == 1 and header["plan"] is None
     assert header["aliases"] == {"out.weight": "emb.weight"}
-    assert header["tensors"]["conv.weight"]["enc"] == "rice" and header["tensors"]["conv.weight"]["mask"]
+    assert (
+        header["tensors"]["conv.weight"]["enc"] == "rice"
+        and header["tensors"]["conv.weight"]["mask"] == "conv.weight"
+    )
     assert header["tensors"]["bn.num_batches_tracked"]["enc"] == "dense"
     assert not any(k.startswith("out.weight") for k in keys)
     assert not any(k.endswith("_mask") for k in keys)  # masks are implied by the coded positions
     (n,) = struct.unpack("<Q", path.read_bytes()[:8])  # a plain safetensors file: no pickle anywhere
     assert path.read_bytes()[8:9] == b"{" and n < path.stat().st_size
+
+
+def test_mask_on_the_second_name_of_a_tied_weight_round_trips(tmp_path: Path) -> None:
+    net = Net()
+    result = pk.prune_weights(net, 0.6, include=["out"])  # the mask sits on `out`, the weight is `emb`'s
+    assert [row.name for row in result.layers] == ["out"]
+    fresh = pk.load(pk.save(net, tmp_path / "tied.safetensors"), Net())
+    _assert_same(net, fresh, exact_zeros=False)
+    assert get_mask(fresh.out, "weight") is not None and get_mask(fresh.emb, "weight") is None
 
 
 def test_unmasked_sparse_tensors_are_compressed_and_round_trip(tmp_path: Path) -> None:

@@ -136,30 +136,35 @@ def tensor_information_bits(tensor: torch.Tensor) -> float:
     return nnz * bits + _log2_binomial(n, nnz)
 
 
+def _sig(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 def _unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, Any]]:
-    """State tensors stored once (aliases point at the first key), mask buffers left out."""
+    """State tensors stored once (aliases point at the first key), mask buffers left out.
+
+    Returns ``(unique, aliases, masked)``; ``masked`` maps a unique key to the :class:`MaskedParam`
+    holding its mask (which may sit on the module of a tied alias).
+    """
     state = model.state_dict()
-    masked = {mp.fqn: mp for mp in masked_parameters(model)}
-    mask_keys = {fqn + MASK_SUFFIX for fqn in masked}
+    masked_params = list(masked_parameters(model))
+    mask_keys = {mp.fqn + MASK_SUFFIX for mp in masked_params}
+    by_sig = {_sig(mp.param.detach()): mp for mp in masked_params}
     unique: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
+    masked: dict[str, Any] = {}
     seen: dict[tuple[Any, ...], str] = {}
     for key, t in state.items():
         if key in mask_keys:
             continue
-        sig = (
-            t.device,
-            t.untyped_storage().data_ptr(),
-            t.storage_offset(),
-            tuple(t.shape),
-            t.stride(),
-            t.dtype,
-        )
+        sig = _sig(t)
         if t.numel() and sig in seen:
             aliases[key] = seen[sig]
             continue
         seen[sig] = key
         unique[key] = t
+        if sig in by_sig:
+            masked[key] = by_sig[sig]
     return unique, aliases, masked
 
 
@@ -237,7 +242,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             k, qbits, q_bytes, r_bytes = rice_encode(positions)
             values = flat[torch.from_numpy(positions)]
             streams = {_VALUES: values, _Q: torch.from_numpy(q_bytes), _R: torch.from_numpy(r_bytes)}
-            entry.update(enc="rice", nnz=int(positions.size), k=k, qbits=qbits, mask=mp is not None)
+            mask_owner = mp.fqn if mp is not None else None  # the parameter whose module holds the mask
+            entry.update(enc="rice", nnz=int(positions.size), k=k, qbits=qbits, mask=mask_owner)
             entry["crc32"] = {suffix: _crc(s) for suffix, s in streams.items()}
             for suffix, s in streams.items():
                 tensors[key + suffix] = s
@@ -249,9 +255,16 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "aliases": aliases,
         "plan": getattr(model, "_prunekit_plan", None),
     }
+    try:
+        header_json = json.dumps(header)
+    except (TypeError, ValueError) as e:
+        raise FormatError(
+            f"cannot save {type(model).__name__}: model._prunekit_plan is not JSON-serialisable ({e}); "
+            "plans must be lists of dicts of numbers/strings, as prunekit.surgery records them"
+        ) from e
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(tensors, str(tmp), metadata={"prunekit": json.dumps(header)})
+        save_file(tensors, str(tmp), metadata={"prunekit": header_json})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -328,10 +341,13 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str
             flat = torch.zeros(numel, dtype=dtype)
             flat[index] = values
             state[key] = flat.view(shape)
-            if entry.get("mask"):
+            owner = entry.get("mask")
+            if owner is not None:
+                if not isinstance(owner, str):
+                    raise ValueError(f"mask owner must be a parameter name, got {owner!r}")
                 mask = torch.zeros(numel, dtype=torch.bool)
                 mask[index] = True
-                masks[key] = mask.view(shape)
+                masks[owner] = mask.view(shape)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise _fail(path, f"tensor {key!r} cannot be decoded ({type(e).__name__}: {e})",
                         "the file is corrupted or truncated") from e  # fmt: skip
@@ -342,9 +358,16 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str
     return header, state, masks
 
 
-def _check_fits(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def _check_fits(
+    path: Path, model: nn.Module, state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> None:
     current = {mp.fqn + MASK_SUFFIX for mp in masked_parameters(model)}
     expected = {k: v for k, v in model.state_dict().items() if k not in current}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for owner in masks:
+        if owner not in params:
+            raise _fail(path, f"holds a mask for {owner!r}, which is not a parameter of {type(model).__name__}",
+                        "build the same architecture (and config) as the saved model")  # fmt: skip
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     fix = "build the same architecture (and config) as the saved model before calling load(path, model)"
@@ -388,20 +411,20 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         except Exception as e:
             raise _fail(path, f"its structured plan does not apply to {type(model).__name__} ({e})",
                         "build the same architecture as the saved model") from e  # fmt: skip
-        _check_fits(path, trial, state)
+        _check_fits(path, trial, state, masks)
         del trial
         apply_plan(model, plan)
     else:
-        _check_fits(path, model, state)
+        _check_fits(path, model, state, masks)
     for mp in list(masked_parameters(model)):
         remove_mask(mp.module, mp.name)
     target = model.state_dict()
     with torch.no_grad():
         for key, t in state.items():
             target[key].copy_(t)
-        for key, mask in masks.items():
-            module_name, _, name = key.rpartition(".")
-            set_mask(model.get_submodule(module_name), name, mask.to(target[key].device))
+        for owner, mask in masks.items():
+            module_name, _, name = owner.rpartition(".")
+            set_mask(model.get_submodule(module_name), name, mask.to(target[owner].device))
     return model
 
 
