@@ -120,7 +120,7 @@ def train(
             inputs, targets = split_batch(batch)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(forward(model, inputs), targets)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             last = float(loss.detach())
             if on_batch is not None:

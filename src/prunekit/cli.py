@@ -533,7 +533,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 "label": label,
                 "a": a,
                 "b": b,
-                "ratio_b_over_a": None if ratio == "-" else b / a,
+                "ratio_b_over_a": b / a
+                if ratio != "-" and isinstance(a, (int, float)) and isinstance(b, (int, float))
+                else None,
                 "a_text": fmt_value(a, kind),
                 "b_text": fmt_value(b, kind),
                 "ratio_text": ratio,
@@ -560,7 +562,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     table.add_column(f"B: {args.model_b}", justify="right")
     table.add_column("B / A", justify="right")
     for r in rows:
-        table.add_row(r["label"], r["a_text"], r["b_text"], r["ratio_text"])
+        table.add_row(str(r["label"]), str(r["a_text"]), str(r["b_text"]), str(r["ratio_text"]))
     console = _console(args)
     console.print(table)
     if hardware:

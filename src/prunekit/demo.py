@@ -56,7 +56,8 @@ class DigitsCNN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))  # (B, w/2, 8, 8)
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))  # (B, w, 4, 4)
         x = torch.relu(self.fc1(x.flatten(1)))  # (B, hidden)
-        return self.fc(x)  # (B, classes)
+        out: torch.Tensor = self.fc(x)  # (B, classes)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +169,7 @@ class _Progress:
             self._progress.update(self._task, description=description)
 
 
-def _data(cfg: DemoConfig) -> tuple[DataLoader, DataLoader, DataLoader]:
+def _data(cfg: DemoConfig) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any]]:
     from prunekit.data import digits
 
     split = digits(seed=cfg.seed)
@@ -177,7 +178,7 @@ def _data(cfg: DemoConfig) -> tuple[DataLoader, DataLoader, DataLoader]:
     return train, test, calib
 
 
-def _prune_weights(model: nn.Module, sparsity: float, criterion: str, calib: DataLoader) -> None:
+def _prune_weights(model: nn.Module, sparsity: float, criterion: str, calib: DataLoader[Any]) -> None:
     import prunekit as pk
 
     kwargs: dict[str, Any] = {}
@@ -319,7 +320,7 @@ def _run(cfg: DemoConfig, progress: bool, out_dir: str | Path | None) -> DemoRes
     return result
 
 
-def _accuracy(model: nn.Module, loader: DataLoader) -> float:
+def _accuracy(model: nn.Module, loader: DataLoader[Any]) -> float:
     acc = _loops.evaluate(model, loader).accuracy
     return float(acc if acc is not None else float("nan"))
 

@@ -218,11 +218,11 @@ def measure_latency(
     )
 
 
-class _LiveStorageTracker(TorchDispatchMode):
+class _LiveStorageTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts the bytes of every tensor storage created by an op while it is alive; keeps the peak."""
 
     def __init__(self, exclude: set[int]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         from torch.multiprocessing.reductions import StorageWeakRef
 
         self._weakref = StorageWeakRef
@@ -246,7 +246,7 @@ class _LiveStorageTracker(TorchDispatchMode):
                 key = storage._cdata
                 if key not in self.live and key not in self.exclude:
                     nbytes = storage.nbytes()
-                    self.live[key] = (self._weakref(storage), nbytes)
+                    self.live[key] = (self._weakref(storage), nbytes)  # type: ignore[no-untyped-call]
                     self.current += nbytes
         self.peak = max(self.peak, self.current)
         return out

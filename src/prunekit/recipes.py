@@ -171,7 +171,7 @@ _STEP_SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
-class _RecipeLoader(yaml.SafeLoader):
+class _RecipeLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader without YAML 1.1 base-60 numbers, so ``pattern: 2:4`` stays the string '2:4'."""
 
 
@@ -467,7 +467,7 @@ class Recipe:
 
     def to_yaml(self) -> str:
         """The recipe as YAML text; ``Recipe.from_string(r.to_yaml()) == r`` (up to ``source_path``)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     # -- running --------------------------------------------------------------------------
 
@@ -591,17 +591,17 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     if node is None:
         return None
     cur = node
-    line = cur.start_mark.line + 1
+    line = int(cur.start_mark.line) + 1
     for i, part in enumerate(loc):
         if i == len(loc) - 1:
             key = _key_node(cur, part)
             if key is not None:
-                return key.start_mark.line + 1
+                return int(key.start_mark.line) + 1
         nxt = _child(cur, part)
         if nxt is None:
             return line
         cur = nxt
-        line = cur.start_mark.line + 1
+        line = int(cur.start_mark.line) + 1
     return line
 
 

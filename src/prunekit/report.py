@@ -369,7 +369,7 @@ def make_plots(report: dict[str, Any]) -> dict[str, str]:
         ("Sensitivity curves", lambda: plot_sensitivity(report.get("sensitivity") or {})),
     ]
     for title, fn in candidates:
-        png = fn()
+        png = fn()  # type: ignore[no-untyped-call]
         if png:
             plots[title] = png
     return plots

@@ -129,7 +129,7 @@ def _from_hf(path: Path) -> tuple[nn.Module, Any]:
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ConfigError(f"{path} is a Hugging Face model directory; install transformers to read it") from e
     try:
-        transformers.utils.logging.disable_progress_bar()  # our own output stays readable (and --quiet quiet)
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # our own output stays readable (and --quiet quiet)
     except AttributeError:  # pragma: no cover - older transformers
         pass
     try:
