@@ -284,3 +284,21 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path: Path) -> None
     path = pk.save(Net(width=16), tmp_path / "n.safetensors")
     with pytest.raises(pk.FormatError, match=r"'conv.weight' is \(16, 8, 3\).*\(32, 8, 3\)"):
         pk.load(path, Net())
+
+
+def test_gpt2_wanda_nm_prune_save_load_gives_identical_logits(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 64, (3, 8))
+    result = pk.prune_weights(model, 0.6, criterion="wanda", data=[({"input_ids": ids}, None)], pattern="2:4")
+    kinds = {row.kind for row in result.layers}
+    assert kinds == {"Conv1D", "Linear"} and result.sparsity == pytest.approx(0.6, abs=1e-4)
+    c_fc = model.transformer.h[0].mlp.c_fc.weight  # (in, out): 2:4 along dim 0
+    assert bool((c_fc.reshape(8, 4, -1).ne(0).sum(1) <= 2).all())
+    path = pk.save(model, tmp_path / "gpt2.safetensors")
+    fresh = pk.load(path, transformers.GPT2LMHeadModel(cfg).eval())
+    assert fresh.lm_head.weight is fresh.transformer.wte.weight
+    assert torch.equal(fresh(ids).logits, model(ids).logits)
