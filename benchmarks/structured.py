@@ -14,7 +14,7 @@ A tool that crashes or produces a broken model is reported in the table, never a
 
 Command (numbers in README "## Benchmarks"):
 
-    python benchmarks/structured.py --ratio 0.5 --threads 1 --repeats 15 --seed 0
+    python benchmarks/structured.py --ratio 0.5 --threads 1 --repeats 10 --rounds 3 --prune-repeats 3 --seed 0
 
 ``--quick`` uses smaller inputs and fewer repeats (smoke test).
 """
@@ -22,14 +22,16 @@ Command (numbers in README "## Benchmarks"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
+import signal
 import statistics
 import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,6 +338,7 @@ class Row:
     ideal: float = float("nan")
     oracle: float | None = None
     notes: list[str] = field(default_factory=list)
+    pruned: nn.Module | None = None
 
 
 def run_tool(
@@ -359,7 +362,7 @@ def run_tool(
         for r in range(args.prune_repeats):
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _timeout(args.tool_timeout):
                 warnings.simplefilter("ignore")
                 extra = prune(model, inputs, case, args.ratio)
             times.append(time.perf_counter() - t0)
@@ -390,12 +393,45 @@ def run_tool(
     row.ok = row.oracle is None or row.oracle < 1e-3 * max(1.0, _scale(dense, inputs))
     if not row.ok:
         row.error = f"oracle mismatch {row.oracle:.2e}"
-    row.latency_ms = measure_latency(
-        model, inputs, repeats=args.repeats, warmup=3, threads=args.threads
-    ).median_ms
-    row.speedup = dense_ms / row.latency_ms
     row.ideal = dense_macs / max(1, row.macs)
+    row.pruned = model
     return row
+
+
+class ToolTimeout(Exception):
+    """A tool ran longer than --tool-timeout seconds."""
+
+
+@contextlib.contextmanager
+def _timeout(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` (SIGALRM; the tools are Python loops, so it lands)."""
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise ToolTimeout(f"no result after {seconds:.0f} s (interrupted)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def interleaved_latency(
+    models: list[nn.Module], inputs: tuple[Any, ...], args: argparse.Namespace
+) -> list[float]:
+    """Median latency (ms) of each model, timed round-robin so load drift on a shared CPU hits all alike.
+
+    Each of ``args.rounds`` rounds times every model for ``args.repeats`` runs (after warm-up) and keeps
+    its median; the result is the median over rounds.
+    """
+    per: list[list[float]] = [[] for _ in models]
+    for _ in range(args.rounds):
+        for i, m in enumerate(models):
+            r = measure_latency(m, inputs, repeats=args.repeats, warmup=2, threads=args.threads)
+            per[i].append(r.median_ms)
+    return [statistics.median(v) for v in per]
 
 
 def _scale(model: nn.Module, inputs: tuple[Any, ...]) -> float:
@@ -407,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for timing")
-    p.add_argument("--repeats", type=int, default=15, help="timed forward passes (median)")
+    p.add_argument("--repeats", type=int, default=10, help="timed forward passes per round (median)")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds over dense/pruned models")
+    p.add_argument(
+        "--tool-timeout", type=float, default=300.0, help="seconds before a tool's pruning is abandoned"
+    )
     p.add_argument("--prune-repeats", type=int, default=1, help="pruning runs per tool (median time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="", help="comma-separated name prefixes (default: all)")
@@ -416,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats = min(args.repeats, 5)
+        args.repeats, args.rounds = min(args.repeats, 5), 1
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
@@ -438,20 +478,27 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         dense, inputs = case.build()
         dense_macs, dense_params = count_macs(dense, inputs), count_params(dense)
-        dense_ms = measure_latency(
-            dense, inputs, repeats=args.repeats, warmup=3, threads=args.threads
-        ).median_ms
-        dense_info[case.name] = (dense_macs, dense_params, dense_ms)
-        print(
-            f"\n{case.name}: dense {dense_macs / 1e9:.3f} GMACs, {dense_params / 1e6:.2f} M params, {dense_ms:.1f} ms"
-        )
+        print(f"\n{case.name}: dense {dense_macs / 1e9:.3f} GMACs, {dense_params / 1e6:.2f} M params")
+        case_rows: list[Row] = []
         for tool in chosen:
             if tool == "prunekit" and not hasattr(pk, "prune_channels"):
-                rows.append(Row(model=case.name, tool=tool, error="pk.prune_channels not available"))
+                case_rows.append(Row(model=case.name, tool=tool, error="pk.prune_channels not available"))
                 continue
-            row = run_tool(tool, tools[tool], case, dense, inputs, dense_macs, dense_ms, args)
-            rows.append(row)
-            print(f"  {tool:14s} {'ok' if row.ok else 'FAIL'} {row.error}")
+            row = run_tool(tool, tools[tool], case, dense, inputs, dense_macs, 0.0, args)
+            case_rows.append(row)
+            print(f"  {tool:14s} {'ok' if row.ok else 'FAIL'} {row.error} prune {row.prune_s:.2f} s")
+        timed = [r for r in case_rows if r.ok and r.pruned is not None]
+        lat = interleaved_latency([dense] + [r.pruned for r in timed], inputs, args)  # type: ignore[misc]
+        dense_ms = lat[0]
+        for r, ms in zip(timed, lat[1:], strict=True):
+            r.latency_ms, r.speedup = ms, dense_ms / ms
+            r.pruned = None
+        dense_info[case.name] = (dense_macs, dense_params, dense_ms)
+        print(
+            f"  latency dense {dense_ms:.1f} ms; "
+            + ", ".join(f"{r.tool} {r.latency_ms:.1f} ms" for r in timed)
+        )
+        rows += case_rows
     print()
     print(render(rows, dense_info))
     return 0
