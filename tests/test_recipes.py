@@ -120,10 +120,6 @@ def _error(text: str) -> str:
             ["r.yaml:5: prune[1].sparsity", "valid number"],
         ),
         (
-            "finetune: {epochs: 1}\nprune:\n  - {what: weights, sparsity: 0.5}\n",
-            ["r.yaml:1: finetune: fine-tuning needs training data"],
-        ),
-        (
             "schedule: {kind: one-shot, rounds: 3}\nprune:\n  - {what: weights, sparsity: 0.5}\n",
             ["r.yaml:1: schedule", "kind: iterative"],
         ),
@@ -224,6 +220,18 @@ def test_bad_exclude_leaves_the_model_untouched() -> None:
         r.run(model, data[0][0][:1])
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetuning_without_data_is_refused_at_run_time() -> None:
+    """A recipe may leave data to the caller (prunekit prune --data); without any it cannot fine-tune."""
+    model, data = _tiny()
+    r = Recipe.from_dict({"prune": [{"what": "weights", "sparsity": 0.5}], "finetune": {"epochs": 1}})
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(DataRequiredError, match="fine-tunes"):
+        r.run(model, torch.zeros(1, 1, 4, 4))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    res = r.run(model, data=(data, data), measure=False)
+    assert res.history[-1]["stage"] == "finetuned"
 
 
 def test_data_aware_criterion_without_data_is_refused() -> None:

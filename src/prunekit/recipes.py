@@ -335,10 +335,6 @@ class Recipe:
             raise ConfigError(
                 "schedule: an iterative schedule fine-tunes between rounds; add a 'finetune' section"
             )
-        if self.finetune is not None and self.data is None:
-            raise ConfigError(
-                "finetune: fine-tuning needs training data; add a 'data' section (e.g. source: digits)"
-            )
 
     # -- construction ---------------------------------------------------------------------
 

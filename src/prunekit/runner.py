@@ -296,9 +296,10 @@ def run_recipe(
     torch.manual_seed(recipe.seed)
     bundle = _as_bundle(data, recipe)
     if bundle is None and recipe.needs_data():
+        why = "fine-tunes" if recipe.finetune is not None else "uses a data-aware criterion"
         raise DataRequiredError(
-            "this recipe fine-tunes or uses a data-aware criterion: give it data (a 'data' section in the recipe, "
-            "--data on the command line, or data= in Python)"
+            f"this recipe {why}: give it data (a 'data' section in the recipe, --data on the command line, "
+            "or data= in Python)"
         )
     if example_inputs is None and bundle is not None:
         example_inputs = first_inputs(bundle)
