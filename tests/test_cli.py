@@ -207,7 +207,7 @@ def test_analyze_writes_sensitivity_and_allocation(tmp_path: Path, env: dict[str
     sizes = {"1": 64 * 128, "3": 128 * 64, "5": 64 * 10}
     removed = sum(alloc["ratios"][n] * sizes[n] for n in sizes) / sum(sizes.values())
     assert removed == pytest.approx(0.5, abs=0.01)
-    assert (out / "report.html").read_text().count("<img") == 1
+    assert (out / "report.html").read_text().count("<img") == 2  # loss increase and accuracy, per layer
 
 
 # --------------------------------------------------------------------------------------------------

@@ -72,7 +72,13 @@ def sens_rep() -> dict:
 
     model = _mlp()
     _, test = _data()
-    res = pk.sensitivity(model, test, nn.functional.cross_entropy, ratios=(0.25, 0.5, 0.75), progress=False)
+
+    def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+        return float((out.argmax(-1) == y).float().mean())
+
+    res = pk.sensitivity(
+        model, test, nn.functional.cross_entropy, ratios=(0.25, 0.5, 0.75), metric=accuracy, progress=False
+    )
     return envelope("analyze", "sensitivity test", sensitivity=res.to_dict())
 
 
@@ -128,7 +134,11 @@ def test_sensitivity_curves_from_result(sens_rep: dict) -> None:
         layer = next(la for la in sens_rep["sensitivity"]["layers"] if la["name"] == name)
         assert ratios == [0.25, 0.5, 0.75]
         assert deltas == pytest.approx([v - base for v in layer["loss"]])
-    assert list(make_plots(sens_rep)) == ["Sensitivity curves"]
+    metric = sensitivity_curves(sens_rep["sensitivity"], "metric")
+    assert {n: v for n, (_, v) in metric.items()} == {
+        la["name"]: la["metric"] for la in sens_rep["sensitivity"]["layers"]
+    }
+    assert list(make_plots(sens_rep)) == ["Sensitivity curves", "Metric vs ratio per layer"]
 
 
 def test_demo_report_has_accuracy_plot() -> None:
@@ -190,7 +200,7 @@ def test_sensitivity_report_renders_in_chromium(browser, sens_rep: dict, tmp_pat
     html_path, _ = write_report(sens_rep, tmp_path)
     page = browser.check(html_path)
     assert page.ok, (page.severe, page.js_errors, page.broken_images)
-    assert [i["alt"] for i in page.images] == ["Sensitivity curves"]
+    assert [i["alt"] for i in page.images] == ["Sensitivity curves", "Metric vs ratio per layer"]
 
 
 def test_chromium_check_fails_when_an_image_is_missing(browser, prune_rep: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -388,6 +388,9 @@ def _accuracy_metric(outputs: Any, targets: Any) -> float:
     return float((logits.argmax(dim=-1) == targets).float().mean())
 
 
+_accuracy_metric.__name__ = "accuracy"
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import torch
 

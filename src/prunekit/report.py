@@ -312,49 +312,48 @@ def plot_accuracy_vs_sparsity(history: list[dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
-def plot_sensitivity(sens: dict[str, Any]) -> str | None:
-    """Loss increase against ratio, one curve per layer (from a sensitivity result's ``to_dict``)."""
-    curves = sensitivity_curves(sens)
+def plot_sensitivity(sens: dict[str, Any], key: str = "loss") -> str | None:
+    """One curve per layer against its ratio: loss increase (``key="loss"``) or the metric (``"metric"``)."""
+    curves = sensitivity_curves(sens, key)
     if not curves:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, (ratios, deltas) in list(curves.items())[:40]:
-        ax.plot(ratios, deltas, marker=".", label=name)
+    for name, (ratios, values) in list(curves.items())[:40]:
+        ax.plot(ratios, values, marker=".", label=name)
+    metric_name = str(sens.get("metric_name") or "metric")
     ax.set_xlabel("ratio pruned (this layer alone)")
-    ax.set_ylabel("loss increase")
-    ax.set_title("Sensitivity per layer")
+    ax.set_ylabel("loss increase" if key == "loss" else metric_name)
+    ax.set_title(
+        "Sensitivity per layer" if key == "loss" else f"{metric_name.capitalize()} vs ratio, per layer"
+    )
     ax.grid(alpha=0.3)
     if len(curves) <= 16:
         ax.legend(fontsize=7)
     return _png(fig)
 
 
-def sensitivity_curves(sens: dict[str, Any] | None) -> dict[str, tuple[list[float], list[float]]]:
-    """``{layer: (ratios, loss increases)}`` from a sensitivity result dict (tolerant of its layout)."""
+def sensitivity_curves(
+    sens: dict[str, Any] | None, key: str = "loss"
+) -> dict[str, tuple[list[float], list[float]]]:
+    """``{layer: (ratios, values)}`` from ``SensitivityResult.to_dict()``.
+
+    ``key="loss"`` gives the loss increase over the baseline; ``key="metric"`` the metric itself
+    (layers without a metric are left out).
+    """
     if not sens:
         return {}
-    ratios = sens.get("ratios")
-    base = sens.get("base_loss", sens.get("baseline_loss"))
-    layers = sens.get("layers", [])
+    base = sens.get("baseline_loss")
     out: dict[str, tuple[list[float], list[float]]] = {}
-    items = layers.items() if isinstance(layers, dict) else ((lay.get("name"), lay) for lay in layers)
-    for name, lay in items:
-        if not isinstance(lay, dict):
+    for lay in sens.get("layers") or []:
+        ratios, values = lay.get("ratios"), lay.get(key)
+        if not ratios or values is None or len(ratios) != len(values):
             continue
-        r = lay.get("ratios", ratios)
-        if "delta" in lay:
-            d = lay["delta"]
-        elif "delta_loss" in lay:
-            d = lay["delta_loss"]
-        elif "loss" in lay and base is not None:
-            d = [v - base for v in lay["loss"]]
-        elif "losses" in lay and base is not None:
-            d = [v - base for v in lay["losses"]]
-        else:
-            continue
-        if r is not None and len(r) == len(d):
-            out[str(name)] = (list(map(float, r)), [float(v) for v in d])
+        if key == "loss":
+            if base is None:
+                continue
+            values = [v - base for v in values]
+        out[str(lay.get("name"))] = ([float(r) for r in ratios], [float(v) for v in values])
     return out
 
 
@@ -367,6 +366,7 @@ def make_plots(report: dict[str, Any]) -> dict[str, str]:
         ("Per-layer width", lambda: plot_layer_widths(layers)),
         ("Accuracy vs sparsity", lambda: plot_accuracy_vs_sparsity(report.get("history") or [])),
         ("Sensitivity curves", lambda: plot_sensitivity(report.get("sensitivity") or {})),
+        ("Metric vs ratio per layer", lambda: plot_sensitivity(report.get("sensitivity") or {}, "metric")),
     ]
     for title, fn in candidates:
         png = fn()  # type: ignore[no-untyped-call]
