@@ -114,10 +114,6 @@ def _direct(name: str, module: nn.Module, sel: Selector) -> bool:
     return isinstance(module, sel)
 
 
-def _inside(name: str, container: str) -> bool:
-    return container == "" or name.startswith(container + ".")
-
-
 def _weight_param(module: nn.Module) -> nn.Parameter | None:
     param = module._parameters.get("weight")
     return param if isinstance(param, nn.Parameter) and param.numel() > 0 else None
@@ -175,20 +171,27 @@ def resolve_targets(
     _check_found(modules, inc, "include")
     _check_found(modules, exc, "exclude")
 
-    def selected(name: str, module: nn.Module, selectors: list[Selector]) -> bool:
+    names = [n for n, _ in modules if n]
+
+    def containers(selectors: list[Selector]) -> set[str]:
+        """Names of the modules a string selector names directly (their layers are selected too)."""
+        out: set[str] = set()
         for sel in selectors:
-            if _direct(name, module, sel):
-                return True
-            if isinstance(sel, str) and is_default_type(module):
-                if _is_glob(sel):
-                    parents = [
-                        n for n, _ in modules if n and _inside(name, n) and fnmatch.fnmatchcase(n, sel)
-                    ]
-                    if parents:
-                        return True
-                elif _inside(name, sel):
-                    return True
-        return False
+            if isinstance(sel, str):
+                out.update(n for n in names if n == sel or (_is_glob(sel) and fnmatch.fnmatchcase(n, sel)))
+                if sel == "":
+                    out.add("")
+        return out
+
+    inc_containers, exc_containers = containers(inc), containers(exc)
+
+    def selected(name: str, module: nn.Module, selectors: list[Selector], named: set[str]) -> bool:
+        if any(_direct(name, module, sel) for sel in selectors):
+            return True
+        if not is_default_type(module):
+            return False
+        parts = name.split(".")
+        return "" in named or any(".".join(parts[:i]) in named for i in range(1, len(parts)))
 
     targets: list[Target] = []
     skipped: list[Skipped] = []
@@ -197,10 +200,10 @@ def resolve_targets(
         param = _weight_param(module)
         if param is None:
             continue
-        wanted = selected(name, module, inc) if inc else is_default_type(module)
+        wanted = selected(name, module, inc, inc_containers) if inc else is_default_type(module)
         if not wanted:
             continue
-        if exc and selected(name, module, exc):
+        if exc and selected(name, module, exc, exc_containers):
             skipped.append(Skipped(name, "excluded"))
             continue
         if param.ndim < 2:
