@@ -1298,30 +1298,44 @@ def _make_groups(
     pos = np.concatenate(pos_parts)
     order = np.lexsort((pos, pdk, lab))
     lab, pdk, pos = lab[order], pdk[order], pos[order]
-    uniq, starts = np.unique(lab, return_index=True)
-    ends = np.append(starts[1:], len(lab))
-    # signature of a unit = the (param dim) keys it touches, with index counts
+    uniq, uid = np.unique(lab, return_inverse=True)
+    n_units = len(uniq)
+    # signature of a unit = the (param dim) keys it touches, with index counts (vectorised)
+    kk = len(param_dims)
+    pair_key, pair_count = np.unique(uid * kk + pdk, return_counts=True)
+    pair_u, pair_pd = pair_key // kk, pair_key % kk
+    bounds = np.searchsorted(pair_u, np.arange(n_units + 1)).tolist()
+    pd_list, cnt_list = pair_pd.tolist(), pair_count.tolist()
     by_sig: dict[tuple[tuple[int, int], ...], list[int]] = defaultdict(list)
-    for u, (s, e) in enumerate(zip(starts, ends, strict=True)):
-        keys, counts = np.unique(pdk[s:e], return_counts=True)
-        by_sig[tuple(zip(keys.tolist(), counts.tolist(), strict=True))].append(u)
-    groups: list[Group] = []
+    for u in range(n_units):
+        b0, b1 = bounds[u], bounds[u + 1]
+        by_sig[tuple(zip(pd_list[b0:b1], cnt_list[b0:b1], strict=True))].append(u)
+    group_of = np.full(n_units, -1, np.int64)
+    index_in = np.zeros(n_units, np.int64)
+    kept_sigs = []
     for sig, units in by_sig.items():
         if len(units) < 2 or all(trace.values[param_dims[k][0]].kind != "param" for k, _ in sig):
             continue
-        unit_labels = uniq[units]
+        group_of[units] = len(kept_sigs)
+        index_in[units] = np.arange(len(units))
+        kept_sigs.append((sig, np.asarray(units)))
+    row_group = group_of[uid]
+    order = np.argsort(row_group, kind="stable")
+    gbounds = np.searchsorted(row_group[order], np.arange(len(kept_sigs) + 1) - 0).tolist()
+    groups: list[Group] = []
+    for gi, (sig, units) in enumerate(kept_sigs):
+        rows = order[gbounds[gi] : gbounds[gi + 1]]
+        r_pd, r_pos, r_ui = pdk[rows], pos[rows], index_in[uid[rows]]
         members = []
         multi = False
         for k, cnt in sig:
             vid, d, _, size = param_dims[k]
             arr = np.full(size, -1, np.int64)
-            for ui, u in enumerate(units):
-                s, e = starts[u], ends[u]
-                sel = pdk[s:e] == k
-                arr[pos[s:e][sel]] = ui
+            sel = r_pd == k
+            arr[r_pos[sel]] = r_ui[sel]
             members.append(Member(trace.values[vid].names[0], d, size, arr))
             multi = multi or cnt > 1
-        groups.append(Group(len(groups), len(units), members, unit_labels, "multi" if multi else "channel"))
+        groups.append(Group(gi, len(units), members, uniq[units], "multi" if multi else "channel"))
     return groups
 
 
