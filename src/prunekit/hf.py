@@ -115,7 +115,8 @@ def _out_width(m: nn.Module) -> int | None:
 def _derive(model: nn.Module, cfg: Any) -> dict[str, int]:
     """Config fields read back from the module shapes; raises PlanError on per-layer widths."""
     updates: dict[str, int] = {}
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_emb = getattr(model, "get_input_embeddings", None)
+    emb = get_emb() if callable(get_emb) else None
     if isinstance(emb, nn.Embedding) and hasattr(cfg, "hidden_size"):
         updates["hidden_size"] = emb.embedding_dim
 
@@ -317,7 +318,7 @@ def set_num_hidden_layers(model: nn.Module, kept_layers: Sequence[int]) -> None:
     for new_idx, layer in enumerate(layers):
         for m in layer.modules():
             if isinstance(getattr(m, "layer_idx", None), int):
-                m.layer_idx = new_idx
+                object.__setattr__(m, "layer_idx", new_idx)  # a plain int attribute, not a submodule
 
 
 __all__ = [
