@@ -227,6 +227,9 @@ def _from_prunekit_dir(path: Path) -> LoadedModel:
     source = header.get("source") or {}
     kind = source.get("kind")
     if kind == "factory":
+        cwd = source.get("cwd")
+        if cwd and cwd not in sys.path and Path(cwd).is_dir():
+            sys.path.append(cwd)  # the folder the factory was imported from when the directory was written
         model, example = _from_factory(source["spec"])
     elif kind == "hf":
         model, example = _from_hf(Path(source["path"]))
@@ -245,6 +248,14 @@ def _from_prunekit_dir(path: Path) -> LoadedModel:
         source=source,
         path=str(path),
     )
+
+
+def _factory_source(spec: str) -> dict[str, Any]:
+    """How to find ``spec`` again from another folder: file paths made absolute, the import folder kept."""
+    module, _, attr = spec.rpartition(":")
+    if module.endswith(".py") or os.sep in module:
+        return {"kind": "factory", "spec": f"{Path(module).resolve()}:{attr}"}
+    return {"kind": "factory", "spec": spec, "cwd": os.getcwd()}
 
 
 def load_model(spec: str) -> LoadedModel:
@@ -269,7 +280,7 @@ def load_model(spec: str) -> LoadedModel:
         )
     if ":" in spec and not path.exists():
         model, example = _from_factory(spec)
-        return LoadedModel(model=model, example_inputs=example, source={"kind": "factory", "spec": spec})
+        return LoadedModel(model=model, example_inputs=example, source=_factory_source(spec))
     if path.exists():
         raise ConfigError(
             f"MODEL {spec!r} is a file; expected a directory written by prunekit, a Hugging Face model "
