@@ -1304,12 +1304,30 @@ def _make_groups(
     kk = len(param_dims)
     pair_key, pair_count = np.unique(uid * kk + pdk, return_counts=True)
     pair_u, pair_pd = pair_key // kk, pair_key % kk
-    bounds = np.searchsorted(pair_u, np.arange(n_units + 1)).tolist()
-    pd_list, cnt_list = pair_pd.tolist(), pair_count.tolist()
-    by_sig: dict[tuple[tuple[int, int], ...], list[int]] = defaultdict(list)
-    for u in range(n_units):
-        b0, b1 = bounds[u], bounds[u + 1]
-        by_sig[tuple(zip(pd_list[b0:b1], cnt_list[b0:b1], strict=True))].append(u)
+    starts = np.searchsorted(pair_u, np.arange(n_units))
+    # two independent 64-bit hashes of each unit's set of (param dim, count) pairs; equal sets -> equal keys
+    rng = np.random.default_rng(0)
+    r1 = rng.integers(1, 2**62, size=kk, dtype=np.int64)
+    r2 = rng.integers(1, 2**62, size=kk, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        h1 = np.add.reduceat(r1[pair_pd] * (pair_count + 1), starts)
+        h2 = np.add.reduceat(r2[pair_pd] ^ (pair_count * np.int64(0x1E3779B97F4A7C15)), starts)
+    _, first, inverse = np.unique(np.stack([h1, h2], 1), axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    ends = np.append(starts[1:], len(pair_pd))
+    by_sig: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    order_sig = np.argsort(inverse, kind="stable")
+    sig_bounds = np.searchsorted(inverse[order_sig], np.arange(len(first) + 1))
+    for si in np.argsort(first):  # in order of first appearance
+        rep = int(first[si])
+        sig = tuple(
+            zip(
+                pair_pd[starts[rep] : ends[rep]].tolist(),
+                pair_count[starts[rep] : ends[rep]].tolist(),
+                strict=True,
+            )
+        )
+        by_sig[sig] = order_sig[sig_bounds[si] : sig_bounds[si + 1]].tolist()
     group_of = np.full(n_units, -1, np.int64)
     index_in = np.zeros(n_units, np.int64)
     kept_sigs = []

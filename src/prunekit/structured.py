@@ -299,6 +299,7 @@ def _make_plan(
     """The plan (slices + attributes of known module types) and candidate updates of stored sizes."""
     rm: dict[tuple[str, int], np.ndarray] = {}
     sizes: dict[tuple[str, int], int] = {}
+    modules = dict(model.named_modules())
     for gid, units in removed.items():
         grp = graph.groups[gid]
         for m in grp.members:
@@ -315,14 +316,14 @@ def _make_plan(
         entries.append(PlanEntry(fqn=name, dim=dim, size=sizes[(name, dim)], kept=kept))
         if name not in new_shape:
             mod, _, attr = name.rpartition(".")
-            new_shape[name] = list(getattr(model.get_submodule(mod), attr).shape)
+            new_shape[name] = list(getattr(modules[mod], attr).shape)
         new_shape[name][dim] = len(kept)
     attrs: dict[tuple[str, str], AttrUpdate] = {}
 
     claimed: set[tuple[str, str]] = set()
 
     def put(module: str, attr: str, new: Any) -> None:
-        mod = model.get_submodule(module)
+        mod = modules[module]
         old = getattr(mod, attr)
         claimed.add((module, attr))
         if old != new and (module, attr) not in attrs:
@@ -336,7 +337,7 @@ def _make_plan(
     aliases = [a for a, c in canonical.items() if c in new_shape]
     touched = {n.rpartition(".")[0] for n in aliases}
     for mname in sorted(touched):
-        mod = model.get_submodule(mname)
+        mod = modules[mname]
 
         def shp(attr: str, mname: str = mname, mod: nn.Module = mod) -> list[int] | None:
             key = canonical.get(f"{mname}.{attr}".lstrip("."), "")

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -118,12 +119,14 @@ class Plan:
         return cls(entries=entries, attributes=attrs)
 
 
-def _tensor(model: nn.Module, fqn: str) -> torch.Tensor:
+def _tensor(model: nn.Module, fqn: str, modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor:
     mod_name, _, attr = fqn.rpartition(".")
-    try:
-        mod = model.get_submodule(mod_name)
-    except AttributeError as e:
-        raise PlanError(f"plan names tensor '{fqn}', but the model has no module '{mod_name}'") from e
+    mod = modules.get(mod_name) if modules is not None else None
+    if mod is None:
+        try:
+            mod = model.get_submodule(mod_name)
+        except AttributeError as e:
+            raise PlanError(f"plan names tensor '{fqn}', but the model has no module '{mod_name}'") from e
     t = getattr(mod, attr, None)
     if not isinstance(t, torch.Tensor):
         raise PlanError(
@@ -139,8 +142,9 @@ def validate(model: nn.Module, plan: Plan) -> None:
         PlanError: naming the tensor or module, what was found and what was expected.
     """
     seen: set[tuple[int, int]] = set()
+    modules = dict(model.named_modules())
     for e in plan.entries:
-        t = _tensor(model, e.fqn)
+        t = _tensor(model, e.fqn, modules)
         if e.dim < 0 or e.dim >= t.dim():
             raise PlanError(f"plan slices dim {e.dim} of '{e.fqn}', which has shape {tuple(t.shape)}")
         if t.shape[e.dim] != e.size:
@@ -152,7 +156,8 @@ def validate(model: nn.Module, plan: Plan) -> None:
             raise PlanError(
                 f"plan removes all {e.size} indices of '{e.fqn}' dim {e.dim}; at least one must be kept"
             )
-        if any(i < 0 or i >= e.size for i in e.kept) or list(e.kept) != sorted(set(e.kept)):
+        kept = np.asarray(e.kept)
+        if kept[0] < 0 or kept[-1] >= e.size or (len(kept) > 1 and not bool(np.all(np.diff(kept) > 0))):
             raise PlanError(
                 f"plan's kept indices for '{e.fqn}' dim {e.dim} must be sorted, unique and in [0, {e.size})"
             )
@@ -206,8 +211,9 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
     snap = Snapshot()
     by_tensor: dict[int, list[PlanEntry]] = defaultdict(list)
     tensors: dict[int, torch.Tensor] = {}
+    modules = dict(model.named_modules())
     for e in plan.entries:
-        t = _tensor(model, e.fqn)
+        t = _tensor(model, e.fqn, modules)
         by_tensor[id(t)].append(e)
         tensors[id(t)] = t
     try:
