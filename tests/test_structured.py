@@ -320,3 +320,15 @@ def test_summary_and_result_str() -> None:
     assert "params" in str(res) and json.dumps(res.to_dict())
     s2 = pk.summary(model, x)
     assert s2.macs < s.macs and s2.params == res.params_after
+
+
+def test_ratio_mapping_per_module() -> None:
+    model = _randomize_bn(ResNetish())
+    res = check_oracle(model, torch.randn(2, 3, 8, 8), ratio={"l1.c1": 0.5, "l2.c1": 0.25})
+    assert model.l1.c1.out_channels == 8 and model.l2.c1.out_channels == 24
+    assert model.stem[0].out_channels == 16 and model.l2.c2.out_channels == 32  # not in the mapping: kept
+    assert sum(g.after < g.before for g in res.groups) == 2
+    with pytest.raises(ModuleNotFound):
+        pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio={"nope": 0.5})
+    with pytest.raises(ConfigError):
+        pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio={"l1.c1": 1.5})

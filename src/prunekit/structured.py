@@ -48,7 +48,9 @@ class ChannelPruneConfig:
 
     Attributes:
         ratio: Fraction of units (channels, neurons, heads) to remove in every group (``scope="layer"``) or
-            over all groups (``scope="global"``); in [0, 1).
+            over all groups (``scope="global"``); in [0, 1). Or a mapping ``{module_name: ratio}`` (layer
+            scope): a group takes the largest ratio of the modules whose output channels it holds; groups
+            of modules not in the mapping are kept.
         target_macs: Instead of ``ratio``: keep this fraction of the (estimated) MACs, in (0, 1].
         target_params: Instead of ``ratio``: keep this fraction of the parameters, in (0, 1].
         criterion: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``, ``"random"`` or a
@@ -58,7 +60,7 @@ class ChannelPruneConfig:
         prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept.
     """
 
-    ratio: float = 0.5
+    ratio: float | Mapping[str, float] = 0.5
     target_macs: float | None = None
     target_params: float | None = None
     criterion: str | ChannelCriterion = "l2"
@@ -67,8 +69,18 @@ class ChannelPruneConfig:
     prune_heads: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.ratio, (int, float)) or not 0.0 <= float(self.ratio) < 1.0:
-            raise ConfigError(f"ratio must be in [0, 1), got {self.ratio!r}")
+        ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
+        for r in ratios:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+                raise ConfigError(
+                    f"ratio must be in [0, 1) (or a mapping of module name to such a ratio), got {r!r}"
+                )
+        if isinstance(self.ratio, Mapping) and (
+            self.scope != "layer" or self.target_macs or self.target_params
+        ):
+            raise ConfigError(
+                "a per-module ratio mapping works with scope='layer' and no target_macs/target_params"
+            )
         if self.target_macs is not None and self.target_params is not None:
             raise ConfigError("give at most one of target_macs and target_params")
         for name in ("target_macs", "target_params"):
@@ -248,12 +260,13 @@ class _Selector:
             keep = min(n, max(r, int(math.ceil(keep / r)) * r))
         return keep
 
-    def select(self, ratio: float, scope: str) -> dict[int, np.ndarray]:
+    def select(self, ratio: float | Mapping[int, float], scope: str) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
         groups = self.g.groups
-        if scope == "layer":
+        if scope == "layer" or isinstance(ratio, Mapping):
             for g in groups:
-                keep = self._round(g.n_units - int(math.floor(ratio * g.n_units)), g.n_units, g)
+                r = ratio.get(g.gid, 0.0) if isinstance(ratio, Mapping) else ratio
+                keep = self._round(g.n_units - int(math.floor(r * g.n_units)), g.n_units, g)
                 if keep < g.n_units:
                     out[g.gid] = self.order[g.gid][: g.n_units - keep]
             return out
@@ -416,7 +429,7 @@ def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str,
 def prune_channels(
     model: nn.Module,
     example_inputs: Any,
-    ratio: float = 0.5,
+    ratio: float | Mapping[str, float] = 0.5,
     *,
     target_macs: float | None = None,
     target_params: float | None = None,
@@ -600,10 +613,32 @@ def _plan(
                     lo = mid
         removed = best
     else:
-        removed = sel.select(float(cfg.ratio), cfg.scope)
+        removed = sel.select(_group_ratios(model, graph, cfg.ratio), cfg.scope)
     mask = sel.removed_labels(removed)
     plan, cands = _make_plan(model, graph, removed, mask)
     return graph, removed, plan, cands, sel
+
+
+def _group_ratios(
+    model: nn.Module, graph: DependencyGraph, ratio: float | Mapping[str, float]
+) -> float | dict[int, float]:
+    """A float, or per group the largest ratio of the modules whose weight dim 0 (output) it holds."""
+    if not isinstance(ratio, Mapping):
+        return float(ratio)
+    names = dict(model.named_modules())
+    missing = [n for n in ratio if n not in names]
+    if missing:
+        raise ModuleNotFound(
+            f"ratio= names modules {missing} that are not in the model; e.g. {list(names)[1:6]}"
+        )
+    out: dict[int, float] = {}
+    for g in graph.groups:
+        for m in g.members:
+            mod, _, attr = m.name.rpartition(".")
+            odim = 1 if type(names.get(mod)).__name__ == "Conv1D" else 0
+            if attr == "weight" and m.dim == odim and mod in ratio:
+                out[g.gid] = max(out.get(g.gid, 0.0), float(ratio[mod]))
+    return out
 
 
 def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[torch.Tensor]:
