@@ -27,10 +27,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return e
 
 
-def run(args: list[str], env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], ok: bool = True, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "prunekit.cli", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -107,7 +109,8 @@ def test_prune_writes_a_model_directory_and_reports(nm_run: tuple[Path, dict]) -
 def test_summary_and_compare_agree_with_the_report(nm_run: tuple[Path, dict], env: dict[str, str]) -> None:
     out, _ = nm_run
     report = json.loads((out / "report.json").read_text())
-    summary = json.loads(run(["summary", str(out), "--json"], env).stdout)
+    # from another folder: the directory remembers where its factory was imported from
+    summary = json.loads(run(["summary", str(out), "--json"], env, cwd=out.parent).stdout)
     assert summary["nonzeros"] == report["after"]["nonzeros"]
     assert summary["params"] == report["after"]["params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     assert summary["macs"] == 64 * 128 + 128 * 64 + 64 * 10
