@@ -21,11 +21,11 @@ EXIT_USAGE = 2
 
 _EPILOG = """\
 examples:
-  prunekit demo                                   train, prune and fine-tune a small CNN (< 1 min)
-  prunekit summary examples.models:digits_cnn     params, non-zeros, MACs, per-layer table
-  prunekit prune examples.models:digits_cnn --recipe examples/magnitude-90.yaml --out runs/mag90
+  prunekit demo                                           train, prune and fine-tune a small CNN (< 1 min)
+  prunekit summary examples.models:trained_digits_cnn     params, non-zeros, MACs, per-layer table
+  prunekit prune examples.models:trained_digits_cnn --recipe examples/magnitude-90.yaml --out runs/mag90
   prunekit analyze runs/mag90 --data digits --out runs/mag90-sensitivity
-  prunekit compare runs/dense runs/mag90          sizes, MACs, latency, accuracy side by side
+  prunekit compare runs/ch50 runs/mag90                   sizes, MACs, latency, accuracy side by side
 
 MODEL is a directory written by prunekit, a Hugging Face model directory, or module:factory
 (a Python import path, or path/to/file.py:factory, of a function returning a model or
