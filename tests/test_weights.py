@@ -425,3 +425,21 @@ def test_global_pruning_peak_extra_memory_is_masks_plus_a_little() -> None:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["sparsity"] == pytest.approx(0.9, abs=1e-6)
     assert res["extra"] <= 0.35  # bool masks alone are 0.25 of an fp32 model
+
+
+@pytest.mark.slow
+def test_pruned_model_compiles_with_inductor_and_trains_with_masks_in_force() -> None:
+    model = _cnn()
+    pk.prune_weights(model, 0.6)
+    masks = {mp.fqn: mp.mask.clone() for mp in masked_parameters(model)}
+    x = torch.randn(2, 2, 4, 4)
+    compiled = torch.compile(model)  # default backend: inductor, C++ codegen
+    assert torch.allclose(compiled(x), model(x), atol=1e-6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        compiled(x).pow(2).sum().backward()
+        opt.step()
+    params = dict(model.named_parameters())
+    assert all(torch.count_nonzero(params[f][~m]) == 0 for f, m in masks.items())
+    assert all(torch.count_nonzero(params[f][m]) > 0 for f, m in masks.items())
