@@ -431,11 +431,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.target is not None:
         allocation = pk.allocate(result, target=args.target).to_dict()
     before = measure_model(model, loaded.example_inputs, data.test, latency=False)
+    from prunekit.metrics import hardware_info
+
     report = envelope(
         "analyze",
         f"prunekit: sensitivity of {args.model}",
         model={"spec": args.model, **loaded.source},
         before=before,
+        hardware=hardware_info().to_dict(),
         sensitivity=sens,
         allocation=allocation,
         settings={

@@ -512,6 +512,18 @@ def render_html(report: dict[str, Any], plots: dict[str, str] | None = None) -> 
                 f"<p>Rank correlation of one-pass estimates with the measured curves: "
                 f"<code>{esc(json.dumps(corr))}</code></p>"
             )
+    alloc = report.get("allocation")
+    if alloc:
+        parts.append("<h2>Allocation</h2>")
+        parts.append(
+            f"<p>Per-layer ratios reaching {esc(str(alloc.get('by', 'sparsity')))} target "
+            f"{fmt_value(alloc.get('target'), 'pct')} (achieved {fmt_value(alloc.get('achieved'), 'pct')}); "
+            f"predicted loss increase {fmt_value(alloc.get('predicted_loss_increase'), 'float')} vs "
+            f"{fmt_value(alloc.get('uniform_predicted_loss_increase'), 'float')} for the same uniform ratio.</p>"
+        )
+        parts.append(
+            _table(("layer", "ratio"), [[k, f"{v:.3f}"] for k, v in (alloc.get("ratios") or {}).items()])
+        )
     if report.get("history") and report.get("kind") != "demo":
         parts.append("<h2>Rounds</h2>")
         parts.append(
