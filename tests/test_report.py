@@ -8,6 +8,7 @@ breaks an image on purpose and checks that the same check fails, so the check ca
 from __future__ import annotations
 
 import base64
+import os
 import json
 import re
 from pathlib import Path
@@ -85,6 +86,8 @@ def sens_rep() -> dict:
 @pytest.fixture(scope="module")
 def browser():  # type: ignore[no-untyped-def]
     if chromium_binaries() is None:
+        if os.environ.get("CI"):  # CI installs chromium (.ci/run): a missing browser there is a failure
+            pytest.fail("chromium/chromedriver missing in CI: .ci/run must apt-get install chromium chromium-driver")
         pytest.skip(
             "chromium/chromedriver not installed here (CI installs: apt-get install -y chromium chromium-driver)"
         )
