@@ -8,8 +8,8 @@ breaks an image on purpose and checks that the same check fails, so the check ca
 from __future__ import annotations
 
 import base64
-import os
 import json
+import os
 import re
 from pathlib import Path
 
