@@ -72,7 +72,8 @@ def _norm_along(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
     if t.dim() == 1:
         return t.float().abs()
     if dim == 0:  # rows: vector_norm is fast along the contiguous dim
-        return torch.linalg.vector_norm(t.reshape(t.shape[0], -1).float(), ord=p, dim=1)
+        out: torch.Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1).float(), ord=p, dim=1)
+        return out
     tf = t.float()
     if p == 1:
         return tf.abs().sum(_other_dims(t, dim))

@@ -218,14 +218,14 @@ class _Builder:
             for v in node.inputs:
                 self.consumers[v].append(node.index)
         self.used: set[int] = set()
-        for v in trace.values:
-            if v.kind in ("param", "buffer"):
+        for val in trace.values:
+            if val.kind in ("param", "buffer"):
                 st: State = {}
-                for d, s in enumerate(v.shape):
+                for d, s in enumerate(val.shape):
                     ids = self.alloc(s)
                     st[d] = ids
-                    self.param_dims.append((v.vid, d, int(ids[0]) if s else self.n, s))
-                self.state[v.vid] = st
+                    self.param_dims.append((val.vid, d, int(ids[0]) if s else self.n, s))
+                self.state[val.vid] = st
 
     # -- primitives -----------------------------------------------------------------------------
     def alloc(self, n: int) -> np.ndarray:
@@ -264,9 +264,9 @@ class _Builder:
             self.dispatch(node)
         for vid in self.t.output_values:
             self.freeze_state(self.st(vid))
-        for v in self.t.values:
-            if v.kind in ("param", "buffer") and v.vid not in self.used:
-                self.freeze_state(self.state[v.vid])
+        for val in self.t.values:
+            if val.kind in ("param", "buffer") and val.vid not in self.used:
+                self.freeze_state(self.state[val.vid])
 
     def dispatch(self, node: Node) -> None:
         name = node.name
@@ -1330,7 +1330,7 @@ def _make_groups(
         by_sig[sig] = order_sig[sig_bounds[si] : sig_bounds[si + 1]].tolist()
     group_of = np.full(n_units, -1, np.int64)
     index_in = np.zeros(n_units, np.int64)
-    kept_sigs = []
+    kept_sigs: list[tuple[tuple[tuple[int, int], ...], np.ndarray]] = []
     for sig, units in by_sig.items():
         if len(units) < 2 or all(trace.values[param_dims[k][0]].kind != "param" for k, _ in sig):
             continue
@@ -1339,9 +1339,9 @@ def _make_groups(
         kept_sigs.append((sig, np.asarray(units)))
     row_group = group_of[uid]
     order = np.argsort(row_group, kind="stable")
-    gbounds = np.searchsorted(row_group[order], np.arange(len(kept_sigs) + 1) - 0).tolist()
+    gbounds = np.searchsorted(row_group[order], np.arange(len(kept_sigs) + 1)).tolist()
     groups: list[Group] = []
-    for gi, (sig, units) in enumerate(kept_sigs):
+    for gi, (sig, unit_ids) in enumerate(kept_sigs):
         rows = order[gbounds[gi] : gbounds[gi + 1]]
         r_pd, r_pos, r_ui = pdk[rows], pos[rows], index_in[uid[rows]]
         members = []
@@ -1353,7 +1353,7 @@ def _make_groups(
             arr[r_pos[sel]] = r_ui[sel]
             members.append(Member(trace.values[vid].names[0], d, size, arr))
             multi = multi or cnt > 1
-        groups.append(Group(gi, len(units), members, uniq[units], "multi" if multi else "channel"))
+        groups.append(Group(gi, len(unit_ids), members, uniq[unit_ids], "multi" if multi else "channel"))
     return groups
 
 

@@ -229,7 +229,7 @@ def _compute_grads(
         else:
             args, kwargs = as_args(batch)
             loss = loss_fn(model(*args, **kwargs))
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
 
 
 class _Selector:
@@ -397,13 +397,14 @@ def _make_plan(
         if new == ev.old:
             continue
         for mname, attr in _find_size_attrs(model, ev.module, ev.old):
-            key = (mname, attr)
-            if key in attrs or key in claimed:
+            akey = (mname, attr)
+            if akey in attrs or akey in claimed:
                 continue
-            if key in extra and (extra[key] is None or extra[key].new != new):  # type: ignore[union-attr]
-                extra[key] = None  # two different new values: ambiguous, never set
+            prev = extra.get(akey)
+            if akey in extra and (prev is None or prev.new != new):
+                extra[akey] = None  # two different new values: ambiguous, never set
             else:
-                extra[key] = AttrUpdate(module=mname, name=attr, old=ev.old, new=new)
+                extra[akey] = AttrUpdate(module=mname, name=attr, old=ev.old, new=new)
     cands = tuple(a for a in extra.values() if a is not None)
     return Plan(entries=tuple(entries), attributes=tuple(attrs.values())), cands
 

@@ -244,7 +244,7 @@ def _as_plans(plan: Plan | Mapping[str, Any] | Iterable[Any]) -> list[Plan]:
         return [plan]
     if isinstance(plan, Mapping):
         return [Plan.from_dict(plan)]
-    return [p if isinstance(p, Plan) else Plan.from_dict(p) for p in plan]
+    return [p if isinstance(p, Plan) else Plan.from_dict(p) for p in plan]  # type: ignore[arg-type]
 
 
 def record_plan(model: nn.Module, plan: Plan) -> None:

@@ -201,7 +201,7 @@ class _Recorder(TorchFunctionMode):
         return vid
 
     def value_of(self, t: torch.Tensor) -> int:
-        vid = self.binding.get(t)
+        vid = self.binding.get(t)  # type: ignore[no-untyped-call]
         if vid is None:
             vid = self._new_value(t, "const")
         return int(vid)
