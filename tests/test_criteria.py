@@ -90,7 +90,7 @@ def test_criterion_with_wrong_shape_or_nan_is_rejected_without_changes() -> None
     assert torch.equal(model.weight, before) and not list(masked_parameters(model))
 
 
-def test_random_is_seeded_and_chunking_independent() -> None:
+def test_random_is_seeded_and_spread_over_layers() -> None:
     def mask(seed: int, chunk: int) -> list[torch.Tensor]:
         torch.manual_seed(123)
         model = _model()
