@@ -92,6 +92,9 @@ def test_prunekit_demo_command_full(tmp_path) -> None:  # type: ignore[no-untype
     )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
-    assert len(payload["rows"]) >= 1 + 2 * 4
-    assert payload["seconds"] < 60
+    rows = payload["rows"]
+    assert len(rows) == 1 + 2 * 4 + 2  # dense, 2 criteria x 4 sparsities, 2 channel ratios
+    assert [r["method"] for r in rows].count("channels") == 2
+    assert all(r["params"] < rows[0]["params"] for r in rows if r["method"] == "channels")
+    assert payload["hardware"]["threads"] == 1 and payload["seconds"] > 0
     assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
