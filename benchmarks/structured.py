@@ -311,6 +311,14 @@ def prune_pk(model: nn.Module, inputs: tuple[Any, ...], case: Case, ratio: float
     return {"plan": getattr(model, "_prunekit_plan", None)}
 
 
+def prune_pk_nocheck(model: nn.Module, inputs: tuple[Any, ...], case: Case, ratio: float) -> dict[str, Any]:
+    """prunekit without its built-in verification forward (check=False); the benchmark's oracle still runs."""
+    import prunekit as pk
+
+    pk.prune_channels(model, inputs, ratio=ratio, criterion="l2", check=False)  # type: ignore[attr-defined]
+    return {"plan": getattr(model, "_prunekit_plan", None)}
+
+
 def pk_oracle_diff(
     original: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], plan: Any
 ) -> float | None:
@@ -385,7 +393,7 @@ def run_tool(
     if got != want:
         row.error = f"output shape {got} != {want}"
         return row
-    if tool == "prunekit" and extra.get("plan") is not None:
+    if tool.startswith("prunekit") and extra.get("plan") is not None:
         try:
             row.oracle = pk_oracle_diff(dense, model, inputs, extra["plan"])
         except Exception as e:
@@ -451,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prune-repeats", type=int, default=1, help="pruning runs per tool (median time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="", help="comma-separated name prefixes (default: all)")
-    p.add_argument("--tools", default="prunekit,torch-pruning")
+    p.add_argument("--tools", default="prunekit,prunekit-nocheck,torch-pruning")
     p.add_argument("--quick", action="store_true", help="small inputs, few repeats (smoke test)")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
@@ -464,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import prunekit as pk
 
-    tools = {"prunekit": prune_pk, "torch-pruning": prune_tp}
+    tools = {"prunekit": prune_pk, "prunekit-nocheck": prune_pk_nocheck, "torch-pruning": prune_tp}
     chosen = [t for t in args.tools.split(",") if t]
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, prunekit {pk.__version__}")
     print(
@@ -481,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{case.name}: dense {dense_macs / 1e9:.3f} GMACs, {dense_params / 1e6:.2f} M params")
         case_rows: list[Row] = []
         for tool in chosen:
-            if tool == "prunekit" and not hasattr(pk, "prune_channels"):
+            if tool.startswith("prunekit") and not hasattr(pk, "prune_channels"):
                 case_rows.append(Row(model=case.name, tool=tool, error="pk.prune_channels not available"))
                 continue
             row = run_tool(tool, tools[tool], case, dense, inputs, dense_macs, 0.0, args)
@@ -516,7 +524,7 @@ def render(rows: list[Row], dense: dict[str, tuple[int, int, float]]) -> str:
         other = by.get((r.model, "torch-pruning"))
         ratio = (
             f"{r.prune_s / other.prune_s:.2f}"
-            if r.tool == "prunekit"
+            if r.tool.startswith("prunekit")
             and other is not None
             and other.prune_s == other.prune_s
             and r.prune_s == r.prune_s
