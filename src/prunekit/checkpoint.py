@@ -59,7 +59,7 @@ def _rng_state(generators: Sequence[torch.Generator]) -> tuple[dict[str, torch.T
     tensors: dict[str, torch.Tensor] = {"rng/torch": torch.get_rng_state()}
     for i, gen in enumerate(generators):
         tensors[f"rng/loader/{i}"] = gen.get_state()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["rng/numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     py_version, py_state, py_gauss = random.getstate()
     meta = {

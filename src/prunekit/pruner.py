@@ -479,22 +479,21 @@ class ChannelPruner:
             plan.append((name, producer, consumer, keep[name], cin // c))
         for name, producer, consumer, kept, per in plan:
             norm = _following_norm(modules, list(modules), name, producer.weight.shape[0])
-            idx = kept.nonzero().view(-1)
-            cols = (idx.view(-1, 1) * per + torch.arange(per).view(1, -1)).view(
-                -1
-            )  # flatten(C, H*W) -> Linear
-            _slice_param(producer, "weight", 0, idx)
+            rows = kept.nonzero().view(-1)
+            # a Linear after flatten(C, H*W) sees channel c as columns [c*HW, (c+1)*HW)
+            cols = (rows.view(-1, 1) * per + torch.arange(per).view(1, -1)).view(-1)
+            _slice_param(producer, "weight", 0, rows)
             if producer.bias is not None:
-                _slice_param(producer, "bias", 0, idx)
-            _set_width(producer, out=len(idx))
+                _slice_param(producer, "bias", 0, rows)
+            _set_width(producer, out=len(rows))
             if norm is not None:
                 for pname in ("weight", "bias"):
-                    _slice_param(norm, pname, 0, idx)
+                    _slice_param(norm, pname, 0, rows)
                 for bname in ("running_mean", "running_var"):
                     buf = getattr(norm, bname, None)
                     if buf is not None:
-                        setattr(norm, bname, buf[idx].clone())
-                norm.num_features = len(idx)
+                        setattr(norm, bname, buf[rows].clone())
+                norm.num_features = len(rows)  # type: ignore[assignment]
             _slice_param(consumer, "weight", 1, cols)
             _set_width(consumer, inp=len(cols))
         from prunekit.masks import remove_mask

@@ -84,7 +84,7 @@ def train_step(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(model(x.to(dev)), y.to(dev))
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     if pruner is not None:
         pruner.step()

@@ -28,7 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from prunekit.pruner import Pruner, PrunerConfig
 
 
-class PrunerTrainerCallback(TrainerCallback):  # type: ignore[misc]
+class PrunerTrainerCallback(TrainerCallback):
     """Prune a Hugging Face model during ``Trainer.train()`` on a schedule (and optionally regrow).
 
     Args:
