@@ -349,3 +349,32 @@ def test_hugging_face_directory_prune_and_reload(tmp_path: Path, env: dict[str, 
     summary = json.loads(run(["summary", str(out), "--json"], env).stdout)
     assert summary["type"] == "BertModel"
     assert summary["params"] == report["after"]["params"] and summary["macs"] == report["after"]["macs"]
+
+
+def test_data_factory_overrides_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data module:factory (a (train, test) pair of DataLoaders) replaces the recipe's data."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    recipe = _bad_recipes(tmp_path)["with_data"]  # wanda on digits, no latency
+    out = tmp_path / "out"
+    code = main(
+        [
+            "prune",
+            "examples.models:digits_mlp",
+            "--recipe",
+            str(recipe),
+            "--data",
+            "examples.models:digits_subset",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["before"]["eval_examples"] == report["after"]["eval_examples"] == 256
+    for stage in ("before", "after"):
+        correct = report[stage]["accuracy"] * 256  # the factory's test loader holds exactly 256 digits
+        assert correct == pytest.approx(round(correct), abs=1e-6)
+    assert report["after"]["sparsity"] == pytest.approx(0.5, abs=1e-6)

@@ -148,6 +148,7 @@ def measure_model(
         "latency": None,
         "accuracy": None,
         "loss": None,
+        "eval_examples": None,
     }
     if example_inputs is not None:
         out["macs"] = count_macs(model, example_inputs)
@@ -158,7 +159,7 @@ def measure_model(
             ).to_dict()
     if eval_data is not None:
         ev = _loops.evaluate(model, eval_data, loss_fn)
-        out["accuracy"], out["loss"] = ev.accuracy, ev.loss
+        out["accuracy"], out["loss"], out["eval_examples"] = ev.accuracy, ev.loss, ev.examples
     return out
 
 
