@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
@@ -227,7 +228,8 @@ class WithOpaque(nn.Module):
 
 def test_custom_function_freezes_its_group_and_still_works_after() -> None:
     m = WithOpaque()
-    res = pk.prune_channels(m, torch.randn(2, 3), ratio=0.5)
+    with pytest.warns(UserWarning, match="Opaque"):
+        res = pk.prune_channels(m, torch.randn(2, 3), ratio=0.5)
     assert m.a.out_features == 6 and m.b.out_features == 3
     assert any("Opaque" in s.reason for s in res.skipped)
     assert Opaque.apply(torch.ones(2)).tolist() == [2.0, 2.0]  # Function.apply restored

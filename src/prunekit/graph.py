@@ -173,6 +173,7 @@ class FrozenReason:
     where: str
     op: str
     reason: str
+    unknown: bool = False
 
 
 @dataclasses.dataclass
@@ -226,6 +227,10 @@ class _Builder:
                     st[d] = ids
                     self.param_dims.append((val.vid, d, int(ids[0]) if s else self.n, s))
                 self.state[val.vid] = st
+        self.param_elem = np.zeros(self.n, dtype=bool)
+        for vid, _d, start, size in self.param_dims:
+            if trace.values[vid].kind == "param":
+                self.param_elem[start : start + size] = True
 
     # -- primitives -----------------------------------------------------------------------------
     def alloc(self, n: int) -> np.ndarray:
@@ -336,14 +341,16 @@ class _Builder:
         touched = False
         for v in node.inputs:
             st = self.st(v)
-            if st:
-                touched = True
-                self.freeze_state(st)
+            for ids in st.values():
+                inside = ids[ids < len(self.param_elem)]
+                touched = touched or bool(self.param_elem[inside].any())
+            self.freeze_state(st)
         if touched:
+            is_unknown = reason is None
             if reason is None:
                 kind = "custom autograd Function" if node.name.startswith("autograd.Function") else "op"
                 reason = f"unknown {kind} '{node.name}': the channels it touches are kept"
-            self.note(node, reason)
+            self.reasons.append(FrozenReason(node.module or "<root>", node.name, reason, is_unknown))
 
     # -- helpers --------------------------------------------------------------------------------
     def arg(self, node: Node, pos: int, key: str, default: Any = None) -> Any:

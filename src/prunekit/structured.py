@@ -22,6 +22,7 @@ import fnmatch
 import logging
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -558,6 +559,14 @@ def prune_channels(
             skipped.append(Skipped(mname, "did not run on example_inputs: left unchanged"))
     for s in skipped:
         logger.info("kept %s: %s", s.where, s.reason)
+    unknown = sorted({f"'{r.op}' in '{r.where}'" for r in graph.frozen if r.unknown})
+    if unknown:
+        warnings.warn(
+            f"prune_channels cannot see through {', '.join(unknown)}; the channels they touch were kept at full "
+            "width (see result.skipped). Pass ignore=[...] to silence this for those modules",
+            UserWarning,
+            stacklevel=2,
+        )
     base_macs, _ = sel.cost({})
     macs_after, _ = sel.cost(removed)
     return ChannelPruneResult(
