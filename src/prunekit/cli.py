@@ -38,6 +38,10 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(" ".join(text.split()), width=100)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument(
@@ -53,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``prunekit`` (every sub-command with examples in its help)."""
     parser = argparse.ArgumentParser(
         prog="prunekit",
-        description="Prune PyTorch models so they really get smaller and faster.",
+        description=_wrap("Prune PyTorch models so they really get smaller and faster."),
         epilog=_EPILOG,
         formatter_class=_Formatter,
     )
@@ -90,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "summary",
         help="parameters, non-zeros, sparsity, MACs, file size and a per-layer table of a model",
-        description="Show the size of a model: parameters, non-zeros, weight sparsity, MACs of one forward pass "
-        "on its example inputs, file size as prunekit saves it, and a per-layer table.",
+        description=_wrap(
+            "Show the size of a model: parameters, non-zeros, weight sparsity, MACs of one forward pass "
+            "on its example inputs, file size as prunekit saves it, and a per-layer table."
+        ),
         epilog="examples:\n  prunekit summary examples.models:trained_digits_cnn\n  prunekit summary runs/mag90\n"
         "  prunekit summary path/to/hf-model --json\n  prunekit summary my_models.py:resnet --input-shape 1,3,32,32",
         formatter_class=_Formatter,
@@ -109,10 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prune",
         help="run a YAML recipe on a model; write the pruned model, report.html and report.json",
-        description="Run a pruning recipe (what, how much, criterion, schedule, fine-tuning, exclusions) on MODEL "
-        "and write DIR: model.safetensors + prunekit-model.json (a MODEL directory for the other commands), "
-        "recipe.yaml, report.json (every number) and report.html (tables and plots). DIR is written only when "
-        "the whole run succeeded.",
+        description=_wrap(
+            "Run a pruning recipe (what, how much, criterion, schedule, fine-tuning, exclusions) on MODEL "
+            "and write DIR: model.safetensors + prunekit-model.json (a MODEL directory for the other commands), "
+            "recipe.yaml, report.json (every number) and report.html (tables and plots). DIR is written only when "
+            "the whole run succeeded."
+        ),
         epilog="examples:\n"
         "  prunekit prune examples.models:trained_digits_cnn --recipe examples/magnitude-90.yaml --out runs/mag90\n"
         "  prunekit prune --recipe examples/nm-2-4.yaml --out runs/nm24     # MODEL taken from the recipe\n"
@@ -134,10 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "analyze",
         help="sensitivity analysis: prune each layer alone at several ratios and measure the loss",
-        description="Sensitivity analysis of MODEL on DATA: every prunable layer is pruned alone at each ratio, "
-        "the loss (and accuracy) is measured, and the layer is restored exactly. Writes DIR/report.html, "
-        "report.json, sensitivity.csv and sensitivity.json; with --target, also per-layer ratios that reach "
-        "that global sparsity with the least predicted loss increase (allocation.json).",
+        description=_wrap(
+            "Sensitivity analysis of MODEL on DATA: every prunable layer is pruned alone at each ratio, "
+            "the loss (and accuracy) is measured, and the layer is restored exactly. Writes DIR/report.html, "
+            "report.json, sensitivity.csv and sensitivity.json; with --target, also per-layer ratios that reach "
+            "that global sparsity with the least predicted loss increase (allocation.json)."
+        ),
         epilog="examples:\n  prunekit analyze examples.models:trained_digits_cnn --data digits --out runs/sens\n"
         "  prunekit analyze runs/mag90 --data digits --out runs/sens --ratios 0.25,0.5,0.75 --target 0.8\n"
         "  prunekit analyze examples.models:mnist_lenet --data mnist --data-dir ../shared/data --out runs/sens-mnist",
@@ -168,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare",
         help="side-by-side sizes, MACs, latency and accuracy of two models or runs",
-        description="Compare two models (prunekit directories, e.g. two 'prunekit prune' outputs, Hugging Face "
-        "directories or module:factory): parameters, non-zeros, MACs, file size, peak forward memory and "
-        "latency are measured now, in the same process and conditions; accuracy comes from --data when "
-        "given, else from each directory's report.json.",
+        description=_wrap(
+            "Compare two models (prunekit directories, e.g. two 'prunekit prune' outputs, Hugging Face "
+            "directories or module:factory): parameters, non-zeros, MACs, file size, peak forward memory and "
+            "latency are measured now, in the same process and conditions; accuracy comes from --data when "
+            "given, else from each directory's report.json."
+        ),
         epilog="examples:\n  prunekit compare runs/mag90 runs/ch50\n"
         "  prunekit compare examples.models:trained_digits_cnn runs/mag90 --data digits\n"
         "  prunekit compare runs/a runs/b --json --repeats 100 --threads 2",
