@@ -332,7 +332,7 @@ def run_recipe(
     rounds = recipe.schedule.rounds
     total_ft = recipe.finetune
     n_steps = rounds * (len(recipe.steps) + (1 if total_ft else 0)) + 2
-    bar = _progress(progress, n_steps)
+    bar = _ProgressBar(progress, n_steps)
     with bar:
         bar.describe("measuring the model before pruning")
         layers_before = layer_rows(model)
@@ -419,7 +419,7 @@ def _point(
     }
 
 
-class _progress:
+class _ProgressBar:
     """A rich progress bar on stderr (a no-op when disabled)."""
 
     def __init__(self, enabled: bool, total: int) -> None:
@@ -428,7 +428,7 @@ class _progress:
         self._p: Any = None
         self._task: Any = None
 
-    def __enter__(self) -> _progress:
+    def __enter__(self) -> _ProgressBar:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
