@@ -332,3 +332,47 @@ def test_ratio_mapping_per_module() -> None:
         pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio={"nope": 0.5})
     with pytest.raises(ConfigError):
         pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio={"l1.c1": 1.5})
+
+
+class StoredHeads(nn.Module):
+    """Attention that keeps its head count in an attribute and infers head_dim with -1.
+
+    Without updating ``self.heads`` the pruned model still runs but computes garbage (head_dim is
+    inferred): only the oracle check can tell, so this tests that the check picks the attribute update.
+    """
+
+    def __init__(self, dim: int = 8, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.scale = (dim // heads) ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_stored_head_count_updated_and_checked() -> None:
+    model = StoredHeads()
+    orig = copy.deepcopy(model)
+    x = torch.randn(2, 5, 8)
+    res = pk.prune_channels(model, x, ratio=0.5)
+    assert model.heads == 2 and model.qkv.out_features == 12 and model.proj.in_features == 4
+    assert {"module": "", "name": "heads", "old": 4, "new": 2} in res.plan["attributes"]
+    x2 = torch.randn(3, 5, 8)
+    torch.testing.assert_close(
+        model(x2), masked_reference(orig, model._prunekit_plan)(x2), atol=1e-5, rtol=1e-4
+    )
+    fresh = copy.deepcopy(orig)
+    apply_plan(fresh, model._prunekit_plan)
+    assert fresh.heads == 2
+
+
+def test_check_false_still_catches_crash() -> None:
+    model = StaleSize()
+    with pytest.raises(PlanError):
+        pk.prune_channels(model, torch.randn(1, 3, 2, 2), ratio=0.5, check=False)
+    assert model.a.out_channels == 8

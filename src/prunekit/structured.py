@@ -523,8 +523,9 @@ def prune_channels(
     try:
         for _attempt in range(8):
             graph, removed, plan, cands, sel = _plan(model, trace, cfg, crit, frozen_names, params)
-            failure = _apply_checked(model, example_inputs, trace, plan, cands, check)
+            failure, applied = _apply_checked(model, example_inputs, trace, plan, cands, check)
             if failure is None:
+                plan = applied
                 break
             where, why = failure
             if not where or where in auto_names or where == "<root>":
@@ -707,9 +708,10 @@ def _apply_checked(
     plan: Plan,
     cands: tuple[AttrUpdate, ...],
     check: bool,
-) -> tuple[str, str] | None:
+) -> tuple[tuple[str, str] | None, Plan]:
     """Apply ``plan`` (then, if needed, with the candidate size attributes); keep it if it runs and
-    matches the masked original. Returns None on success, else (module, reason) with the model restored."""
+    matches the masked original. Returns (None, applied plan) on success, else ((module, reason), plan) with
+    the model restored."""
     want = _masked_outputs(model, example_inputs, plan) if check else None
     attempts = [plan] + ([dataclasses.replace(plan, attributes=plan.attributes + cands)] if cands else [])
     first: tuple[str, str] | None = None
@@ -718,10 +720,10 @@ def _apply_checked(
         failure = _try_run(model, example_inputs, trace, want)
         if failure is None:
             record_plan(model, p)
-            return None
+            return None, p
         snap.restore()
         first = first or failure
-    return first
+    return first, plan
 
 
 def _try_run(
