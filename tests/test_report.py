@@ -87,7 +87,9 @@ def sens_rep() -> dict:
 def browser():  # type: ignore[no-untyped-def]
     if chromium_binaries() is None:
         if os.environ.get("CI"):  # CI installs chromium (.ci/run): a missing browser there is a failure
-            pytest.fail("chromium/chromedriver missing in CI: .ci/run must apt-get install chromium chromium-driver")
+            pytest.fail(
+                "chromium/chromedriver missing in CI: .ci/run must apt-get install chromium chromium-driver"
+            )
         pytest.skip(
             "chromium/chromedriver not installed here (CI installs: apt-get install -y chromium chromium-driver)"
         )
