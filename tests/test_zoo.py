@@ -225,11 +225,6 @@ def test_custom_function_group_frozen_and_reported() -> None:
     assert model.conv_b.out_channels < 24  # ordinary path: pruned
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine reports the custom autograd Function in result.skipped but emits no warning "
-    "(brief: 'its group frozen, with a warning')",
-)
 def test_custom_function_warns() -> None:
     model, inputs = make_custom_function()
     with pytest.warns(UserWarning, match="ScaledTanh"):
