@@ -41,6 +41,11 @@ def _is_compiling() -> bool:
     return bool(check()) if check is not None else False
 
 
+def _zero_pruned(param: torch.Tensor, mask: torch.Tensor) -> None:
+    """``param[~mask] = +0.0`` in place, without a temporary (``mul_`` by a bool mask allocates a float copy)."""
+    torch.where(mask, param, param.new_zeros(()), out=param)
+
+
 def _reapply_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     if not len(_REGISTRY):
         return
@@ -49,7 +54,7 @@ def _reapply_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
             for p in group["params"]:
                 mask = _REGISTRY.get(p)
                 if mask is not None:
-                    p.mul_(mask)
+                    _zero_pruned(p, mask)
 
 
 _STEP_HOOK = register_optimizer_step_post_hook(_reapply_after_step)
@@ -73,7 +78,7 @@ class _MaskKeeper:
     def reapply(self, module: nn.Module, incompatible_keys: Any = None) -> None:
         with torch.no_grad():
             for name in self.names:
-                getattr(module, name).mul_(getattr(module, name + MASK_SUFFIX))
+                _zero_pruned(getattr(module, name), getattr(module, name + MASK_SUFFIX))
         self(module)
 
 
@@ -116,8 +121,7 @@ def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
         else:
             module.register_buffer(buffer_name, mask.clone())
             mask = getattr(module, buffer_name)
-        # in place, no temporary (mul_ by a bool mask allocates a float copy of it); pruned -> +0.0
-        torch.where(mask, param, param.new_zeros(()), out=param)
+        _zero_pruned(param, mask)
     keeper = _keeper(module)
     if keeper is None:
         keeper = _MaskKeeper([name])
@@ -207,7 +211,7 @@ def make_permanent(model: nn.Module) -> int:
     count = 0
     for mp in list(masked_parameters(model)):
         with torch.no_grad():
-            mp.param.mul_(mp.mask)
+            _zero_pruned(mp.param, mp.mask)
         remove_mask(mp.module, mp.name)
         count += 1
     return count
