@@ -84,7 +84,7 @@ def main() -> None:
             model,
             opt,
             train,
-            epochs=6,
+            epochs=4,
             pruner=pruner,
             val_loader=test,
             eval_every=20,
