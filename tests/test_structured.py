@@ -376,3 +376,51 @@ def test_check_false_still_catches_crash() -> None:
     with pytest.raises(PlanError):
         pk.prune_channels(model, torch.randn(1, 3, 2, 2), ratio=0.5, check=False)
     assert model.a.out_channels == 8
+
+
+class PreNorm(nn.Module):
+    """Residual stream under LayerNorm and a hand-written RMSNorm (mean over the hidden dim)."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, d)
+        self.ln = nn.LayerNorm(d)
+        self.rms_w = nn.Parameter(1 + 0.1 * torch.randn(d))
+        self.f1 = nn.Linear(d, 12)
+        self.f2 = nn.Linear(12, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = h + self.f2(F.gelu(self.f1(self.ln(h))))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.rms_w
+        return self.head(h)
+
+
+def test_prune_normalized_hidden_matches_norm_aware_oracle() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from oracle import kept_from_plan
+    from oracle import masked_reference as norm_aware_reference
+
+    model = PreNorm()
+    x = torch.randn(4, 5)
+    kept = pk.prune_channels(copy.deepcopy(model), x, ratio=0.5)
+    assert kept.groups and all("inp" not in g.name for g in kept.groups if g.after < g.before)  # hidden kept
+    orig = copy.deepcopy(model)
+    res = pk.prune_channels(model, x, ratio=0.5, prune_normalized=True)
+    assert model.inp.out_features == 4 and model.ln.normalized_shape == (4,) and model.rms_w.shape == (4,)
+    assert model.head.out_features == 3
+    x2 = torch.randn(6, 5)
+    ref = norm_aware_reference(orig, kept_from_plan(res.plan))
+    # the hand-written RMSNorm is outside the independent oracle's norm list: model its kept-only mean here
+    hidden = next(e["kept"] for e in res.plan["entries"] if e["fqn"] == "inp.weight")
+    with torch.no_grad():
+        h = ref.inp(x2)
+        h = h + ref.f2(F.gelu(ref.f1(ref.ln(h))))
+        hk = h[:, hidden]
+        h = h * torch.rsqrt(hk.pow(2).mean(-1, keepdim=True) + 1e-6) * ref.rms_w
+        want = ref.head(h)
+    torch.testing.assert_close(model(x2), want, atol=1e-5, rtol=1e-4)

@@ -194,6 +194,15 @@ class SizeEvent:
 
 
 @dataclasses.dataclass
+class NormStat:
+    """A norm/mean over a pruned-able channel dim: its statistics must run over the kept channels only."""
+
+    node: int
+    dim: int
+    ids: np.ndarray
+
+
+@dataclasses.dataclass
 class CostOp:
     """A matmul-like op: MACs after = ``macs`` * product of kept fractions of ``factors``."""
 
@@ -202,9 +211,11 @@ class CostOp:
 
 
 class _Builder:
-    def __init__(self, trace: Trace, prune_heads: bool) -> None:
+    def __init__(self, trace: Trace, prune_heads: bool, prune_normalized: bool = False) -> None:
         self.t = trace
         self.prune_heads = prune_heads
+        self.prune_normalized = prune_normalized
+        self.stats: list[NormStat] = []
         self.n = 1  # element 0 is FROZEN
         self.edges_a: list[np.ndarray] = []
         self.edges_b: list[np.ndarray] = []
@@ -682,6 +693,23 @@ class _Builder:
             ns = self.arg(node, 1, "normalized_shape")
             k = len(ns) if isinstance(ns, (tuple, list)) else 1
             dims = list(range(nd - k, nd))
+        last = nd - 1
+        if (
+            self.prune_normalized
+            and node.name in ("layer_norm", "rms_norm")
+            and dims == [last]
+            and last in xs
+        ):
+            # statistics over the kept channels only (the oracle check replays this call the same way)
+            for v in node.inputs[1:]:
+                vs = self.st(v)
+                if 0 in vs and len(vs[0]) == len(xs[last]):
+                    self.union(xs[last], vs[0])
+                else:
+                    self.freeze_state(vs)
+            self.stats.append(NormStat(node.index, last, xs[last]))
+            self.set_out(node, dict(xs))
+            return
         touched = False
         for d in dims:
             if d in xs:
@@ -1084,8 +1112,17 @@ class _Builder:
             self.r_pointwise(node)
             return
         frozen = False
-        for d in dims:
-            if d in xs and node.name not in _SUM:
+        tracked = [d for d in dims if d in xs]
+        if (
+            self.prune_normalized
+            and node.name in ("mean", "var", "std", "nanmean")
+            and len(tracked) == 1
+            and len(dims) == 1
+        ):
+            self.stats.append(NormStat(node.index, tracked[0], xs[tracked[0]]))
+            tracked = []
+        for d in tracked:
+            if node.name not in _SUM:
                 self.freeze(xs[d])
                 frozen = True
         if frozen:
@@ -1229,19 +1266,26 @@ class DependencyGraph:
     convs: list[ConvInfo]
     events: list[SizeEvent]
     costs: list[CostOp]
+    stats: list[NormStat] = dataclasses.field(default_factory=list)
 
     def value_name(self, vid: int) -> str:
         return self.trace.values[vid].names[0]
 
 
 def build_graph(
-    trace: Trace, *, prune_heads: bool = True, frozen_names: dict[str, list[int]] | None = None
+    trace: Trace,
+    *,
+    prune_heads: bool = True,
+    frozen_names: dict[str, list[int]] | None = None,
+    prune_normalized: bool = False,
 ) -> DependencyGraph:
     """Build the dependency graph of a recorded trace.
 
     Args:
         trace: From :func:`prunekit.trace.record`.
         prune_heads: If False, dims split into (heads, head_dim) are frozen.
+        prune_normalized: If True, a last dim normalised by LayerNorm/RMSNorm (or reduced by mean/var/std)
+            may be pruned; those statistics then run over the kept channels (``DependencyGraph.stats``).
         frozen_names: Parameter name -> dims to keep at full width (from ``ignore=``).
 
     Returns:
@@ -1255,7 +1299,7 @@ def build_graph(
         >>> [(gr.name, gr.n_units) for gr in g.groups]
         [('0:out', 8)]
     """
-    b = _Builder(trace, prune_heads)
+    b = _Builder(trace, prune_heads, prune_normalized)
     b.build()
     if frozen_names:
         name_to_vid = {n: v.vid for v in trace.values for n in v.names}
@@ -1279,7 +1323,7 @@ def build_graph(
     frozen_label = int(labels[FROZEN])
     groups = _make_groups(trace, b.param_dims, labels, frozen_label)
     return DependencyGraph(
-        trace, groups, b.reasons, labels, frozen_label, b.param_dims, b.convs, b.events, b.costs
+        trace, groups, b.reasons, labels, frozen_label, b.param_dims, b.convs, b.events, b.costs, b.stats
     )
 
 
@@ -1371,6 +1415,7 @@ __all__ = [
     "DependencyGraph",
     "FrozenReason",
     "Group",
+    "NormStat",
     "Member",
     "SizeEvent",
     "build_graph",

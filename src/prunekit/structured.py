@@ -59,6 +59,9 @@ class ChannelPruneConfig:
         scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
         round_to: Keep a multiple of this many channels in every channel group (e.g. 8).
         prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept.
+        prune_normalized: Also prune dims normalised by LayerNorm/RMSNorm or averaged by mean/var/std (e.g. the
+            transformer hidden size). Those statistics then run over the kept channels only, which is not
+            the same as zeroing: expect a larger change than for other channels (the check models it).
     """
 
     ratio: float | Mapping[str, float] = 0.5
@@ -68,6 +71,7 @@ class ChannelPruneConfig:
     scope: Literal["layer", "global"] = "layer"
     round_to: int | None = None
     prune_heads: bool = True
+    prune_normalized: bool = False
 
     def __post_init__(self) -> None:
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
@@ -440,6 +444,7 @@ def prune_channels(
     ignore: Iterable[IgnoreSpec] | IgnoreSpec | None = None,
     round_to: int | None = None,
     prune_heads: bool = True,
+    prune_normalized: bool = False,
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
@@ -465,6 +470,7 @@ def prune_channels(
         ignore: Modules (objects, name globs, or types) whose output width is kept.
         round_to: Keep a multiple of this many channels per channel group.
         prune_heads: Allow removing whole attention heads.
+        prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
         data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
@@ -489,6 +495,7 @@ def prune_channels(
         scope=scope,
         round_to=round_to,
         prune_heads=prune_heads,
+        prune_normalized=prune_normalized,
     )
     crit = get_criterion(cfg.criterion)
     frozen_names = _resolve_ignore(model, ignore)
@@ -523,7 +530,8 @@ def prune_channels(
     try:
         for _attempt in range(8):
             graph, removed, plan, cands, sel = _plan(model, trace, cfg, crit, frozen_names, params)
-            failure, applied = _apply_checked(model, example_inputs, trace, plan, cands, check)
+            mask = sel.removed_labels(removed)
+            failure, applied = _apply_checked(model, example_inputs, trace, plan, cands, check, graph, mask)
             if failure is None:
                 plan = applied
                 break
@@ -597,7 +605,9 @@ def _plan(
     frozen_names: dict[str, list[int]],
     params: Mapping[str, torch.Tensor],
 ) -> tuple[DependencyGraph, dict[int, np.ndarray], Plan, tuple[AttrUpdate, ...], _Selector]:
-    graph = build_graph(trace, prune_heads=cfg.prune_heads, frozen_names=frozen_names)
+    graph = build_graph(
+        trace, prune_heads=cfg.prune_heads, frozen_names=frozen_names, prune_normalized=cfg.prune_normalized
+    )
     scores = [np.asarray(crit.score(g, params, trace.module_types), dtype=np.float64) for g in graph.groups]
     for g, sc in zip(graph.groups, scores, strict=True):
         if sc.shape != (g.n_units,):
@@ -652,22 +662,75 @@ def _group_ratios(
     return out
 
 
-def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[torch.Tensor]:
-    """Outputs of ``model`` with the plan's removed slices zeroed, without touching ``model``."""
-    from torch.func import functional_call
+def _masked_outputs(
+    model: nn.Module, example_inputs: Any, plan: Plan, graph: DependencyGraph, mask: np.ndarray
+) -> list[torch.Tensor]:
+    """Outputs of ``model`` with the plan's removed slices zeroed (and norm statistics over kept channels).
 
+    The touched tensors are swapped for masked copies during one forward and put back in ``finally``.
+    """
     masked: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
     for e in plan.entries:
         mod, _, attr = e.fqn.rpartition(".")
         t = masked.get(e.fqn)
         if t is None:
-            t = getattr(model.get_submodule(mod), attr).detach().clone()
+            t = getattr(modules[mod], attr).detach().clone()
         drop = torch.ones(e.size, dtype=torch.bool)
         drop[list(e.kept)] = False
         t.index_fill_(e.dim, torch.nonzero(drop).flatten().to(t.device), 0)
         masked[e.fqn] = t
-    args, kwargs = as_args(example_inputs)
-    return _run(lambda: functional_call(model, masked, args, kwargs, tie_weights=True, strict=False), model)
+    substitute = {}
+    for st in graph.stats:
+        keep = np.nonzero(~mask[graph.labels[st.ids]])[0]
+        if len(keep) < len(st.ids):
+            name = graph.trace.nodes[st.node].name
+            substitute[st.node] = (name, _kept_stat(name, st.dim, torch.from_numpy(keep)))
+    originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for fqn, t in masked.items():
+                mod, _, attr = fqn.rpartition(".")
+                orig = getattr(modules[mod], attr)
+                originals.append((orig, orig.data))
+                orig.data = t
+        if substitute:
+            return record(model, example_inputs, substitute).outputs
+        args, kwargs = as_args(example_inputs)
+        return _run(lambda: model(*args, **kwargs), model)
+    finally:
+        for orig, data in originals:
+            orig.data = data
+
+
+def _kept_stat(name: str, dim: int, keep: torch.Tensor) -> Any:
+    """A replacement for a norm/mean call that only looks at the kept channels of ``dim``."""
+
+    def norm(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x = args[0]
+        k = keep.to(x.device)
+        if name in ("layer_norm", "rms_norm"):
+            rest = list(args[1:]) + [None] * (4 - len(args))
+            params = {
+                "layer_norm": ["normalized_shape", "weight", "bias", "eps"],
+                "rms_norm": ["normalized_shape", "weight", "eps"],
+            }[name]
+            call = dict(zip(params, rest, strict=False))
+            call.update(kwargs)
+            call["normalized_shape"] = (len(k),)
+            for p in ("weight", "bias"):
+                if call.get(p) is not None:
+                    call[p] = call[p].index_select(0, k)
+            out = torch.zeros_like(x)
+            out.index_copy_(
+                x.dim() - 1,
+                k,
+                func(x.index_select(x.dim() - 1, k), **{p: call[p] for p in params if p in call}),
+            )
+            return out
+        return func(x.index_select(dim, k), *args[1:], **kwargs)
+
+    return norm
 
 
 def _run(fn: Callable[[], Any], model: nn.Module) -> list[torch.Tensor]:
@@ -708,11 +771,13 @@ def _apply_checked(
     plan: Plan,
     cands: tuple[AttrUpdate, ...],
     check: bool,
+    graph: DependencyGraph,
+    mask: np.ndarray,
 ) -> tuple[tuple[str, str] | None, Plan]:
     """Apply ``plan`` (then, if needed, with the candidate size attributes); keep it if it runs and
     matches the masked original. Returns (None, applied plan) on success, else ((module, reason), plan) with
     the model restored."""
-    want = _masked_outputs(model, example_inputs, plan) if check else None
+    want = _masked_outputs(model, example_inputs, plan, graph, mask) if check else None
     attempts = [plan] + ([dataclasses.replace(plan, attributes=plan.attributes + cands)] if cands else [])
     first: tuple[str, str] | None = None
     for p in attempts:

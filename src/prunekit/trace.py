@@ -139,6 +139,7 @@ class Trace:
     output_values: list[int]
     modules_run: set[str]
     module_types: dict[str, str]
+    outputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
 
 def _op_name(func: Any) -> str:
@@ -162,9 +163,13 @@ def _flatten(obj: Any, out: list[torch.Tensor]) -> None:
             _flatten(getattr(obj, f.name), out)
 
 
+Substitute = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
 class _Recorder(TorchFunctionMode):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, substitute: dict[int, tuple[str, Substitute]] | None = None) -> None:
         super().__init__()
+        self.substitute = substitute or {}
         self.nodes: list[Node] = []
         self.values: list[Value] = []
         self.binding: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> vid
@@ -265,7 +270,11 @@ class _Recorder(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        sub = self.substitute.get(len(self.nodes)) if self.substitute and not self.opaque_depth else None
+        if sub is not None and sub[0] == _op_name(func):
+            out = sub[1](func, args, kwargs)
+        else:
+            out = func(*args, **kwargs)
         if self.opaque_depth:
             return out
         name = _op_name(func)
@@ -316,7 +325,9 @@ def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (example_inputs,), {}
 
 
-def record(model: nn.Module, example_inputs: Any) -> Trace:
+def record(
+    model: nn.Module, example_inputs: Any, substitute: dict[int, tuple[str, Substitute]] | None = None
+) -> Trace:
     """Run ``model`` once on ``example_inputs`` in eval mode without gradients and record every op.
 
     The model is left exactly as it was (mode restored; eval mode keeps BatchNorm statistics unchanged).
@@ -324,6 +335,8 @@ def record(model: nn.Module, example_inputs: Any) -> Trace:
     Args:
         model: Any ``nn.Module``.
         example_inputs: A tensor, a tuple/list of positional arguments, or a dict of keyword arguments.
+        substitute: Node index -> (op name, function(func, args, kwargs)) computing that call instead
+            (used to replay a trace with statistics over kept channels).
 
     Returns:
         The recorded :class:`Trace`.
@@ -335,7 +348,7 @@ def record(model: nn.Module, example_inputs: Any) -> Trace:
         ['linear', 'relu']
     """
     args, kwargs = as_args(example_inputs)
-    rec = _Recorder(model)
+    rec = _Recorder(model, substitute)
     input_tensors: list[torch.Tensor] = []
     _flatten((args, kwargs), input_tensors)
     input_values = [rec._new_value(t, "input") for t in input_tensors]
@@ -365,6 +378,7 @@ def record(model: nn.Module, example_inputs: Any) -> Trace:
         output_values=output_values,
         modules_run=rec.modules_run,
         module_types=module_types,
+        outputs=outs,
     )
 
 
