@@ -5,7 +5,8 @@ transformers config) and each tool, on a fresh copy with the same weights:
 
 - pruning wall time (tracing/graph building + importance + surgery) and the ratio prunekit / tp;
 - MACs and parameters after (both counted by prunekit.metrics: FlopCounterMode, unique parameters);
-- measured CPU latency (warm-up, repeats, median; threads fixed) and speedup over the dense model,
+- measured CPU latency (warm-up, repeats, median; threads fixed; wall time and process CPU time, the
+  latter immune to waiting for a core on a shared machine) and the speedup over the dense model,
   divided by the ideal MAC ratio (efficiency; goal >= 0.8 at 50% channels on the CNNs);
 - correctness: the pruned model runs and keeps the output shape; for prunekit also the oracle
   (max |pruned - masked original|, the masked reference built from the recorded plan).
@@ -44,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from prunekit.metrics import count_macs, count_params, measure_latency  # noqa: E402
+from prunekit.metrics import count_macs, count_params  # noqa: E402
 
 # --------------------------------------------------------------------------- models
 
@@ -343,6 +344,8 @@ class Row:
     params: int = 0
     latency_ms: float = float("nan")
     speedup: float = float("nan")
+    cpu_ms: float = float("nan")
+    cpu_speedup: float = float("nan")
     ideal: float = float("nan")
     oracle: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -428,18 +431,36 @@ def _timeout(seconds: float) -> Iterator[None]:
 
 def interleaved_latency(
     models: list[nn.Module], inputs: tuple[Any, ...], args: argparse.Namespace
-) -> list[float]:
-    """Median latency (ms) of each model, timed round-robin so load drift on a shared CPU hits all alike.
+) -> list[tuple[float, float]]:
+    """(wall, CPU) median latency in ms of each model, timed round-robin so load drift hits all alike.
 
-    Each of ``args.rounds`` rounds times every model for ``args.repeats`` runs (after warm-up) and keeps
-    its median; the result is the median over rounds.
+    Each of ``args.rounds`` rounds runs every model ``warmup`` + ``args.repeats`` times (eval, inference
+    mode, ``args.threads`` intra-op threads) and keeps the median; the result is the median over rounds.
+    CPU time is the process CPU time of the forward: on a shared machine it excludes the time the process
+    waited for a core, which wall time does not (with more threads it sums over them).
     """
-    per: list[list[float]] = [[] for _ in models]
-    for _ in range(args.rounds):
-        for i, m in enumerate(models):
-            r = measure_latency(m, inputs, repeats=args.repeats, warmup=2, threads=args.threads)
-            per[i].append(r.median_ms)
-    return [statistics.median(v) for v in per]
+    wall: list[list[float]] = [[] for _ in models]
+    cpu: list[list[float]] = [[] for _ in models]
+    old = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(args.rounds):
+                for i, m in enumerate(models):
+                    m.eval()
+                    for _w in range(2):
+                        m(*inputs)
+                    w_runs, c_runs = [], []
+                    for _r in range(args.repeats):
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        m(*inputs)
+                        c_runs.append((time.process_time() - c0) * 1e3)
+                        w_runs.append((time.perf_counter() - t0) * 1e3)
+                    wall[i].append(statistics.median(w_runs))
+                    cpu[i].append(statistics.median(c_runs))
+    finally:
+        torch.set_num_threads(old)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
 
 
 def _scale(model: nn.Module, inputs: tuple[Any, ...]) -> float:
@@ -479,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio={args.ratio} threads={args.threads} repeats={args.repeats} seed={args.seed} quick={args.quick}"
     )
     rows: list[Row] = []
-    dense_info: dict[str, tuple[int, int, float]] = {}
+    dense_info: dict[str, tuple[int, int, float, float]] = {}
     for case in cases(args.quick):
         if args.models and not any(case.name.lower().startswith(m.lower()) for m in args.models.split(",")):
             continue
@@ -497,14 +518,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {tool:14s} {'ok' if row.ok else 'FAIL'} {row.error} prune {row.prune_s:.2f} s")
         timed = [r for r in case_rows if r.ok and r.pruned is not None]
         lat = interleaved_latency([dense] + [r.pruned for r in timed], inputs, args)  # type: ignore[misc]
-        dense_ms = lat[0]
-        for r, ms in zip(timed, lat[1:], strict=True):
+        dense_ms, dense_cpu = lat[0]
+        for r, (ms, cpu) in zip(timed, lat[1:], strict=True):
             r.latency_ms, r.speedup = ms, dense_ms / ms
+            r.cpu_ms, r.cpu_speedup = cpu, dense_cpu / cpu
             r.pruned = None
-        dense_info[case.name] = (dense_macs, dense_params, dense_ms)
+        dense_info[case.name] = (dense_macs, dense_params, dense_ms, dense_cpu)
         print(
-            f"  latency dense {dense_ms:.1f} ms; "
-            + ", ".join(f"{r.tool} {r.latency_ms:.1f} ms" for r in timed)
+            f"  latency wall/CPU dense {dense_ms:.1f}/{dense_cpu:.1f} ms; "
+            + ", ".join(f"{r.tool} {r.latency_ms:.1f}/{r.cpu_ms:.1f} ms" for r in timed)
         )
         rows += case_rows
     print()
@@ -512,15 +534,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(rows: list[Row], dense: dict[str, tuple[int, int, float]]) -> str:
+def render(rows: list[Row], dense: dict[str, tuple[int, int, float, float]]) -> str:
     head = (
         "| model | tool | prune time s | time pk/tp | GMACs after (dense) | M params after (dense) | "
-        "latency ms (dense) | speedup | ideal (MAC ratio) | speedup / ideal | correct |"
+        "wall ms (dense) | CPU ms (dense) | speedup wall / CPU | ideal (MAC ratio) | CPU speedup / ideal | correct |"
     )
-    lines = [head, "|" + "|".join(["---"] * 11) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 12) + "|"]
     by = {(r.model, r.tool): r for r in rows}
     for r in rows:
-        dm, dp, dms = dense[r.model]
+        dm, dp, dms, dcpu = dense[r.model]
         other = by.get((r.model, "torch-pruning"))
         ratio = (
             f"{r.prune_s / other.prune_s:.2f}"
@@ -534,15 +556,16 @@ def render(rows: list[Row], dense: dict[str, tuple[int, int, float]]) -> str:
             correct = "yes" + (f" (oracle {r.oracle:.1e})" if r.oracle is not None else "")
             lines.append(
                 f"| {r.model} | {r.tool} | {r.prune_s:.2f} | {ratio} | {r.macs / 1e9:.3f} ({dm / 1e9:.3f}) | "
-                f"{r.params / 1e6:.2f} ({dp / 1e6:.2f}) | {r.latency_ms:.1f} ({dms:.1f}) | {r.speedup:.2f}x | "
-                f"{r.ideal:.2f}x | {r.speedup / r.ideal:.2f} | {correct} |"
+                f"{r.params / 1e6:.2f} ({dp / 1e6:.2f}) | {r.latency_ms:.1f} ({dms:.1f}) | "
+                f"{r.cpu_ms:.1f} ({dcpu:.1f}) | {r.speedup:.2f}x / {r.cpu_speedup:.2f}x | "
+                f"{r.ideal:.2f}x | {r.cpu_speedup / r.ideal:.2f} | {correct} |"
             )
         else:
             macs = f"{r.macs / 1e9:.3f} ({dm / 1e9:.3f})" if r.macs else f"- ({dm / 1e9:.3f})"
             params = f"{r.params / 1e6:.2f} ({dp / 1e6:.2f})" if r.params else f"- ({dp / 1e6:.2f})"
             t = f"{r.prune_s:.2f}" if r.prune_s == r.prune_s else "-"
             lines.append(
-                f"| {r.model} | {r.tool} | {t} | {ratio} | {macs} | {params} | - ({dms:.1f}) | - | - | - | "
+                f"| {r.model} | {r.tool} | {t} | {ratio} | {macs} | {params} | - ({dms:.1f}) | - ({dcpu:.1f}) | - | - | - | "
                 f"NO: {r.error} |"
             )
     return "\n".join(lines)
