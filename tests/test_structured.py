@@ -424,3 +424,40 @@ def test_prune_normalized_hidden_matches_norm_aware_oracle() -> None:
         h = h * torch.rsqrt(hk.pow(2).mean(-1, keepdim=True) + 1e-6) * ref.rms_w
         want = ref.head(h)
     torch.testing.assert_close(model(x2), want, atol=1e-5, rtol=1e-4)
+
+
+class MHABlock(nn.Module):
+    def __init__(self, d: int = 12, heads: int = 3) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, d)
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.fc = nn.Linear(d, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        y = self.ln(h)
+        h = h + self.attn(y, y, y, need_weights=False)[0]
+        return self.fc(h.mean(1))
+
+
+def test_multihead_attention_whole_heads_with_hidden() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from oracle import kept_from_plan
+    from oracle import masked_reference as norm_aware_reference
+
+    model = MHABlock().eval()
+    x = torch.randn(2, 5, 4)
+    res = pk.prune_channels(copy.deepcopy(model), x, ratio=0.5)  # hidden under LayerNorm: MHA kept
+    assert not any("attn" in g.name for g in res.groups if g.after < g.before)
+    orig = copy.deepcopy(model)
+    res = pk.prune_channels(model, x, ratio=0.4, prune_normalized=True)
+    a = model.attn
+    assert (a.embed_dim, a.num_heads, a.head_dim) == (8, 2, 4) and a.in_proj_weight.shape == (24, 8)
+    x2 = torch.randn(3, 5, 4)
+    ref = norm_aware_reference(orig, kept_from_plan(res.plan)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x2), ref(x2), atol=1e-5, rtol=1e-4)

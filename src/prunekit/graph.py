@@ -342,7 +342,7 @@ class _Builder:
             elif name == "__setitem__":
                 self.r_setitem(node)
             elif name == "multi_head_attention_forward":
-                self.unknown(node, "nn.MultiheadAttention is kept at full width (embed_dim and heads)")
+                self.r_mha(node)
             else:
                 self.unknown(node, None)
         except (IndexError, ValueError, KeyError, TypeError) as e:  # a rule met a form it does not know
@@ -536,8 +536,7 @@ class _Builder:
         if len(lits) != len(shape):
             return
         for j, ids in out.items():
-            same = any(len(i) == len(ids) and np.array_equal(i, ids) for i in in_state.values())
-            if isinstance(lits[j], int) and lits[j] == shape[j] and lits[j] > 1 and not same:
+            if isinstance(lits[j], int) and lits[j] == shape[j] and lits[j] > 1:
                 self.events.append(SizeEvent(node.module, int(lits[j]), ids))
 
     def r_permute(self, node: Node) -> None:
@@ -723,6 +722,64 @@ class _Builder:
                 f"{node.name} normalises over a channel dim: removing channels would change its statistics",
             )
         self.set_out(node, dict(xs))
+
+    def r_mha(self, node: Node) -> None:
+        """nn.MultiheadAttention: its embed_dim is both the input width and heads * head_dim.
+
+        Head h is coupled with hidden channels [h*hd, (h+1)*hd) (q/k/v rows, out-proj columns and rows,
+        in-proj columns): removing a unit removes a whole head and the same number of hidden channels, so
+        ``head_dim`` (and the softmax scale) never changes.
+        """
+        a = list(node.args) + [None] * (13 - len(node.args))
+        q, k, v, heads, w_in, b_in, bias_k, w_out, b_out = (
+            a[0],
+            a[1],
+            a[2],
+            a[4],
+            a[5],
+            a[6],
+            a[7],
+            a[11],
+            a[12],
+        )
+        separate = node.kwargs.get("use_separate_proj_weight", False)
+        refs = [q, k, v, w_in, w_out]
+        if (
+            separate
+            or bias_k is not None
+            or not all(isinstance(r, TensorRef) for r in refs)
+            or not isinstance(heads, int)
+        ):
+            self.unknown(node, "nn.MultiheadAttention with kdim/vdim or bias_k/bias_v is kept at full width")
+            return
+        wi, wo = self.st(w_in.vid), self.st(w_out.vid)
+        e = self.shape(w_out.vid)[0]
+        hd = e // heads
+        internal = [wi[0][t * e : (t + 1) * e] for t in range(3)] + [wo[1], wo[0], wi[1]]
+        if isinstance(b_in, TensorRef):
+            bi = self.st(b_in.vid)[0]
+            internal += [bi[t * e : (t + 1) * e] for t in range(3)]
+        if isinstance(b_out, TensorRef):
+            internal.append(self.st(b_out.vid)[0])
+        for ids in internal[1:]:
+            self.union(internal[0], ids)
+        blocks = internal[0].reshape(heads, hd)
+        self.union(blocks[:, 1:], blocks[:, :1])  # whole heads
+        for r in (q, k, v):
+            rs = self.st(r.vid)
+            nd = len(self.shape(r.vid))
+            for d, ids in rs.items():
+                if d == nd - 1:
+                    self.union(ids, internal[0])
+                else:
+                    self.freeze(ids)
+            if nd - 1 not in rs:
+                self.freeze(internal[0])
+        if not self.prune_heads:
+            self.freeze(internal[0])
+        self.set_out(node, {len(self.shape(node.outputs[0])) - 1: wo[0]})
+        tokens = math.prod(self.shape(q.vid)[:-1])
+        self.costs.append(CostOp(float(tokens) * 4 * e * e, [wo[0], wo[0]]))
 
     def r_embedding(self, node: Node) -> None:
         idx, w = node.inputs[0], node.inputs[1]

@@ -390,6 +390,12 @@ def _make_plan(
             put(mname, "num_channels", w[0])
         elif isinstance(mod, nn.PReLU) and w is not None:
             put(mname, "num_parameters", w[0])
+        elif isinstance(mod, nn.MultiheadAttention) and shp("in_proj_weight") is not None:
+            e_new = shp("in_proj_weight")[1]  # type: ignore[index]
+            put(mname, "embed_dim", e_new)
+            put(mname, "kdim", e_new)
+            put(mname, "vdim", e_new)
+            put(mname, "num_heads", e_new // mod.head_dim)
         elif type(mod).__name__ == "Conv1D" and w is not None:
             if hasattr(mod, "nf"):
                 put(mname, "nf", w[1])
