@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -334,5 +334,25 @@ def test_random_dag_pruned_equals_masked_original(
         ref = independent_reference(orig, kept_from_plan(res.plan))
     else:
         ref = orig
+    with torch.no_grad():
+        torch.testing.assert_close(model(x2), ref(x2), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@settings(max_examples=150)
+@given(dag=dags(), ratio=st.sampled_from([0.3, 0.6]), seed=st.integers(0, 999))
+def test_random_dag_many_examples_with_check(
+    dag: tuple[list[tuple[Any, ...]], int], ratio: float, seed: int
+) -> None:
+    """More DAGs; here prune_channels' own check is on, so it must never raise on a valid DAG."""
+    spec, cin = dag
+    torch.manual_seed(seed)
+    model = RandomDAG(spec, cin).eval()
+    orig = copy.deepcopy(model)
+    x = torch.randn(2, cin, 5, 5)
+    res = pk.prune_channels(model, x, ratio=ratio, criterion="l1")
+    assert not any("kept at full width" in s.reason for s in res.skipped)
+    ref = independent_reference(orig, kept_from_plan(res.plan)) if res.plan["entries"] else orig
+    x2 = torch.randn(2, cin, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(model(x2), ref(x2), atol=1e-4, rtol=1e-4)
