@@ -33,7 +33,8 @@ from torch import nn
 
 from prunekit.channel_criteria import ChannelCriterion, get_criterion
 from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError
-from prunekit.graph import _SIZE_ATTR, DependencyGraph, Group, build_graph
+from prunekit.graph import DependencyGraph, Group, build_graph
+from prunekit.graph_rules import _SIZE_ATTR
 from prunekit.metrics import count_macs, count_params
 from prunekit.surgery import AttrUpdate, Plan, PlanEntry, apply, masked_reference, record_plan
 from prunekit.trace import Trace, _flatten, as_args, record
