@@ -356,3 +356,19 @@ def test_random_dag_many_examples_with_check(
     x2 = torch.randn(2, cin, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(model(x2), ref(x2), atol=1e-4, rtol=1e-4)
+
+
+def test_on_unknown_raise_names_op_and_module_and_ignore_is_the_way_out() -> None:
+    from prunekit.errors import UnsupportedOpError
+
+    m = WithOpaque()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(UnsupportedOpError, match=r"Opaque.*ignore="):
+        pk.prune_channels(m, torch.randn(2, 3), ratio=0.5, on_unknown="raise")
+    assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pk.prune_channels(m, torch.randn(2, 3), ratio=0.5, on_unknown="raise", ignore=[m])
+    assert res.params_after <= res.params_before

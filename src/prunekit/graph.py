@@ -131,6 +131,7 @@ def build_graph(
     prune_heads: bool = True,
     frozen_names: dict[str, list[int]] | None = None,
     prune_normalized: bool = False,
+    ignored_modules: frozenset[str] = frozenset(),
 ) -> DependencyGraph:
     """Build the dependency graph of a recorded trace.
 
@@ -139,6 +140,7 @@ def build_graph(
         prune_heads: If False, dims split into (heads, head_dim) are frozen.
         prune_normalized: If True, a last dim normalised by LayerNorm/RMSNorm (or reduced by mean/var/std)
             may be pruned; those statistics then run over the kept channels (``DependencyGraph.stats``).
+        ignored_modules: Modules the user asked to keep: unknown ops inside them are not flagged.
         frozen_names: Parameter name -> dims to keep at full width (from ``ignore=``).
 
     Returns:
@@ -152,7 +154,7 @@ def build_graph(
         >>> [(gr.name, gr.n_units) for gr in g.groups]
         [('0:out', 8)]
     """
-    b = _Builder(trace, prune_heads, prune_normalized)
+    b = _Builder(trace, prune_heads, prune_normalized, ignored_modules)
     b.build()
     if frozen_names:
         name_to_vid = {n: v.vid for v in trace.values for n in v.names}

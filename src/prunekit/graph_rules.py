@@ -140,8 +140,15 @@ class CostOp:
 
 
 class _Builder:
-    def __init__(self, trace: Trace, prune_heads: bool, prune_normalized: bool = False) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        prune_heads: bool,
+        prune_normalized: bool = False,
+        ignored: frozenset[str] = frozenset(),
+    ) -> None:
         self.t = trace
+        self.ignored = ignored
         self.prune_heads = prune_heads
         self.prune_normalized = prune_normalized
         self.stats: list[NormStat] = []
@@ -285,8 +292,9 @@ class _Builder:
                 inside = ids[ids < len(self.param_elem)]
                 touched = touched or bool(self.param_elem[inside].any())
             self.freeze_state(st)
+        inside_ignored = any(node.module == m or node.module.startswith(m + ".") for m in self.ignored)
         if touched:
-            is_unknown = reason is None
+            is_unknown = reason is None and not inside_ignored
             if reason is None:
                 kind = "custom autograd Function" if node.name.startswith("autograd.Function") else "op"
                 reason = f"unknown {kind} '{node.name}': the channels it touches are kept"

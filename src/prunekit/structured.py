@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from prunekit.channel_criteria import ChannelCriterion, get_criterion
-from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError
+from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError, UnsupportedOpError
 from prunekit.graph import DependencyGraph, Group, build_graph
 from prunekit.graph_rules import _SIZE_ATTR
 from prunekit.metrics import count_macs, count_params
@@ -63,6 +63,8 @@ class ChannelPruneConfig:
         prune_normalized: Also prune dims normalised by LayerNorm/RMSNorm or averaged by mean/var/std (e.g. the
             transformer hidden size). Those statistics then run over the kept channels only, which is not
             the same as zeroing: expect a larger change than for other channels (the check models it).
+        on_unknown: ``"keep"`` (default): channels touched by an op the graph cannot see through (or a custom
+            autograd Function) are kept, with one warning; ``"raise"``: raise ``UnsupportedOpError`` instead.
     """
 
     ratio: float | Mapping[str, float] = 0.5
@@ -73,6 +75,7 @@ class ChannelPruneConfig:
     round_to: int | None = None
     prune_heads: bool = True
     prune_normalized: bool = False
+    on_unknown: Literal["keep", "raise"] = "keep"
 
     def __post_init__(self) -> None:
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
@@ -95,6 +98,8 @@ class ChannelPruneConfig:
                 raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.on_unknown not in ("keep", "raise"):
+            raise ConfigError(f"on_unknown must be 'keep' or 'raise', got {self.on_unknown!r}")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
             raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
         get_criterion(self.criterion)
@@ -172,11 +177,10 @@ class ChannelPruneResult:
         return "\n".join(lines)
 
 
-def _resolve_ignore(
-    model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None, all_dims: bool = False
-) -> dict[str, list[int]]:
+def _match_modules(model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None) -> set[str]:
+    """Names of the modules matched by ``ignore`` (objects, name globs, types)."""
     if ignore is None:
-        return {}
+        return set()
     if isinstance(ignore, (nn.Module, str, type)):
         ignore = [ignore]
     names = dict(model.named_modules())
@@ -206,6 +210,15 @@ def _resolve_ignore(
             raise ConfigError(
                 f"ignore= entries must be modules, name globs or types, got {type(spec).__name__}"
             )
+    return matched
+
+
+def _resolve_ignore(
+    model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None, all_dims: bool = False
+) -> dict[str, list[int]]:
+    """Parameter name -> dims kept at full width for the modules matched by ``ignore``."""
+    matched = _match_modules(model, ignore)
+    names = dict(model.named_modules())
     frozen: dict[str, list[int]] = {}
     for prefix in matched:
         for sub, m in names[prefix].named_modules():
@@ -452,6 +465,7 @@ def prune_channels(
     round_to: int | None = None,
     prune_heads: bool = True,
     prune_normalized: bool = False,
+    on_unknown: Literal["keep", "raise"] = "keep",
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
@@ -478,6 +492,7 @@ def prune_channels(
         round_to: Keep a multiple of this many channels per channel group.
         prune_heads: Allow removing whole attention heads.
         prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
+        on_unknown: ``"keep"`` (warn and keep what unknown ops touch) or ``"raise"`` (``UnsupportedOpError``).
         data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
@@ -503,9 +518,11 @@ def prune_channels(
         round_to=round_to,
         prune_heads=prune_heads,
         prune_normalized=prune_normalized,
+        on_unknown=on_unknown,
     )
     crit = get_criterion(cfg.criterion)
     frozen_names = _resolve_ignore(model, ignore)
+    ignored = frozenset(_match_modules(model, ignore))
     if getattr(crit, "needs_grad", False) and data is None:
         used = [p for p in model.parameters() if p.requires_grad]
         if not used or any(p.grad is None for p in used):
@@ -536,7 +553,7 @@ def prune_channels(
     auto_names: set[str] = set()
     try:
         for _attempt in range(8):
-            graph, removed, plan, cands, sel = _plan(model, trace, cfg, crit, frozen_names, params)
+            graph, removed, plan, cands, sel = _plan(model, trace, cfg, crit, frozen_names, params, ignored)
             mask = sel.removed_labels(removed)
             failure, applied = _apply_checked(model, example_inputs, trace, plan, cands, check, graph, mask)
             if failure is None:
@@ -579,7 +596,7 @@ def prune_channels(
     if unknown:
         warnings.warn(
             f"prune_channels cannot see through {', '.join(unknown)}; the channels they touch were kept at full "
-            "width (see result.skipped). Pass ignore=[...] to silence this for those modules",
+            "width (see result.skipped). Pass those modules in ignore=[...] to keep them without this warning",
             UserWarning,
             stacklevel=2,
         )
@@ -611,10 +628,22 @@ def _plan(
     crit: ChannelCriterion,
     frozen_names: dict[str, list[int]],
     params: Mapping[str, torch.Tensor],
+    ignored_modules: frozenset[str] = frozenset(),
 ) -> tuple[DependencyGraph, dict[int, np.ndarray], Plan, tuple[AttrUpdate, ...], _Selector]:
     graph = build_graph(
-        trace, prune_heads=cfg.prune_heads, frozen_names=frozen_names, prune_normalized=cfg.prune_normalized
+        trace,
+        prune_heads=cfg.prune_heads,
+        frozen_names=frozen_names,
+        prune_normalized=cfg.prune_normalized,
+        ignored_modules=ignored_modules,
     )
+    unknown = [r for r in graph.frozen if r.unknown]
+    if unknown and cfg.on_unknown == "raise":
+        r = unknown[0]
+        raise UnsupportedOpError(
+            f"prune_channels cannot see through {r.op!r} in module '{r.where}' ({r.reason}); the model is unchanged. "
+            f"Pass ignore=['{r.where}'] to keep that module at full width, or on_unknown='keep'"
+        )
     scores = [np.asarray(crit.score(g, params, trace.module_types), dtype=np.float64) for g in graph.groups]
     for g, sc in zip(graph.groups, scores, strict=True):
         if sc.shape != (g.n_units,):
