@@ -461,3 +461,14 @@ def test_multihead_attention_whole_heads_with_hidden() -> None:
     ref = norm_aware_reference(orig, kept_from_plan(res.plan)).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x2), ref(x2), atol=1e-5, rtol=1e-4)
+
+
+def test_pruned_model_exports_and_scripts() -> None:
+    model = _randomize_bn(DepthwiseSE())
+    x = torch.randn(2, 8, 6, 6)
+    pk.prune_channels(model, x, ratio=0.5)
+    want = model(x)
+    traced = torch.jit.trace(model, x)
+    torch.testing.assert_close(traced(x), want)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), want)
