@@ -585,27 +585,25 @@ class SensitivityResult:
             1, 2 if has_metric else 1, figsize=(12 if has_metric else 7, 4.5), squeeze=False
         )
         shown = self.layers[:max_layers]
+        # with many layers, name only the most sensitive ones (mean loss increase) in the legend
+        labelled = set(self.ranking()[:8]) if len(shown) > 12 else {la.name for la in shown}
         for la in shown:
-            axes[0][0].plot(
-                [0.0, *la.ratios],
-                [0.0, *(v - self.baseline_loss for v in la.loss)],
-                marker=".",
-                label=la.name,
-            )
+            label = la.name if la.name in labelled else "_nolegend_"
+            xs = [0.0, *la.ratios]
+            axes[0][0].plot(xs, [0.0, *(v - self.baseline_loss for v in la.loss)], marker=".", label=label)
             if has_metric and la.metric is not None:
-                axes[0][1].plot(
-                    [0.0, *la.ratios], [self.baseline_metric, *la.metric], marker=".", label=la.name
-                )
+                axes[0][1].plot(xs, [self.baseline_metric, *la.metric], marker=".", label=label)
         axes[0][0].set_xlabel(f"{self.granularity} pruning ratio ({self.criterion})")
         axes[0][0].set_ylabel("loss increase")
         axes[0][0].set_title("Sensitivity: one layer pruned at a time")
         if has_metric:
             axes[0][1].set_xlabel(f"{self.granularity} pruning ratio ({self.criterion})")
             axes[0][1].set_ylabel(self.metric_name)
-        axes[0][-1].legend(fontsize=6, loc="best", ncol=1 + len(shown) // 16)
+        title = "most sensitive layers" if len(labelled) < len(shown) else None
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title)
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         return path
 
