@@ -8,7 +8,8 @@
    threshold vs ratios from ``pk.allocate`` (curves -> per-layer ratios) applied with
    ``pk.apply_allocation``; test accuracy of each.
 4. Channel pruning at the same MAC reduction (output layer kept): uniform channel ratio vs ratios
-   allocated from channel-granularity curves (``by="macs"``), removed physically with
+   allocated from channel-granularity curves (``by="macs"``, each layer's cost = its own MACs plus the
+   next layer's input slice it takes away), removed physically with
    ``pk.prune_channels`` through ``pk.apply_allocation(..., physical=True)``; test accuracy and the
    measured MACs after.
 
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import prunekit as pk
 from prunekit.data import idx_dataset
 from prunekit.metrics import count_macs
+from prunekit.sensitivity import layer_macs
 
 
 class CNN(nn.Module):
@@ -87,7 +89,10 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/prunekit-bench/fashion", help="output dir (plots, CSV, JSON)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
-        "--limit", type=int, default=20_000, help="train on the first N of the 55,000 training images (0: all)"
+        "--limit",
+        type=int,
+        default=20_000,
+        help="train on the first N of the 55,000 training images (0: all)",
     )
     parser.add_argument(
         "--val-batches", type=int, default=4, help="validation batches of 500 for the analysis"
@@ -176,8 +181,13 @@ def main() -> None:
         )
         cres.to_csv(out / "sensitivity_channels.csv")
         cres.plot(out / "sensitivity_channels.png")
+        # removing an output channel of one layer also removes the matching input slice of the next one
+        # (conv1 -> conv2 -> fc1 -> fc2): count both in the layer's MAC cost (first-order, chain model)
+        chain = ["conv1", "conv2", "fc1", "fc2"]
+        macs = layer_macs(model, example, chain)
+        coupled = {n: float(macs[n] + macs[chain[i + 1]]) for i, n in enumerate(chain[:-1])}
         for target in (float(t) for t in args.mac_targets.split(",")):
-            plan = pk.allocate(cres, target, by="macs")
+            plan = pk.allocate(cres, target, by="macs", costs=coupled)
             allocated = copy.deepcopy(model)
             pk.apply_allocation(allocated, plan, example_inputs=example, physical=True)
             # uniform: the same channel ratio in every layer, chosen so the measured MACs match the allocated model's

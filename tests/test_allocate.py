@@ -241,7 +241,9 @@ def test_channel_plan_removes_channels_physically() -> None:
     model = SmallCNN()
     x = torch.randn(4, 1, 12, 12)
     data = [(torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,)))]
-    res = pk.sensitivity(model, data, F.cross_entropy, ratios=(0.25, 0.5, 0.75), granularity="channel", progress=False)
+    res = pk.sensitivity(
+        model, data, F.cross_entropy, ratios=(0.25, 0.5, 0.75), granularity="channel", progress=False
+    )
     plan = pk.allocate(res, 0.4, by="macs", exclude=["fc"])
     macs_before = pk.metrics.count_macs(model, x)
     pk.apply_allocation(model, plan, example_inputs=x, physical=True)
@@ -263,3 +265,12 @@ def test_allocation_from_the_one_pass_estimate_also_beats_uniform() -> None:
     assert _loss(allocated, held_out) < _loss(uniform, held_out)
     with pytest.raises(pk.ConfigError, match="source"):
         pk.allocate(res, 0.6, source="hessian")
+
+
+def test_cost_override() -> None:
+    res = synthetic([1.0, 1.0], [100, 100])
+    plan = pk.allocate(res, 0.3, costs={"l0": 300.0})  # l0 now costs 3x as much per ratio
+    assert plan.costs == {"l0": 300.0, "l1": 100.0}
+    assert (plan["l0"] * 300 + plan["l1"] * 100) / 400 == pytest.approx(0.3, rel=0.01)
+    with pytest.raises(pk.ConfigError, match="costs"):
+        pk.allocate(res, 0.3, costs={"nope": 1.0})

@@ -191,6 +191,7 @@ def allocate(
     max_ratio: float | None = None,
     exclude: Sequence[str] = (),
     latency: Mapping[str, float] | None = None,
+    costs: Mapping[str, float] | None = None,
     tolerance: float = 0.01,
 ) -> AllocationPlan:
     """Choose per-layer ratios that hit a global target with the least predicted loss increase.
@@ -208,6 +209,8 @@ def allocate(
             measured ratio (curves are never extrapolated).
         exclude: layer names to keep at ratio 0.
         latency: module name -> measured latency (seconds) of every analysed layer, for ``by="latency"``.
+        costs: module name -> cost, overriding the cost of those layers for ``by`` (e.g. for channel
+            plans, a layer's own MACs plus the MACs of the next layer's input slice it takes away).
         tolerance: accepted relative error of the achieved target (0.01 = 1%).
 
     Returns:
@@ -256,8 +259,15 @@ def allocate(
         missing = [n for n in names if n not in latency]
         if missing:
             raise ConfigError(f"latency table has no entry for {missing}; give one for every analysed layer")
+    if costs is not None:
+        unknown = [n for n in costs if n not in names]
+        negative = {n: c for n, c in costs.items() if not float(c) >= 0}
+        if unknown or negative:
+            raise ConfigError(
+                f"costs= must map analysed layers to non-negative numbers; unknown: {unknown}, invalid: {negative}"
+            )
     target = float(target)
-    costs = _costs(result, by, latency)
+    costs = {**_costs(result, by, latency), **{n: float(c) for n, c in (costs or {}).items()}}
     total = sum(costs.values())
     if total <= 0:
         raise ConfigError(f"the analysed layers have no {by} cost (all zero); choose another by=")
