@@ -737,7 +737,8 @@ def sensitivity(
         criterion: ``magnitude`` (default), ``l2``, ``random``, ``taylor``, ``fisher`` or a callable.
         granularity: ``"layer"`` (single weights) or ``"channel"`` (output channels).
         metric: optional ``metric(outputs, targets)`` -> float (e.g. accuracy), averaged per example.
-        max_batches: use at most this many batches of ``data``.
+        max_batches: use at most this many batches of ``data``; they are read once and kept in
+            memory (every layer and ratio is evaluated on the same batches).
         estimate: compute the one-pass Taylor/Fisher estimates and their rank correlation.
         include: module names/globs/types to analyse (default: every Linear/Conv layer).
         exclude: module names/globs/types to skip.
