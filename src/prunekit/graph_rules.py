@@ -284,13 +284,17 @@ class _Builder:
         except (IndexError, ValueError, KeyError, TypeError) as e:  # a rule met a form it does not know
             self.unknown(node, f"could not map this call ({type(e).__name__}: {e})")
 
+    def touches_params(self, ids: np.ndarray) -> bool:
+        """Whether ``ids`` include elements of parameters (not only buffers or fresh elements)."""
+        inside = ids[ids < len(self.param_elem)]
+        return bool(self.param_elem[inside].any())
+
     def unknown(self, node: Node, reason: str | None) -> None:
         touched = False
         for v in node.inputs:
             st = self.st(v)
             for ids in st.values():
-                inside = ids[ids < len(self.param_elem)]
-                touched = touched or bool(self.param_elem[inside].any())
+                touched = touched or self.touches_params(ids)
             self.freeze_state(st)
         inside_ignored = any(node.module == m or node.module.startswith(m + ".") for m in self.ignored)
         if touched:
@@ -725,7 +729,7 @@ class _Builder:
         self.freeze_state(self.st(idx))
         self.set_out(node, {len(self.shape(idx)): wst[1]})
 
-    def einsum(self, ops: list[tuple[int, str]], out_vid: int, out_letters: str) -> State:
+    def einsum(self, ops: list[tuple[int, str]], out_vid: int, out_letters: str, cost: bool = True) -> State:
         """Couple operands by einsum letters (batch dims right-aligned, size-1 broadcast ignored)."""
         by_letter: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for vid, letters in ops:
@@ -758,7 +762,8 @@ class _Builder:
             factors.append(tracked[0])
             if c in out_letters:
                 out[out_letters.index(c)] = tracked[0]
-        self.costs.append(CostOp(float(math.prod(sizes.values())), factors))
+        if cost:
+            self.costs.append(CostOp(float(math.prod(sizes.values())), factors))
         return out
 
     def r_matmul(self, node: Node) -> None:
@@ -824,7 +829,8 @@ class _Builder:
         for st in (qs, ks):
             if nd - 1 in st:
                 self.freeze(st[nd - 1])  # head_dim of q/k sets the softmax scale: keep it
-                self.note(node, "q/k head_dim is kept (it sets the attention scale)")
+                if self.touches_params(st[nd - 1]):
+                    self.note(node, "q/k head_dim is kept (it sets the attention scale)")
                 del st[nd - 1]
         if not self.prune_heads:
             for st in (qs, ks, vs):
@@ -848,8 +854,11 @@ class _Builder:
             ms = self.shape(mask.vid)
             letters = (batch + "hls")[-len(ms) :] if ms else ""
             ops.append((mask.vid, letters))
-        out = self.einsum(ops, node.outputs[0], batch + "hlf")
+        out = self.einsum(ops, node.outputs[0], batch + "hlf", cost=False)
         self.set_out(node, out)
+        # q @ k^T and attn @ v: (batch, h, l, s) x (e + f)
+        h_ids = [st[nd - 3] for st in (qs,) if nd - 3 in st]
+        self.costs.append(CostOp(float(math.prod(sq[:-1]) * sk[-2] * (sq[-1] + self.shape(v)[-1])), h_ids))
 
     def _virtual(self, orig: int, st: State, shape: tuple[int, ...]) -> int:
         """A value id standing for ``orig`` with a modified state/shape (used by GQA head repeat)."""
