@@ -472,3 +472,36 @@ def test_pruned_model_exports_and_scripts() -> None:
     torch.testing.assert_close(traced(x), want)
     exported = torch.export.export(model, (x,))
     torch.testing.assert_close(exported.module()(x), want)
+
+
+class GNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 3, padding=1)
+        self.gn = nn.GroupNorm(3, 12)
+        self.b = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.silu(self.gn(self.a(x))))
+
+
+def test_group_norm_kept_by_default_and_pruned_per_group_with_prune_normalized() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from oracle import kept_from_plan
+    from oracle import masked_reference as norm_aware_reference
+
+    x = torch.randn(2, 3, 5, 5)
+    model = GNNet()
+    pk.prune_channels(model, x, ratio=0.5)
+    assert model.a.out_channels == 12
+    orig = copy.deepcopy(model)
+    res = pk.prune_channels(model, x, ratio=0.5, prune_normalized=True)
+    assert model.a.out_channels == 6 and model.gn.num_channels == 6 and model.gn.num_groups == 3
+    kept = next(e["kept"] for e in res.plan["entries"] if e["fqn"] == "a.weight")
+    assert [sum(1 for k in kept if k // 4 == g) for g in range(3)] == [2, 2, 2]  # equal count per group
+    x2 = torch.randn(2, 3, 5, 5)
+    ref = norm_aware_reference(orig, kept_from_plan(res.plan))
+    torch.testing.assert_close(model(x2), ref(x2), atol=1e-5, rtol=1e-4)

@@ -650,6 +650,26 @@ class _Builder:
             self.stats.append(NormStat(node.index, last, xs[last]))
             self.set_out(node, dict(xs))
             return
+        groups = self.arg(node, 1, "num_groups")
+        if (
+            self.prune_normalized
+            and node.name == "group_norm"
+            and nd > 1
+            and 1 in xs
+            and isinstance(groups, int)
+        ):
+            # equal positions removed in every group keep num_groups valid; stats over the kept channels
+            per = xs[1].reshape(groups, -1)
+            self.union(per, per[:1])
+            for v in node.inputs[1:]:
+                vs = self.st(v)
+                if 0 in vs and len(vs[0]) == len(xs[1]):
+                    self.union(xs[1], vs[0])
+                else:
+                    self.freeze_state(vs)
+            self.stats.append(NormStat(node.index, 1, xs[1]))
+            self.set_out(node, dict(xs))
+            return
         touched = False
         for d in dims:
             if d in xs:

@@ -764,6 +764,15 @@ def _kept_stat(name: str, dim: int, keep: torch.Tensor) -> Any:
                 func(x.index_select(x.dim() - 1, k), **{p: call[p] for p in params if p in call}),
             )
             return out
+        if name == "group_norm":
+            call = dict(zip(["num_groups", "weight", "bias", "eps"], args[1:], strict=False))
+            call.update(kwargs)
+            for p in ("weight", "bias"):
+                if call.get(p) is not None:
+                    call[p] = call[p].index_select(0, k)
+            out = torch.zeros_like(x)
+            out.index_copy_(1, k, func(x.index_select(1, k), **call))
+            return out
         return func(x.index_select(dim, k), *args[1:], **kwargs)
 
     return norm
