@@ -208,3 +208,38 @@ def test_structured_finalize_refuses_non_chain_and_leaves_model() -> None:
         pk.ChannelPruner(
             model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(target=0.5), include=("9",))
         )
+
+
+def test_structured_finalize_through_the_dependency_graph_for_non_chains() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),  # depthwise: not a plain chain
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    cp = pk.ChannelPruner(
+        model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(target=0.5), include=("0", "5"))
+    )
+    cp.step()
+    kept = cp.channel_masks()
+    w0 = model[0].weight.detach()[kept["0"]].clone()
+    w5 = model[5].weight.detach()[kept["5"]][:, kept["0"]].clone()
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    ref = model(x)
+    cp.finalize(x)
+    assert [model[0].out_channels, model[3].groups, model[5].out_channels, model[9].in_features] == [
+        4,
+        4,
+        3,
+        3,
+    ]
+    assert torch.equal(model[0].weight.detach(), w0) and torch.equal(model[5].weight.detach(), w5)
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)

@@ -447,15 +447,21 @@ class ChannelPruner:
                 set_mask(norm, "bias", keep)
         broadcast_masks(self.model)
 
+    def _finalize_with_graph(self, example_inputs: Any, keep: dict[str, torch.Tensor]) -> nn.Module:
+        return _finalize_with_graph_impl(self, example_inputs, keep)
+
     def finalize(self, example_inputs: Any = None) -> nn.Module:
         """Remove the masked channels physically (in place) and return the model. Rebuild the optimizer after.
 
-        Uses :func:`prunekit.prune_channels` when it is available and the model is not a simple chain;
-        otherwise removes channels along the chain of Linear/Conv layers in module order
-        (each pruned layer's consumer is the next Linear/Conv, with an optional BatchNorm between).
+        A chain of Linear/Conv layers in module order (each pruned layer feeding the next Linear/Conv,
+        with an optional BatchNorm, activations or a flatten between) is cut directly. Any other graph
+        (grouped/depthwise convs, residuals, concatenations, ...) goes through
+        :func:`prunekit.prune_channels` with ``example_inputs``, removing exactly the masked channels
+        of each pruned layer and everything coupled to them (their traced dependency groups).
 
         Raises:
-            PlanError: if a pruned layer's consumer cannot be found; nothing is changed in that case.
+            PlanError: if the model is not a chain and ``example_inputs`` is missing, or
+                :func:`prunekit.prune_channels` cannot apply the plan; nothing is changed in that case.
         """
         model = unwrap(self.model)
         modules = dict(model.named_modules())
@@ -472,9 +478,12 @@ class ChannelPruner:
             cin = consumer.weight.shape[1]
             groups = getattr(consumer, "groups", 1)
             if groups != 1 or getattr(producer, "groups", 1) != 1 or cin % c:
+                if example_inputs is not None:
+                    return self._finalize_with_graph(example_inputs, keep)
                 raise PlanError(
                     f"cannot remove channels of {name!r} ({c} outputs) into {order[idx + 1]!r} "
-                    f"({cin} inputs, groups={groups}): not a plain chain. Use pk.prune_channels for general graphs."
+                    f"({cin} inputs, groups={groups}): not a plain chain. Pass example_inputs= so that "
+                    "finalize can use pk.prune_channels' dependency graph."
                 )
             plan.append((name, producer, consumer, keep[name], cin // c))
         for name, producer, consumer, kept, per in plan:
@@ -503,6 +512,63 @@ class ChannelPruner:
                 remove_mask(mp.module, mp.name)
         self.layers_finalized = True
         return self.model
+
+
+class _KeepMaskCriterion:
+    """Channel criterion scoring each unit by the channel masks: masked channels score 0, kept ones 1."""
+
+    name = "channel-mask"
+    needs_grad = False
+
+    def __init__(self, keep: dict[str, torch.Tensor]) -> None:
+        self.keep = keep
+
+    def score(self, group: Any, params: Any, module_types: Any) -> torch.Tensor:
+        total = torch.zeros(group.n_units, dtype=torch.float64)
+        for m in group.members:
+            module_name, _, attr = m.name.rpartition(".")
+            kept = self.keep.get(module_name)
+            if kept is None or attr != "weight" or m.dim != 0:
+                continue
+            units = torch.as_tensor(m.units)
+            sel = units >= 0
+            total.index_add_(0, units[sel], kept.double()[sel])
+        return total
+
+
+def _finalize_with_graph_impl(
+    pruner: ChannelPruner, example_inputs: Any, keep: dict[str, torch.Tensor]
+) -> nn.Module:
+    import prunekit
+    from prunekit.masks import remove_mask
+
+    prune_channels = getattr(prunekit, "prune_channels", None)
+    if prune_channels is None:  # pragma: no cover - structured pruning ships with prunekit
+        raise PlanError("this model is not a plain chain and pk.prune_channels is not available")
+    model = unwrap(pruner.model)
+    modules = dict(model.named_modules())
+    # masks of the pruned layers (and the norms masked with them) go away: their zeros stay in the weights
+    touched = set(pruner.layers)
+    order = list(modules)
+    for name in pruner.layers:
+        norm = _following_norm(modules, order, name, modules[name].weight.shape[0])
+        if norm is not None:
+            touched.add(next(n for n, m in modules.items() if m is norm))
+    saved = [
+        (mp.module, mp.name, mp.mask.clone()) for mp in masked_parameters(model) if mp.module_name in touched
+    ]
+    for module, pname, _ in saved:
+        remove_mask(module, pname)
+    ratio = {name: float((~k).sum()) / k.numel() for name, k in keep.items()}
+    try:
+        prune_channels(model, example_inputs, ratio=ratio, criterion=_KeepMaskCriterion(keep), scope="layer")
+    except Exception as e:
+        for module, pname, mask in saved:
+            set_mask(module, pname, mask)
+        if isinstance(e, PlanError):
+            raise
+        raise PlanError(f"pk.prune_channels could not remove the masked channels: {e}") from e
+    return pruner.model
 
 
 def _following_norm(modules: dict[str, nn.Module], order: list[str], name: str, c: int) -> nn.Module | None:
