@@ -231,15 +231,61 @@ def test_custom_function_warns() -> None:
         pk.prune_channels(model, inputs, ratio=0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine keeps nn.MultiheadAttention at full width (embed_dim and heads): "
-    "'multi_head_attention_forward: nn.MultiheadAttention is kept at full width'",
-)
-def test_vit_multihead_attention_heads_pruned() -> None:
+def test_vit_multihead_attention_kept_by_default_and_reported() -> None:
+    """MHA's input is the LayerNorm'd residual: by default the hidden size (and so MHA) keeps its width."""
     p = pruned("vit")
-    attn = p.model.blocks[0].attn
-    assert attn.in_proj_weight.shape[0] < 3 * 32
+    skipped = {s.where: s.reason for s in p.result.skipped}
+    assert "blocks.0.norm1" in skipped
+    assert p.model.blocks[0].attn.in_proj_weight.shape == (96, 32)
+    assert p.model.blocks[0].mlp[0].out_features < 64
+
+
+NORMALIZED = [
+    "vit",
+    "swin",
+    "resnet_basic",
+    "mobilenet_v3",
+    "grouped_conv",
+    "bert_eager",
+    "gpt2_sdpa",
+    "llama_gqa_sdpa",
+]
+
+
+@pytest.mark.parametrize("name", NORMALIZED)
+def test_oracle_prune_normalized(name: str) -> None:
+    """prune_normalized=True also removes dims under LayerNorm/RMSNorm/GroupNorm (transformer hidden size).
+
+    Zeroing is no longer enough there: the oracle's norms compute their statistics over the kept positions only.
+    """
+    model, inputs = ALL[name]()
+    original = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pk.prune_channels(model, inputs, ratio=0.5, prune_normalized=True)
+    ref = masked_reference(original, kept_from_plan(model._prunekit_plan))
+    xs = random_inputs(inputs, 12)
+    want = _outputs(ref, xs)
+    scale = max(1.0, max(float(w.abs().max()) for w in want))
+    _assert_close_all(_outputs(model, xs), want, atol=1e-5 * scale, rtol=1e-4)
+    if name == "vit":  # whole MHA heads with their hidden channels: 4 -> 2 heads, embed_dim 32 -> 16
+        attn = model.blocks[0].attn
+        assert attn.num_heads == 2 and attn.embed_dim == 16 and attn.in_proj_weight.shape == (48, 16)
+        assert model.hidden_size == 16  # the stored size used in the reshape was updated
+
+
+def test_llama_pruned_hidden_size_exports(tmp_path: Path) -> None:
+    """LLaMA with hidden size, KV groups and MLP pruned: the config expresses it; from_pretrained is exact."""
+    transformers = pytest.importorskip("transformers")
+    model, inputs = make_llama("sdpa")
+    pk.prune_channels(model, inputs, ratio=0.5, prune_normalized=True)
+    hidden = model.model.embed_tokens.embedding_dim
+    assert hidden < 64
+    pk.save_pretrained(model, tmp_path)
+    assert model.config.hidden_size == hidden
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    xs = random_inputs(inputs, 13)
+    _assert_close_all(_outputs(loaded, xs)[:1], _outputs(model, xs)[:1], atol=1e-5, rtol=1e-5)
 
 
 def test_swin_window_attention_kept_and_reported() -> None:
