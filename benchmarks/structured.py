@@ -320,6 +320,16 @@ def prune_pk_nocheck(model: nn.Module, inputs: tuple[Any, ...], case: Case, rati
     return {"plan": getattr(model, "_prunekit_plan", None)}
 
 
+def prune_pk_normalized(
+    model: nn.Module, inputs: tuple[Any, ...], case: Case, ratio: float
+) -> dict[str, Any]:
+    """prunekit also removing dims under LayerNorm/RMSNorm (transformer hidden size, MHA heads)."""
+    import prunekit as pk
+
+    pk.prune_channels(model, inputs, ratio=ratio, criterion="l2", prune_normalized=True)  # type: ignore[attr-defined]
+    return {"plan": getattr(model, "_prunekit_plan", None)}
+
+
 def pk_oracle_diff(
     original: nn.Module, pruned: nn.Module, inputs: tuple[Any, ...], plan: Any
 ) -> float | None:
@@ -480,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prune-repeats", type=int, default=1, help="pruning runs per tool (median time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="", help="comma-separated name prefixes (default: all)")
-    p.add_argument("--tools", default="prunekit,prunekit-nocheck,torch-pruning")
+    p.add_argument("--tools", default="prunekit,prunekit-nocheck,prunekit-normalized,torch-pruning")
     p.add_argument("--quick", action="store_true", help="small inputs, few repeats (smoke test)")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)
@@ -493,7 +503,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import prunekit as pk
 
-    tools = {"prunekit": prune_pk, "prunekit-nocheck": prune_pk_nocheck, "torch-pruning": prune_tp}
+    tools = {
+        "prunekit": prune_pk,
+        "prunekit-nocheck": prune_pk_nocheck,
+        "prunekit-normalized": prune_pk_normalized,
+        "torch-pruning": prune_tp,
+    }
     chosen = [t for t in args.tools.split(",") if t]
     print(f"torch {torch.__version__}, torch-pruning {tp.__version__}, prunekit {pk.__version__}")
     print(
