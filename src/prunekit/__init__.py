@@ -25,8 +25,8 @@ from prunekit.hf import save_pretrained, sync_hf_config
 from prunekit.io import information_limit_bits, load, save
 from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
-from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
 from prunekit.methods import LotteryConfig, iterative_prune, lottery_ticket, one_shot_then_finetune
+from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.recipes import Recipe, RecipeResult
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
