@@ -8,8 +8,8 @@
    threshold vs ratios from ``pk.allocate`` (curves -> per-layer ratios) applied with
    ``pk.apply_allocation``; test accuracy of each.
 4. Channel pruning at the same MAC reduction (output layer kept): uniform channel ratio vs ratios
-   allocated from channel-granularity curves (``by="macs"``, each layer's cost = its own MACs plus the
-   next layer's input slice it takes away), removed physically with
+   allocated from channel-granularity curves (``by="macs"``; with ``--coupled-macs`` a layer's cost is
+   its own MACs plus the next layer's input slice it takes away), removed physically with
    ``pk.prune_channels`` through ``pk.apply_allocation(..., physical=True)``; test accuracy and the
    measured MACs after.
 
@@ -99,6 +99,11 @@ def main() -> None:
     )
     parser.add_argument("--targets", default="0.7,0.8,0.9,0.95", help="global weight sparsity targets")
     parser.add_argument("--mac-targets", default="0.3,0.5,0.7", help="MAC reductions for channel pruning")
+    parser.add_argument(
+        "--coupled-macs",
+        action="store_true",
+        help="channel MAC cost of a layer = its own MACs + the next layer's input slice (default: own MACs)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -187,7 +192,7 @@ def main() -> None:
         macs = layer_macs(model, example, chain)
         coupled = {n: float(macs[n] + macs[chain[i + 1]]) for i, n in enumerate(chain[:-1])}
         for target in (float(t) for t in args.mac_targets.split(",")):
-            plan = pk.allocate(cres, target, by="macs", costs=coupled)
+            plan = pk.allocate(cres, target, by="macs", costs=coupled if args.coupled_macs else None)
             allocated = copy.deepcopy(model)
             pk.apply_allocation(allocated, plan, example_inputs=example, physical=True)
             # uniform: the same channel ratio in every layer, chosen so the measured MACs match the allocated model's
