@@ -505,3 +505,20 @@ def test_group_norm_kept_by_default_and_pruned_per_group_with_prune_normalized()
     x2 = torch.randn(2, 3, 5, 5)
     ref = norm_aware_reference(orig, kept_from_plan(res.plan))
     torch.testing.assert_close(model(x2), ref(x2), atol=1e-5, rtol=1e-4)
+
+
+def test_check_leaves_weights_bit_identical_on_failure() -> None:
+    """The check zeroes slices in place and must put every bit back when the plan is rejected."""
+    from unittest import mock
+
+    import prunekit.structured as structured
+
+    model = _randomize_bn(ResNetish())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with (
+        mock.patch.object(structured, "_same", return_value="forced mismatch"),
+        pytest.raises(PlanError, match="forced"),
+    ):
+        pk.prune_channels(model, torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.l1.c1.out_channels == 16 and not hasattr(model, "_prunekit_plan")
