@@ -190,7 +190,15 @@ def _llama() -> nn.Module:
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-@pytest.mark.parametrize("build", [_bert, _llama], ids=["bert", "llama"])
+def _gpt2() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        vocab_size=99, n_embd=32, n_layer=4, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("build", [_bert, _llama, _gpt2], ids=["bert", "llama", "gpt2"])
 def test_hf_models_get_shallower_and_round_trip_through_from_pretrained(build, tmp_path) -> None:  # type: ignore[no-untyped-def]
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -214,7 +222,7 @@ def test_hf_models_get_shallower_and_round_trip_through_from_pretrained(build, t
             if hasattr(sub, "layer_idx"):
                 assert sub.layer_idx == i
     model.save_pretrained(tmp_path)
-    auto = transformers.AutoModelForCausalLM if "CausalLM" in type(model).__name__ else transformers.AutoModel
+    auto = transformers.AutoModelForCausalLM if hasattr(model, "lm_head") else transformers.AutoModel
     loaded = auto.from_pretrained(tmp_path).eval()
     assert loaded.config.num_hidden_layers == 2 and len(layer_list(loaded)) == 2
     with torch.no_grad():
@@ -222,7 +230,7 @@ def test_hf_models_get_shallower_and_round_trip_through_from_pretrained(build, t
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:
-    for name in ("model.layers", "encoder.layer"):
+    for name in ("model.layers", "encoder.layer", "transformer.h"):
         try:
             return model.get_submodule(name)  # type: ignore[return-value]
         except AttributeError:
