@@ -372,3 +372,21 @@ def test_on_unknown_raise_names_op_and_module_and_ignore_is_the_way_out() -> Non
         warnings.simplefilter("error")
         res = pk.prune_channels(m, torch.randn(2, 3), ratio=0.5, on_unknown="raise", ignore=[m])
     assert res.params_after <= res.params_before
+
+
+def test_gqa_query_heads_mode_keeps_kv_heads() -> None:
+    m = Heads(heads=8, kv=2, gqa_kwarg=True)
+    m.num_key_value_groups = 4  # stored ratio, as in transformers' LLaMA attention
+    orig = copy.deepcopy(m)
+    x = torch.randn(2, 5, 8)
+    res = pk.prune_channels(m, x, ratio=0.5, gqa="query_heads")
+    assert m.k.out_features == 8 and m.q.out_features == 16 and m.num_key_value_groups == 2
+    kept_heads = sorted(
+        {i // 4 for i in next(e["kept"] for e in res.plan["entries"] if e["fqn"] == "q.weight")}
+    )
+    assert len(kept_heads) == 4 and sum(h < 4 for h in kept_heads) == 2  # two query heads left in each group
+    ref = independent_reference(orig, kept_from_plan(res.plan))
+    torch.testing.assert_close(m(x), ref(x), atol=1e-5, rtol=1e-4)
+    m2 = Heads(heads=8, kv=2, gqa_kwarg=False)  # explicit KV repeat: whole KV groups instead
+    pk.prune_channels(m2, x, ratio=0.5, gqa="query_heads")
+    assert m2.k.out_features == 4

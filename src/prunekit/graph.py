@@ -40,6 +40,7 @@ from prunekit.graph_rules import (
     ConvInfo,
     CostOp,
     FrozenReason,
+    GqaGroups,
     NormStat,
     SizeEvent,
     _Builder,
@@ -120,6 +121,7 @@ class DependencyGraph:
     events: list[SizeEvent]
     costs: list[CostOp]
     stats: list[NormStat] = dataclasses.field(default_factory=list)
+    gqa_groups: list[GqaGroups] = dataclasses.field(default_factory=list)
 
     def value_name(self, vid: int) -> str:
         return self.trace.values[vid].names[0]
@@ -132,6 +134,7 @@ def build_graph(
     frozen_names: dict[str, list[int]] | None = None,
     prune_normalized: bool = False,
     ignored_modules: frozenset[str] = frozenset(),
+    gqa: str = "kv_groups",
 ) -> DependencyGraph:
     """Build the dependency graph of a recorded trace.
 
@@ -141,6 +144,8 @@ def build_graph(
         prune_normalized: If True, a last dim normalised by LayerNorm/RMSNorm (or reduced by mean/var/std)
             may be pruned; those statistics then run over the kept channels (``DependencyGraph.stats``).
         ignored_modules: Modules the user asked to keep: unknown ops inside them are not flagged.
+        gqa: ``"kv_groups"``: a KV head goes with all its query heads; ``"query_heads"``: KV heads are kept
+            and the same query position is removed in every group (SDPA ``enable_gqa`` only).
         frozen_names: Parameter name -> dims to keep at full width (from ``ignore=``).
 
     Returns:
@@ -154,7 +159,7 @@ def build_graph(
         >>> [(gr.name, gr.n_units) for gr in g.groups]
         [('0:out', 8)]
     """
-    b = _Builder(trace, prune_heads, prune_normalized, ignored_modules)
+    b = _Builder(trace, prune_heads, prune_normalized, ignored_modules, gqa)
     b.build()
     if frozen_names:
         name_to_vid = {n: v.vid for v in trace.values for n in v.names}
@@ -178,7 +183,17 @@ def build_graph(
     frozen_label = int(labels[FROZEN])
     groups = _make_groups(trace, b.param_dims, labels, frozen_label)
     return DependencyGraph(
-        trace, groups, b.reasons, labels, frozen_label, b.param_dims, b.convs, b.events, b.costs, b.stats
+        trace,
+        groups,
+        b.reasons,
+        labels,
+        frozen_label,
+        b.param_dims,
+        b.convs,
+        b.events,
+        b.costs,
+        b.stats,
+        b.gqa_groups,
     )
 
 
@@ -269,6 +284,7 @@ __all__ = [
     "CostOp",
     "DependencyGraph",
     "FrozenReason",
+    "GqaGroups",
     "Group",
     "NormStat",
     "Member",

@@ -132,6 +132,16 @@ class NormStat:
 
 
 @dataclasses.dataclass
+class GqaGroups:
+    """Query heads pruned per KV group: ``module``'s stored ratio ``rep`` follows the kept query heads."""
+
+    module: str
+    rep: int
+    kv_heads: int
+    ids: np.ndarray
+
+
+@dataclasses.dataclass
 class CostOp:
     """A matmul-like op: MACs after = ``macs`` * product of kept fractions of ``factors``."""
 
@@ -146,8 +156,11 @@ class _Builder:
         prune_heads: bool,
         prune_normalized: bool = False,
         ignored: frozenset[str] = frozenset(),
+        gqa: str = "kv_groups",
     ) -> None:
         self.t = trace
+        self.gqa = gqa
+        self.gqa_groups: list[GqaGroups] = []
         self.ignored = ignored
         self.prune_heads = prune_heads
         self.prune_normalized = prune_normalized
@@ -856,6 +869,9 @@ class _Builder:
             for st in (qs, ks, vs):
                 if nd - 3 in st:
                     self.freeze(st[nd - 3])
+        if gqa and hq != hk and nd >= 3 and self.gqa == "query_heads":
+            self._sdpa_query_heads(node, qs, ks, vs, hq, hk, nd)
+            return
         if gqa and hq != hk and nd >= 3:
             rep = hq // hk
             for st in (ks, vs):
@@ -879,6 +895,35 @@ class _Builder:
         # q @ k^T and attn @ v: (batch, h, l, s) x (e + f)
         h_ids = [st[nd - 3] for st in (qs,) if nd - 3 in st]
         self.costs.append(CostOp(float(math.prod(sq[:-1]) * sk[-2] * (sq[-1] + self.shape(v)[-1])), h_ids))
+
+    def _sdpa_query_heads(
+        self, node: Node, qs: State, ks: State, vs: State, hq: int, hk: int, nd: int
+    ) -> None:
+        """GQA, alternative units: the same query position in every KV group (KV heads are kept).
+
+        Query head h uses KV head h // (hq / hk); removing position j of every group keeps that mapping.
+        """
+        rep = hq // hk
+        for st in (ks, vs):
+            self.freeze_state(st)
+        mask = self.arg(node, 3, "attn_mask")
+        if isinstance(mask, TensorRef):
+            self.freeze_state(self.st(mask.vid))
+        out: State = {}
+        for d, ids in qs.items():
+            if d == nd - 3:
+                per = ids.reshape(hk, rep)
+                self.union(per, per[:1])
+                out[d] = ids
+            else:
+                self.freeze(ids)
+        if nd - 3 in out:
+            self.gqa_groups.append(GqaGroups(node.module, rep, hk, out[nd - 3]))
+        self.set_out(node, out)
+        sq = self.shape(node.inputs[0])
+        e_v = self.shape(node.inputs[2])[-1]
+        macs = float(math.prod(sq[:-1]) * self.shape(node.inputs[1])[-2] * (sq[-1] + e_v))
+        self.costs.append(CostOp(macs, list(out.values())[:1]))
 
     def _virtual(self, orig: int, st: State, shape: tuple[int, ...]) -> int:
         """A value id standing for ``orig`` with a modified state/shape (used by GQA head repeat)."""

@@ -65,6 +65,9 @@ class ChannelPruneConfig:
             the same as zeroing: expect a larger change than for other channels (the check models it).
         on_unknown: ``"keep"`` (default): channels touched by an op the graph cannot see through (or a custom
             autograd Function) are kept, with one warning; ``"raise"``: raise ``UnsupportedOpError`` instead.
+        gqa: Grouped-query attention units: ``"kv_groups"`` (a KV head with all its query heads) or
+            ``"query_heads"`` (KV heads kept, the same query position removed in every group; needs SDPA
+            ``enable_gqa``, otherwise whole KV groups are used).
     """
 
     ratio: float | Mapping[str, float] = 0.5
@@ -76,6 +79,7 @@ class ChannelPruneConfig:
     prune_heads: bool = True
     prune_normalized: bool = False
     on_unknown: Literal["keep", "raise"] = "keep"
+    gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
 
     def __post_init__(self) -> None:
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
@@ -98,6 +102,8 @@ class ChannelPruneConfig:
                 raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.gqa not in ("kv_groups", "query_heads"):
+            raise ConfigError(f"gqa must be 'kv_groups' or 'query_heads', got {self.gqa!r}")
         if self.on_unknown not in ("keep", "raise"):
             raise ConfigError(f"on_unknown must be 'keep' or 'raise', got {self.on_unknown!r}")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
@@ -415,6 +421,12 @@ def _make_plan(
                 put(mname, "nf", w[1])
             if hasattr(mod, "nx"):
                 put(mname, "nx", w[0])
+    for gg in graph.gqa_groups:
+        new_rep = int((~mask[graph.labels[gg.ids]]).sum()) // gg.kv_heads
+        if new_rep != gg.rep and gg.module in modules:
+            for attr, val in vars(modules[gg.module]).items():
+                if type(val) is int and val == gg.rep and "group" in attr:
+                    put(gg.module, attr, new_rep)
     # size literals in reshapes/splits (stored head counts, hidden sizes): candidates only, tried if needed
     extra: dict[tuple[str, str], AttrUpdate | None] = {}
     for ev in graph.events:
@@ -466,6 +478,7 @@ def prune_channels(
     prune_heads: bool = True,
     prune_normalized: bool = False,
     on_unknown: Literal["keep", "raise"] = "keep",
+    gqa: Literal["kv_groups", "query_heads"] = "kv_groups",
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
@@ -493,6 +506,7 @@ def prune_channels(
         prune_heads: Allow removing whole attention heads.
         prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
         on_unknown: ``"keep"`` (warn and keep what unknown ops touch) or ``"raise"`` (``UnsupportedOpError``).
+        gqa: ``"kv_groups"`` or ``"query_heads"`` (see :class:`ChannelPruneConfig`).
         data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
@@ -519,6 +533,7 @@ def prune_channels(
         prune_heads=prune_heads,
         prune_normalized=prune_normalized,
         on_unknown=on_unknown,
+        gqa=gqa,
     )
     crit = get_criterion(cfg.criterion)
     frozen_names = _resolve_ignore(model, ignore)
@@ -636,6 +651,7 @@ def _plan(
         frozen_names=frozen_names,
         prune_normalized=cfg.prune_normalized,
         ignored_modules=ignored_modules,
+        gqa=cfg.gqa,
     )
     unknown = [r for r in graph.frozen if r.unknown]
     if unknown and cfg.on_unknown == "raise":
