@@ -60,7 +60,9 @@ def test_masking_twice_is_cumulative() -> None:
     assert torch.equal(get_mask(layer, "weight"), a & b)
 
 
-@pytest.mark.parametrize("clone", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"])
+@pytest.mark.parametrize(
+    "clone", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"]
+)
 def test_masks_survive_copies_and_keep_working(clone) -> None:
     model = _model()
     mask = torch.rand(16, 8) > 0.5

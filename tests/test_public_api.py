@@ -21,5 +21,7 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_import_does_not_pull_heavy_optional_libraries() -> None:
     code = "import sys, prunekit; print(any(m in sys.modules for m in ('transformers', 'lightning', 'matplotlib')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "False"

@@ -34,10 +34,14 @@ class Split:
     x_test: torch.Tensor
     y_test: torch.Tensor
 
-    def loaders(self, batch_size: int = 128, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self, batch_size: int = 128, seed: int = 0
+    ) -> tuple[DataLoader[tuple[torch.Tensor, ...]], DataLoader[tuple[torch.Tensor, ...]]]:
         """Shuffled train loader (seeded) and ordered test loader."""
         gen = torch.Generator().manual_seed(seed)
-        train = DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=batch_size, shuffle=True, generator=gen)
+        train = DataLoader(
+            TensorDataset(self.x_train, self.y_train), batch_size=batch_size, shuffle=True, generator=gen
+        )
         test = DataLoader(TensorDataset(self.x_test, self.y_test), batch_size=512)
         return train, test
 
@@ -75,9 +79,13 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError) as e:
-        raise FormatError(f"cannot read IDX file {path}: {e}. Expected a (gzipped) MNIST-style IDX file.") from e
+        raise FormatError(
+            f"cannot read IDX file {path}: {e}. Expected a (gzipped) MNIST-style IDX file."
+        ) from e
     if len(raw) < 8 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise FormatError(f"{path} is not a uint8 IDX file (bad magic {raw[:4]!r}); expected MNIST-style IDX data")
+        raise FormatError(
+            f"{path} is not a uint8 IDX file (bad magic {raw[:4]!r}); expected MNIST-style IDX data"
+        )
     ndim = raw[3]
     dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -99,12 +107,16 @@ def idx_dataset(name: str, root: str | Path | None = None, limit: int | None = N
         raise ConfigError(f"unknown IDX dataset {name!r}; expected 'mnist' or 'fashion-mnist'")
     base = Path(root) if root is not None else default_data_dir()
     if base is None:
-        raise ConfigError(f"no data folder for {name!r}: pass root=... or set PRUNEKIT_DATA to the folder holding {name}/")
+        raise ConfigError(
+            f"no data folder for {name!r}: pass root=... or set PRUNEKIT_DATA to the folder holding {name}/"
+        )
     folder = base / name if (base / name).is_dir() else base
     arrays = {}
     for split, (images, labels) in _IDX_FILES.items():
         if not (folder / images).exists():
-            raise ConfigError(f"{folder / images} not found: point root/PRUNEKIT_DATA at the folder holding {name}/")
+            raise ConfigError(
+                f"{folder / images} not found: point root/PRUNEKIT_DATA at the folder holding {name}/"
+            )
         x = torch.from_numpy(read_idx(folder / images).astype(np.float32) / 255.0).unsqueeze(1)
         y = torch.from_numpy(read_idx(folder / labels).astype(np.int64))
         arrays[split] = (x, y)

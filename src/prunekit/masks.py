@@ -52,7 +52,7 @@ def _reapply_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     with torch.no_grad():
         for group in optimizer.param_groups:
             for p in group["params"]:
-                mask = _REGISTRY.get(p)
+                mask = _REGISTRY.get(p)  # type: ignore[no-untyped-call]
                 if mask is not None:
                     _zero_pruned(p, mask)
 
@@ -67,12 +67,12 @@ class _MaskKeeper:
         self.names = list(names)
 
     def __call__(self, module: nn.Module, *args: Any) -> None:
-        if _is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        if _is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():  # type: ignore[attr-defined,no-untyped-call]
             return
         for name in self.names:
             param = getattr(module, name)
             mask = getattr(module, name + MASK_SUFFIX)
-            if _REGISTRY.get(param) is not mask:
+            if _REGISTRY.get(param) is not mask:  # type: ignore[no-untyped-call]
                 _REGISTRY[param] = mask
 
     def reapply(self, module: nn.Module, incompatible_keys: Any = None) -> None:
@@ -105,7 +105,9 @@ def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     """
     param = getattr(module, name)
     if not isinstance(param, nn.Parameter):
-        raise TypeError(f"{type(module).__name__}.{name} is not an nn.Parameter; only parameters can be masked")
+        raise TypeError(
+            f"{type(module).__name__}.{name} is not an nn.Parameter; only parameters can be masked"
+        )
     if tuple(mask.shape) != tuple(param.shape):
         raise ValueError(
             f"mask for {type(module).__name__}.{name} has shape {tuple(mask.shape)}, "
@@ -126,7 +128,7 @@ def set_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
     if keeper is None:
         keeper = _MaskKeeper([name])
         module.register_forward_pre_hook(keeper)
-        module.register_load_state_dict_post_hook(keeper.reapply)
+        module.register_load_state_dict_post_hook(keeper.reapply)  # type: ignore[no-untyped-call]
     elif name not in keeper.names:
         keeper.names.append(name)
     _REGISTRY[param] = mask
@@ -170,7 +172,7 @@ def masked_parameters(model: nn.Module) -> Iterator[MaskedParam]:
 
 def refresh(model: nn.Module) -> None:
     """Re-apply every mask of ``model`` and re-register its parameters (after manual weight edits)."""
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         keeper = _keeper(module)
         if keeper is not None:
             keeper.reapply(module)
@@ -182,7 +184,7 @@ def remove_mask(module: nn.Module, name: str) -> None:
     if keeper is None or name not in keeper.names:
         return
     param = getattr(module, name)
-    _REGISTRY.pop(param, None)
+    _REGISTRY.pop(param, None)  # type: ignore[no-untyped-call]
     keeper.names.remove(name)
     delattr(module, name + MASK_SUFFIX)
     if not keeper.names:
