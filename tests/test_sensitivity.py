@@ -218,7 +218,7 @@ def test_bad_input_raises_clearly_and_leaves_the_model_alone(trained: tuple[nn.M
     with pytest.raises(pk.ConfigError, match="in \\(0, 1\\)"):
         pk.sensitivity(model, batches, F.cross_entropy, ratios=(0.5, 1.0), progress=False)
     with pytest.raises(pk.ConfigError, match="granularity"):
-        pk.sensitivity(model, batches, F.cross_entropy, granularity="head", progress=False)  # type: ignore[arg-type]
+        pk.sensitivity(model, batches, F.cross_entropy, granularity="neuron", progress=False)  # type: ignore[arg-type]
     with pytest.raises(pk.DataRequiredError):
         pk.sensitivity(model, [], F.cross_entropy, progress=False)
     with pytest.raises(pk.ConfigError, match="pair"):

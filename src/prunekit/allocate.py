@@ -230,6 +230,11 @@ def allocate(
         >>> dict(plan), plan.achieved
         ({'a': 0.9, 'b': 0.1}, 0.5)
     """
+    if result.granularity == "head":
+        raise ConfigError(
+            "allocate needs per-layer curves over ratios; a granularity='head' result holds one point per head. "
+            "Rank heads with result.ranking(), or run sensitivity(..., granularity='layer' or 'channel')"
+        )
     if by not in TARGET_KINDS:
         raise ConfigError(f"by must be one of {', '.join(TARGET_KINDS)}, got {by!r}")
     if source not in SOURCES:

@@ -42,8 +42,8 @@ from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-Granularity = Literal["layer", "channel"]
-GRANULARITIES: tuple[str, ...] = ("layer", "channel")
+Granularity = Literal["layer", "channel", "head"]
+GRANULARITIES: tuple[str, ...] = ("layer", "channel", "head")
 ESTIMATORS: tuple[str, ...] = ("taylor", "fisher")
 
 
@@ -639,7 +639,7 @@ class SensitivityConfig:
         criterion: what to prune within a layer: ``magnitude``, ``l2``, ``random``, ``taylor``,
             ``fisher``, or a :class:`SensitivityCriterion` callable.
         granularity: ``"layer"`` prunes single weights, ``"channel"`` whole output channels
-            (weight rows and bias entries).
+            (weight rows and bias entries), ``"head"`` one whole attention head at a time.
         max_batches: use at most this many batches of ``data`` (they are cached once).
         estimate: also compute the one-pass Taylor/Fisher estimates.
         include: module names/globs/types to analyse (default: every Linear/Conv).
@@ -681,7 +681,16 @@ def _one_pass(
     loss_fn: Callable[[Any, Any], Any],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean gradient and empirical Fisher diagonal of every layer's weight, without touching ``.grad``."""
-    weights = [_weight(m) for _, m in layers]
+    return grad_stats(model, [_weight(m) for _, m in layers], batches, loss_fn)
+
+
+def grad_stats(
+    model: nn.Module,
+    weights: Sequence[torch.Tensor],
+    batches: Sequence[tuple[Any, Any]],
+    loss_fn: Callable[[Any, Any], Any],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Mean gradient and empirical Fisher diagonal of each tensor in ``weights``, without touching ``.grad``."""
     flags: list[bool] = [bool(w.requires_grad) for w in weights]
     grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
     fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
@@ -735,7 +744,10 @@ def sensitivity(
         loss_fn: ``loss_fn(outputs, targets)`` -> scalar mean loss of a batch.
         ratios: pruning ratios in (0, 1) to measure.
         criterion: ``magnitude`` (default), ``l2``, ``random``, ``taylor``, ``fisher`` or a callable.
-        granularity: ``"layer"`` (single weights) or ``"channel"`` (output channels).
+        granularity: ``"layer"`` (single weights), ``"channel"`` (output channels) or ``"head"``
+            (whole attention heads, found by the structured dependency graph; one row per head named
+            ``<attention module>/head<i>``, measured with the head zeroed, i.e. at ratio 1.0;
+            ``ratios`` and ``criterion`` are then unused).
         metric: optional ``metric(outputs, targets)`` -> float (e.g. accuracy), averaged per example.
         max_batches: use at most this many batches of ``data``; they are read once and kept in
             memory (every layer and ratio is evaluated on the same batches).
@@ -772,6 +784,8 @@ def sensitivity(
         progress=progress,
     )
     crit_name, crit = resolve_criterion(cfg.criterion)
+    if cfg.granularity == "head":
+        return _sensitivity_heads(model, data, loss_fn, metric, cfg)
     layers = select_layers(model, cfg.include, cfg.exclude)
     if not layers:
         raise ModuleNotFound(
@@ -803,16 +817,7 @@ def sensitivity(
                 )
             )
 
-    rho: dict[str, float] = {}
-    rho_per: dict[str, tuple[float, ...]] = {}
-    if cfg.estimate and len(results) >= 2:
-        deltas = [[v - base_loss for v in la.loss] for la in results]
-        for est in ESTIMATORS:
-            curves = [list(getattr(la, est)) for la in results]
-            rho_per[est] = tuple(
-                spearman([c[i] for c in curves], [d[i] for d in deltas]) for i in range(len(cfg.ratios))
-            )
-            rho[est] = spearman([sum(c) for c in curves], [sum(d) for d in deltas])
+    rho, rho_per = _rank_correlations(results, base_loss, cfg.estimate)
     return SensitivityResult(
         layers=tuple(results),
         baseline_loss=base_loss,
@@ -820,6 +825,60 @@ def sensitivity(
         metric_name=metric_name,
         criterion=crit_name,
         granularity=cfg.granularity,
+        rank_correlation=rho,
+        rank_correlation_per_ratio=rho_per,
+    )
+
+
+def _rank_correlations(
+    results: Sequence[LayerSensitivity], base_loss: float, estimate: bool
+) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
+    rho: dict[str, float] = {}
+    rho_per: dict[str, tuple[float, ...]] = {}
+    if estimate and len(results) >= 2:
+        deltas = [[v - base_loss for v in la.loss] for la in results]
+        for est in ESTIMATORS:
+            curves = [list(getattr(la, est)) for la in results]
+            rho_per[est] = tuple(
+                spearman([c[i] for c in curves], [d[i] for d in deltas])
+                for i in range(len(results[0].ratios))
+            )
+            rho[est] = spearman([sum(c) for c in curves], [sum(d) for d in deltas])
+    return rho, rho_per
+
+
+def _sensitivity_heads(
+    model: nn.Module,
+    data: Iterable[Any],
+    loss_fn: Callable[[Any, Any], Any],
+    metric: Callable[[Any, Any], Any] | None,
+    cfg: SensitivityConfig,
+) -> SensitivityResult:
+    """``granularity="head"``: one row per attention head (see :mod:`prunekit.head_sensitivity`)."""
+    from prunekit.head_sensitivity import analyse_heads
+
+    batches = take_batches(data, cfg.max_batches, "head sensitivity analysis")
+    metric_name = getattr(metric, "__name__", "metric") if metric is not None else "metric"
+    with _EvalMode(model):
+        base_loss, base_metric = evaluate(model, batches, loss_fn, metric)
+        rows, _ = analyse_heads(
+            model,
+            batches,
+            loss_fn,
+            metric,
+            estimate=cfg.estimate,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            progress=cfg.progress,
+        )
+    rho, rho_per = _rank_correlations(rows, base_loss, cfg.estimate)
+    return SensitivityResult(
+        layers=tuple(rows),
+        baseline_loss=base_loss,
+        baseline_metric=base_metric,
+        metric_name=metric_name,
+        criterion="zero-head",
+        granularity="head",
         rank_correlation=rho,
         rank_correlation_per_ratio=rho_per,
     )
