@@ -27,6 +27,7 @@ from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
 from prunekit.methods import LotteryConfig, iterative_prune, lottery_ticket, one_shot_then_finetune
 from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
+from prunekit.optim_state import resize_optimizer
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.recipes import Recipe, RecipeResult
 from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
@@ -106,6 +107,7 @@ __all__ = [
     "prune_layers",
     "prune_weights",
     "register_criterion",
+    "resize_optimizer",
     "save",
     "save_checkpoint",
     "save_pretrained",

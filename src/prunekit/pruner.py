@@ -19,7 +19,10 @@ the mask at constant sparsity (prune-and-regrow)::
 
 :class:`ChannelPruner` does the structured version: whole output channels are masked on a schedule
 during training, and :meth:`ChannelPruner.finalize` removes them physically at the end. The model's
-parameters are then new, smaller tensors: **rebuild the optimizer after ``finalize``**.
+parameters are then new, smaller tensors: **rebuild the optimizer after ``finalize``**. With
+``ChannelPrunerConfig(physical="each_step")`` every schedule update removes the channels right away
+through :func:`prunekit.prune_channels`, and the optimizer given to the pruner has its state sliced
+(:func:`prunekit.resize_optimizer`) so the same loop and optimizer go on.
 
 Under ``DistributedDataParallel`` every mask decision is broadcast from rank 0, so masks stay
 identical on every rank even for random criteria or random regrowth.
@@ -338,16 +341,23 @@ class ChannelPrunerConfig:
     Args:
         schedule: fraction of output channels masked in every included layer, per step.
         include: module names to prune; default: every Linear/Conv except the last one (the output).
-        criterion: ``"l2"`` or ``"l1"`` norm of each output channel (its weights and bias).
+        criterion: ``"l2"`` or ``"l1"`` norm of each output channel (its weights and bias; with
+            ``physical="each_step"``, of every slice coupled to it, as :func:`prunekit.prune_channels` scores).
+        physical: ``"end"`` masks channels and removes them at :meth:`ChannelPruner.finalize`;
+            ``"each_step"`` removes them physically at every schedule update (needs ``example_inputs``
+            on the pruner; pass ``optimizer`` to have its state resized).
     """
 
     schedule: Schedule
     include: tuple[str, ...] | None = None
     criterion: Literal["l1", "l2"] = "l2"
+    physical: Literal["end", "each_step"] = "end"
 
     def __post_init__(self) -> None:
         if self.criterion not in ("l1", "l2"):
             raise ConfigError(f"channel criterion must be 'l1' or 'l2', got {self.criterion!r}")
+        if self.physical not in ("end", "each_step"):
+            raise ConfigError(f"physical must be 'end' or 'each_step', got {self.physical!r}")
         if self.include is not None:
             object.__setattr__(self, "include", tuple(self.include))
 
@@ -365,20 +375,39 @@ class ChannelPruner:
         model: the model to prune in place.
         config: a :class:`ChannelPrunerConfig`; or give ``schedule``.
         schedule: shortcut for ``ChannelPrunerConfig(schedule=schedule)``.
+        example_inputs: inputs to trace the model with (``physical="each_step"``; also used by
+            :meth:`finalize` for non-chain models).
+        optimizer: with ``physical="each_step"``, its state (momentum, Adam moments) is sliced to the
+            kept channels after every physical step, so it can be used on (see
+            :func:`prunekit.resize_optimizer`).
 
     Raises:
         ModuleNotFound: if an ``include`` name is not a Linear/Conv module of the model.
+        ConfigError: ``physical="each_step"`` without ``example_inputs``.
     """
 
     def __init__(
-        self, model: nn.Module, config: ChannelPrunerConfig | None = None, *, schedule: Schedule | None = None
+        self,
+        model: nn.Module,
+        config: ChannelPrunerConfig | None = None,
+        *,
+        schedule: Schedule | None = None,
+        example_inputs: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if config is None:
             if schedule is None:
                 raise ConfigError("ChannelPruner needs config=ChannelPrunerConfig(...) or schedule=...")
             config = ChannelPrunerConfig(schedule=schedule)
+        if config.physical == "each_step" and example_inputs is None:
+            raise ConfigError(
+                "ChannelPrunerConfig(physical='each_step') removes channels with pk.prune_channels, which traces "
+                "the model: pass example_inputs= (a batch of inputs) to ChannelPruner"
+            )
         self.model = model
         self.config = config
+        self.example_inputs = example_inputs
+        self.optimizer = optimizer
         self.step_count = 0
         modules = dict(unwrap(model).named_modules())
         if config.include is None:
@@ -394,6 +423,7 @@ class ChannelPruner:
                     f"ChannelPruner include names {bad} are not Linear/Conv modules; valid: {valid}"
                 )
         self.layers = names
+        self.initial_widths = {n: int(modules[n].weight.shape[0]) for n in names}
 
     def channel_masks(self) -> dict[str, torch.Tensor]:
         """Per included layer, a bool vector over output channels (``True`` = kept)."""
@@ -407,7 +437,11 @@ class ChannelPruner:
         return out
 
     def sparsity(self) -> float:
-        """Fraction of pruned output channels over the included layers."""
+        """Fraction of pruned (masked or removed) output channels over the included layers."""
+        if self.config.physical == "each_step":
+            modules = dict(unwrap(self.model).named_modules())
+            now = sum(int(modules[n].weight.shape[0]) for n in self.layers)
+            return 1.0 - now / max(1, sum(self.initial_widths.values()))
         masks = self.channel_masks()
         total = sum(m.numel() for m in masks.values())
         return sum(int((~m).sum()) for m in masks.values()) / total if total else 0.0
@@ -422,7 +456,13 @@ class ChannelPruner:
 
     @torch.no_grad()
     def prune_to(self, fraction: float) -> None:
-        """Mask ``round(fraction * C)`` output channels (at most ``C - 1``) of each included layer."""
+        """Mask ``round(fraction * C)`` output channels (at most ``C - 1``) of each included layer.
+
+        ``C`` is the layer's initial width; with ``physical="each_step"`` the channels are removed instead.
+        """
+        if self.config.physical == "each_step":
+            self._remove_to(fraction)
+            return
         modules = dict(unwrap(self.model).named_modules())
         order = list(modules)
         kept = self.channel_masks()
@@ -447,6 +487,35 @@ class ChannelPruner:
                 set_mask(norm, "bias", keep)
         broadcast_masks(self.model)
 
+    def _remove_to(self, fraction: float) -> None:
+        """Physically remove channels so that each layer keeps ``C0 - min(round(fraction * C0), C0 - 1)``."""
+        from prunekit.optim_state import reset_grad_accumulators, resize_optimizer
+        from prunekit.structured import prune_channels
+
+        model = unwrap(self.model)
+        modules = dict(model.named_modules())
+        ratio: dict[str, float] = {}
+        for name in self.layers:
+            c0 = self.initial_widths[name]
+            keep = c0 - min(int(round(fraction * c0)), c0 - 1)
+            width = int(modules[name].weight.shape[0])
+            if keep < width:  # prune_channels removes floor(r * width): (k + 0.5) / width removes exactly k
+                ratio[name] = (width - keep + 0.5) / width
+        if not ratio:
+            return
+        plans_before = len(getattr(model, "_prunekit_plan", []))
+        prune_channels(
+            model, self.example_inputs, ratio=ratio, criterion=self.config.criterion, scope="layer"
+        )
+        if len(getattr(model, "_prunekit_plan", [])) > plans_before:
+            if self.optimizer is not None:
+                resize_optimizer(self.optimizer, model)
+            else:
+                reset_grad_accumulators(model)
+        log.info(
+            "channel pruner step %d: removed channels physically to fraction %.4f", self.step_count, fraction
+        )
+
     def _finalize_with_graph(self, example_inputs: Any, keep: dict[str, torch.Tensor]) -> nn.Module:
         return _finalize_with_graph_impl(self, example_inputs, keep)
 
@@ -459,10 +528,17 @@ class ChannelPruner:
         :func:`prunekit.prune_channels` with ``example_inputs``, removing exactly the masked channels
         of each pruned layer and everything coupled to them (their traced dependency groups).
 
+        With ``physical="each_step"`` the channels are already gone: the model is returned as is.
+
         Raises:
             PlanError: if the model is not a chain and ``example_inputs`` is missing, or
                 :func:`prunekit.prune_channels` cannot apply the plan; nothing is changed in that case.
         """
+        if self.config.physical == "each_step":
+            self.layers_finalized = True
+            return self.model
+        if example_inputs is None:
+            example_inputs = self.example_inputs
         model = unwrap(self.model)
         modules = dict(model.named_modules())
         order = [n for n, m in modules.items() if isinstance(m, _CHANNEL_TYPES)]
