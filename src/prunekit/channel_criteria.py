@@ -13,6 +13,7 @@ any object with the :class:`ChannelCriterion` protocol works too::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
@@ -75,9 +76,15 @@ def _norm_along(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
         out: torch.Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1).float(), ord=p, dim=1)
         return out
     tf = t.float()
-    if p == 1:
-        return tf.abs().sum(_other_dims(t, dim))
-    return (tf * tf).sum(_other_dims(t, dim)).sqrt()  # vector_norm over dim 0 is ~10x slower
+    if t.numel() == 0:
+        return tf.abs().sum(_other_dims(t, dim)) if p == 1 else (tf * tf).sum(_other_dims(t, dim)).sqrt()
+    v = tf.abs() if p == 1 else tf * tf
+    # sum over the leading dims as a (1, lead) @ (lead, rest) product, then over the trailing dims: 1.5-3x
+    # faster than a strided .sum over dims (0, 2, 3) of a conv weight (vector_norm over dim 0 is ~10x slower)
+    lead = v.reshape(math.prod(t.shape[:dim]), -1)
+    ones = torch.ones(1, lead.shape[0], dtype=v.dtype, device=v.device)
+    out = (ones @ lead).reshape(t.shape[dim], -1).sum(1)
+    return out if p == 1 else out.sqrt()
 
 
 def _other_dims(t: torch.Tensor, dim: int) -> list[int]:

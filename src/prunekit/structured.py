@@ -340,9 +340,11 @@ def _make_plan(
     modules = dict(model.named_modules())
     for gid, units in removed.items():
         grp = graph.groups[gid]
+        gone = np.zeros(grp.n_units + 1, dtype=bool)  # last slot: unit -1 (index not in any unit)
+        gone[units] = True
         for m in grp.members:
             key = (m.name, m.dim)
-            hit = np.isin(m.units, units) & (m.units >= 0)
+            hit = gone[np.where(m.units >= 0, m.units, grp.n_units)]
             rm[key] = rm[key] | hit if key in rm else hit
             sizes[key] = m.size
     entries = []
@@ -350,7 +352,7 @@ def _make_plan(
     for (name, dim), hit in sorted(rm.items()):
         if not hit.any():
             continue
-        kept = tuple(int(i) for i in np.nonzero(~hit)[0])
+        kept = tuple(np.flatnonzero(~hit).tolist())
         entries.append(PlanEntry(fqn=name, dim=dim, size=sizes[(name, dim)], kept=kept))
         if name not in new_shape:
             mod, _, attr = name.rpartition(".")
@@ -719,8 +721,10 @@ def _masked_outputs(
 ) -> list[torch.Tensor]:
     """Outputs of ``model`` with the plan's removed slices zeroed (and norm statistics over kept channels).
 
-    The removed slices are zeroed in place for one forward and copied back in ``finally`` (last in, first
-    out, so a tensor sliced along two dims comes back bit-identical); extra memory = the removed slices only.
+    Every tensor the plan slices is swapped (``tensor.data``) for a copy with its removed slices set to
+    zero (one ``torch.where`` with a broadcast keep-mask, so NaN/inf in removed slices become 0 too) for one
+    forward, then swapped back in ``finally``: the original tensors are never written, so they come back
+    bit-identical. Extra memory = one copy of the tensors the plan slices, for the duration of the forward.
     """
     modules = dict(model.named_modules())
     substitute = {}
@@ -729,25 +733,33 @@ def _masked_outputs(
         if len(keep) < len(st.ids):
             name = graph.trace.nodes[st.node].name
             substitute[st.node] = (name, _kept_stat(name, st.dim, torch.from_numpy(keep)))
-    saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+    tensors: dict[int, torch.Tensor] = {}
+    keep_masks: dict[int, torch.Tensor] = {}
+    for e in plan.entries:
+        mod, _, attr = e.fqn.rpartition(".")
+        t = getattr(modules[mod], attr)
+        keep_np = np.zeros(e.size, dtype=bool)
+        keep_np[np.asarray(e.kept, dtype=np.int64)] = True
+        shape = [1] * t.dim()
+        shape[e.dim] = e.size
+        km = torch.from_numpy(keep_np).view(shape)
+        prev = keep_masks.get(id(t))
+        keep_masks[id(t)] = km if prev is None else prev & km
+        tensors[id(t)] = t
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
-            for e in plan.entries:
-                mod, _, attr = e.fqn.rpartition(".")
-                t = getattr(modules[mod], attr)
-                drop = torch.ones(e.size, dtype=torch.bool)
-                drop[list(e.kept)] = False
-                idx = torch.nonzero(drop).flatten().to(t.device)
-                saved.append((t, e.dim, idx, t.data.index_select(e.dim, idx)))
-                t.data.index_fill_(e.dim, idx, 0)
+            for key, t in tensors.items():
+                zeroed = torch.where(keep_masks[key].to(t.device), t.data, 0)
+                swapped.append((t, t.data))
+                t.data = zeroed
         if substitute:
             return record(model, example_inputs, substitute).outputs
         args, kwargs = as_args(example_inputs)
         return _run(lambda: model(*args, **kwargs), model)
     finally:
-        with torch.no_grad():
-            for t, dim, idx, values in reversed(saved):
-                t.data.index_copy_(dim, idx, values)
+        for t, original in reversed(swapped):
+            t.data = original
 
 
 def _kept_stat(name: str, dim: int, keep: torch.Tensor) -> Any:
