@@ -170,3 +170,40 @@ def test_head_include_exclude_and_no_heads() -> None:
             granularity="neuron",
             progress=False,
         )  # type: ignore[arg-type]
+
+
+def test_llama_gqa_units_are_kv_groups_and_match_hand_zeroing() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 60, (2, 8), generator=torch.Generator().manual_seed(3))
+    data = [({"input_ids": ids}, ids)]
+
+    def lm_loss(out: object, y: torch.Tensor) -> torch.Tensor:
+        logits = out.logits  # type: ignore[attr-defined]
+        return F.cross_entropy(logits[:, :-1].reshape(-1, 60), y[:, 1:].reshape(-1))
+
+    before = _state(model)
+    res = pk.sensitivity(model, data, lm_loss, granularity="head", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert res.names == ["model.layers.0.self_attn/kvgroup0", "model.layers.0.self_attn/kvgroup1"]
+    hd = 32 // 4
+    attn = model.model.layers[0].self_attn
+    for g in range(2):
+        saved = _state(model)
+        with torch.no_grad():  # KV head g and its two query heads, by hand
+            attn.q_proj.weight[g * 2 * hd : (g + 1) * 2 * hd] = 0
+            attn.k_proj.weight[g * hd : (g + 1) * hd] = 0
+            attn.v_proj.weight[g * hd : (g + 1) * hd] = 0
+            want = float(lm_loss(model(input_ids=ids), ids))
+        model.load_state_dict(saved)
+        assert res.layer(f"model.layers.0.self_attn/kvgroup{g}").loss[0] == pytest.approx(want, abs=1e-6)

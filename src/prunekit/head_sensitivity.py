@@ -13,8 +13,9 @@ tensors are copied back bit for bit::
             zero(head's slices); loss[head] = evaluate(model, batches); restore(saved)
 
 Each head is one row of the :class:`~prunekit.sensitivity.SensitivityResult`, named
-``<attention module>/head<i>`` (e.g. ``encoder.layer.0.attention/head3``), with a single ratio
-1.0 (the whole head removed).
+``<attention module>/head<i>`` (e.g. ``encoder.layer.0.attention/head3``; ``.../kvgroup<i>`` for a
+KV head with its query heads under grouped-query attention), with a single ratio 1.0 (the whole
+head removed).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def head_units(
     """Attention heads of ``model`` from the dependency graph.
 
     Returns:
-        One ``(module_name, group_name, heads)`` per head group; ``heads[u]`` lists
-        ``(tensor fqn, dim, indices)`` slices that removing head ``u`` zeroes.
+        One ``(module_name, unit_kind, heads)`` per head group: ``unit_kind`` is ``"head"``, or
+        ``"kvgroup"`` under grouped-query attention (a KV head with its query heads); ``heads[u]``
+        lists ``(tensor fqn, dim, indices)`` slices that removing unit ``u`` zeroes.
     """
     from prunekit.graph import build_graph
     from prunekit.trace import record
@@ -58,10 +60,13 @@ def head_units(
             [(m.name, m.dim, np.flatnonzero(m.units == u)) for m in g.members if (m.units == u).any()]
             for u in range(g.n_units)
         ]
-        out.append((_common_module([m.name for m in g.members]), g.name, heads))
+        # grouped-query attention: a unit is one KV head with all its query heads (more q rows than k rows)
+        gqa = len({len(idx) for _, _, idx in heads[0]}) > 1
+        out.append((_common_module([m.name for m in g.members]), "kvgroup" if gqa else "head", heads))
     names = [n for n, _, _ in out]
     return [
-        (name if names.count(name) == 1 else f"{name}[{gname}]", gname, heads) for name, gname, heads in out
+        (name if names.count(name) == 1 else f"{name}[{i}]", unit, heads)
+        for i, (name, unit, heads) in enumerate(out)
     ]
 
 
@@ -128,7 +133,9 @@ def analyse_heads(
 
     rows: list[Any] = []
     ests: list[tuple[float, float]] = []
-    for mod_name, _gname, heads in tqdm(groups, desc="head sensitivity", unit="block", disable=not progress):
+    for mod_name, unit_kind, heads in tqdm(
+        groups, desc="head sensitivity", unit="block", disable=not progress
+    ):
         touched = sorted({fqn for head in heads for fqn, _, _ in head})
         with torch.no_grad():
             saved = {n: tensors[n].detach().clone() for n in touched}
@@ -155,7 +162,7 @@ def analyse_heads(
                         fisher += float((0.5 * fishers[fqn].index_select(dim, ix) * sl.square()).sum())
                 rows.append(
                     LayerSensitivity(
-                        name=f"{mod_name}/head{u}" if mod_name else f"head{u}",
+                        name=f"{mod_name}/{unit_kind}{u}" if mod_name else f"{unit_kind}{u}",
                         kind=kind,
                         numel=numel,
                         units=len(heads),
