@@ -722,9 +722,12 @@ def _masked_outputs(
     """Outputs of ``model`` with the plan's removed slices zeroed (and norm statistics over kept channels).
 
     Every tensor the plan slices is swapped (``tensor.data``) for a copy with its removed slices set to
-    zero (one ``torch.where`` with a broadcast keep-mask, so NaN/inf in removed slices become 0 too) for one
-    forward, then swapped back in ``finally``: the original tensors are never written, so they come back
-    bit-identical. Extra memory = one copy of the tensors the plan slices, for the duration of the forward.
+    zero (``torch.where`` with a broadcast keep-mask, so NaN/inf in removed slices become 0 too) and
+    swapped back afterwards: the original tensors are never written, so they come back bit-identical.
+    A tensor whose every use in the trace ran inside its own module's ``forward`` is swapped only while
+    that module runs (forward pre/post hooks): extra memory is then one module's tensors at a time and the
+    same buffers are reused. Any other tensor (used by a parent module, in place, ...) is swapped for the
+    whole forward (and every tensor when norm statistics are replayed over kept channels).
     """
     modules = dict(model.named_modules())
     substitute = {}
@@ -735,6 +738,7 @@ def _masked_outputs(
             substitute[st.node] = (name, _kept_stat(name, st.dim, torch.from_numpy(keep)))
     tensors: dict[int, torch.Tensor] = {}
     keep_masks: dict[int, torch.Tensor] = {}
+    fqns: dict[int, str] = {}
     for e in plan.entries:
         mod, _, attr = e.fqn.rpartition(".")
         t = getattr(modules[mod], attr)
@@ -744,22 +748,84 @@ def _masked_outputs(
         shape[e.dim] = e.size
         km = torch.from_numpy(keep_np).view(shape)
         prev = keep_masks.get(id(t))
-        keep_masks[id(t)] = km if prev is None else prev & km
+        keep_masks[id(t)] = (km if prev is None else prev & km).to(t.device)
         tensors[id(t)] = t
-    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+        fqns[id(t)] = e.fqn
+    # with substitutes the forward is a trace replay matched by node index: swap everything up front
+    owners = {} if substitute else _own_module_uses(graph.trace, {k: fqns[k] for k in tensors})
+    lazy: dict[str, list[int]] = defaultdict(list)
+    for key, owner in owners.items():
+        if owner is not None and owner in modules:
+            lazy[owner].append(key)
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tensor, original data), in swap order
+    frames: list[int] = []  # len(swapped) at each lazy pre-hook, to undo that module's swaps
+
+    def zero(key: int) -> None:
+        t = tensors[key]
+        masked = torch.where(keep_masks[key], t.data, 0)
+        swapped.append((t, t.data))
+        t.data = masked
+
+    def pre(keys: list[int]) -> Callable[[nn.Module, Any], None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            frames.append(len(swapped))
+            with torch.no_grad():
+                for key in keys:
+                    zero(key)
+
+        return hook
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        if frames:
+            start = frames.pop()
+            while len(swapped) > start:
+                t, original = swapped.pop()
+                t.data = original
+
+    handles = []
     try:
+        for owner, keys in lazy.items():
+            handles.append(modules[owner].register_forward_pre_hook(pre(keys)))
+            handles.append(modules[owner].register_forward_hook(post, always_call=True))
+        lazy_keys = {k for keys in lazy.values() for k in keys}
         with torch.no_grad():
-            for key, t in tensors.items():
-                zeroed = torch.where(keep_masks[key].to(t.device), t.data, 0)
-                swapped.append((t, t.data))
-                t.data = zeroed
+            for key in tensors:
+                if key not in lazy_keys:
+                    zero(key)
+        frames.clear()
         if substitute:
             return record(model, example_inputs, substitute).outputs
         args, kwargs = as_args(example_inputs)
         return _run(lambda: model(*args, **kwargs), model)
     finally:
+        for h in handles:
+            h.remove()
         for t, original in reversed(swapped):
             t.data = original
+
+
+def _own_module_uses(trace: Trace, fqns: Mapping[int, str]) -> dict[int, str | None]:
+    """For each tensor: the module whose ``forward`` ran every recorded use of it (None if there is none
+    such, e.g. a parent module reads it, it is shared by several modules, or it is written in place)."""
+    vids = {k: trace.param_values.get(f) for k, f in fqns.items()}
+    wanted = {v for v in vids.values() if v is not None}
+    used_in: dict[int, set[str]] = defaultdict(set)
+    bad: set[int] = set()
+    for node in trace.nodes:
+        for vid in node.inputs:
+            if vid in wanted:
+                used_in[vid].add(node.module)
+                if node.inplace:
+                    bad.add(vid)
+    out: dict[int, str | None] = {}
+    for key, vid in vids.items():
+        out[key] = None
+        if vid is None or vid in bad or len(trace.values[vid].names) != 1:
+            continue
+        owner = fqns[key].rpartition(".")[0]
+        if used_in.get(vid, {owner}) == {owner}:
+            out[key] = owner
+    return out
 
 
 def _kept_stat(name: str, dim: int, keep: torch.Tensor) -> Any:
@@ -863,6 +929,25 @@ def _try_run(
     model: nn.Module, example_inputs: Any, trace: Trace, want: list[torch.Tensor] | None
 ) -> tuple[str, str] | None:
     args, kwargs = as_args(example_inputs)
+    try:
+        got = _run(lambda: model(*args, **kwargs), model)
+    except Exception as e:  # the pruned model does not run: run it again with hooks to report where
+        return (_failing_module(model, args, kwargs), f"failed to run ({type(e).__name__}: {str(e)[:200]})")
+    if want is None:
+        shapes = [trace.values[v].shape for v in trace.output_values]
+        if [tuple(g.shape) for g in got] != shapes:
+            return ("", f"changed the output shapes {shapes} -> {[tuple(g.shape) for g in got]}")
+        return None
+    why = _same(got, want)
+    return None if why is None else ("", why)
+
+
+def _failing_module(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Name of the innermost module running when ``model(*args, **kwargs)`` raises ("" if it does not).
+
+    Only called after a failed run (the forward is deterministic in eval mode without gradients), so the
+    successful path pays no hook overhead.
+    """
     stack: list[str] = []
     names = {id(m): n for n, m in model.named_modules()}
 
@@ -876,19 +961,13 @@ def _try_run(
     h1 = nn.modules.module.register_module_forward_pre_hook(pre)
     h2 = nn.modules.module.register_module_forward_hook(post)
     try:
-        got = _run(lambda: model(*args, **kwargs), model)
-    except Exception as e:  # the pruned model does not run: report where
-        return (stack[-1] if stack else "", f"failed to run ({type(e).__name__}: {str(e)[:200]})")
+        _run(lambda: model(*args, **kwargs), model)
+    except Exception:
+        return stack[-1] if stack else ""
     finally:
         h1.remove()
         h2.remove()
-    if want is None:
-        shapes = [trace.values[v].shape for v in trace.output_values]
-        if [tuple(g.shape) for g in got] != shapes:
-            return ("", f"changed the output shapes {shapes} -> {[tuple(g.shape) for g in got]}")
-        return None
-    why = _same(got, want)
-    return None if why is None else ("", why)
+    return ""
 
 
 def _dedupe(items: list[Skipped]) -> list[Skipped]:

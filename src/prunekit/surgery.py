@@ -222,7 +222,7 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
                 t = tensors[key]
                 new = t.data
                 for e in entries:
-                    idx = torch.tensor(e.kept, dtype=torch.long, device=new.device)
+                    idx = torch.from_numpy(np.asarray(e.kept, dtype=np.int64)).to(new.device)
                     new = new.index_select(e.dim, idx)
                 old_grad = t.grad if t.requires_grad else None
                 snap.tensors.append((t, t.data, old_grad))
