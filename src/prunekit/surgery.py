@@ -167,7 +167,7 @@ def validate(model: nn.Module, plan: Plan) -> None:
         seen.add(key)
     for a in plan.attributes:
         try:
-            mod = model.get_submodule(a.module)
+            mod = modules[a.module] if a.module in modules else model.get_submodule(a.module)
         except AttributeError as e:
             raise PlanError(f"plan updates '{a.name}' of module '{a.module}', which does not exist") from e
         if not hasattr(mod, a.name):
@@ -230,7 +230,7 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
                 if t.requires_grad:
                     t.grad = None  # stale: the optimizer state must be rebuilt after pruning
         for a in plan.attributes:
-            mod = model.get_submodule(a.module)
+            mod = modules[a.module] if a.module in modules else model.get_submodule(a.module)
             snap.attrs.append((mod, a.name, getattr(mod, a.name)))
             setattr(mod, a.name, a.new)
     except Exception:
