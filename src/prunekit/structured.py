@@ -818,12 +818,12 @@ def _own_module_uses(trace: Trace, fqns: Mapping[int, str]) -> dict[int, str | N
                 if node.inplace:
                     bad.add(vid)
     out: dict[int, str | None] = {}
-    for key, vid in vids.items():
+    for key, value in vids.items():
         out[key] = None
-        if vid is None or vid in bad or len(trace.values[vid].names) != 1:
+        if value is None or value in bad or len(trace.values[value].names) != 1:
             continue
         owner = fqns[key].rpartition(".")[0]
-        if used_in.get(vid, {owner}) == {owner}:
+        if used_in.get(value, {owner}) == {owner}:
             out[key] = owner
     return out
 
