@@ -522,3 +522,18 @@ def test_check_leaves_weights_bit_identical_on_failure() -> None:
         pk.prune_channels(model, torch.randn(2, 3, 8, 8), ratio=0.5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.l1.c1.out_channels == 16 and not hasattr(model, "_prunekit_plan")
+
+
+def test_training_goes_on_after_pruning_mid_loop_with_the_old_graph_alive() -> None:
+    """``param.data = smaller`` leaves autograd's cached gradient shape behind while an old graph lives."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()  # `loss` (and its graph) stays alive, as in an ordinary loop
+    pk.prune_channels(model, x, ratio=0.5)
+    model.zero_grad(set_to_none=True)
+    new_loss = nn.functional.cross_entropy(model(x), y)
+    new_loss.backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.shape == (8, 6)
+    assert loss.requires_grad  # the old graph was still alive during pruning

@@ -36,6 +36,7 @@ from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, Plan
 from prunekit.graph import DependencyGraph, Group, build_graph
 from prunekit.graph_rules import _SIZE_ATTR
 from prunekit.metrics import count_macs, count_params
+from prunekit.optim_state import reset_grad_accumulators
 from prunekit.surgery import AttrUpdate, Plan, PlanEntry, apply, masked_reference, record_plan
 from prunekit.trace import Trace, _flatten, as_args, record
 
@@ -919,6 +920,9 @@ def _apply_checked(
         failure = _try_run(model, example_inputs, trace, want)
         if failure is None:
             record_plan(model, p)
+            # a graph built before pruning (the last `loss` of a training loop) would keep the old
+            # gradient shapes cached and break the next backward
+            reset_grad_accumulators(model, p.to_dict())
             return None, p
         snap.restore()
         first = first or failure
