@@ -35,7 +35,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from prunekit.graph_rules import (
+from prunekit.graph_rules import _Builder
+from prunekit.graph_rules_base import (
     FROZEN,
     ConvInfo,
     CostOp,
@@ -43,7 +44,6 @@ from prunekit.graph_rules import (
     GqaGroups,
     NormStat,
     SizeEvent,
-    _Builder,
 )
 from prunekit.trace import Trace
 

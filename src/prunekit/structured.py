@@ -34,7 +34,7 @@ from torch import nn
 from prunekit.channel_criteria import ChannelCriterion, get_criterion
 from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError, UnsupportedOpError
 from prunekit.graph import DependencyGraph, Group, build_graph
-from prunekit.graph_rules import _SIZE_ATTR
+from prunekit.graph_rules_base import _SIZE_ATTR
 from prunekit.metrics import count_macs, count_params
 from prunekit.optim_state import reset_grad_accumulators
 from prunekit.surgery import AttrUpdate, Plan, PlanEntry, apply, masked_reference, record_plan
