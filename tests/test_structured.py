@@ -511,12 +511,12 @@ def test_check_leaves_weights_bit_identical_on_failure() -> None:
     """The check zeroes slices in place and must put every bit back when the plan is rejected."""
     from unittest import mock
 
-    import prunekit.structured as structured
+    import prunekit.structured_check as structured_check
 
     model = _randomize_bn(ResNetish())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with (
-        mock.patch.object(structured, "_same", return_value="forced mismatch"),
+        mock.patch.object(structured_check, "_same", return_value="forced mismatch"),
         pytest.raises(PlanError, match="forced"),
     ):
         pk.prune_channels(model, torch.randn(2, 3, 8, 8), ratio=0.5)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.structured import _own_module_uses
+from prunekit.structured_check import _own_module_uses
 from prunekit.surgery import masked_reference
 from prunekit.trace import record
 
