@@ -28,18 +28,11 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, ModuleNotFound, PlanError
-from prunekit.sensitivity import (
-    CRITERIA,
-    ESTIMATORS,
-    SensitivityResult,
-    _EvalMode,
-    _weight,
-    call_model,
-    iter_curve,
-    keep_mask,
-    select_layers,
-    to_device,
-)
+from prunekit.sensitivity import iter_curve
+from prunekit.sensitivity_estimates import CRITERIA, ESTIMATORS
+from prunekit.sensitivity_eval import _EvalMode, _weight, call_model, to_device
+from prunekit.sensitivity_layers import keep_mask, select_layers
+from prunekit.sensitivity_result import SensitivityResult
 
 TargetKind = Literal["sparsity", "params", "macs", "latency"]
 TARGET_KINDS: tuple[str, ...] = ("sparsity", "params", "macs", "latency")

@@ -99,7 +99,10 @@ def analyse_heads(
     """
     from tqdm.auto import tqdm
 
-    from prunekit.sensitivity import LayerSensitivity, _matches, evaluate, grad_stats
+    from prunekit.sensitivity_estimates import grad_stats
+    from prunekit.sensitivity_eval import evaluate
+    from prunekit.sensitivity_layers import _matches
+    from prunekit.sensitivity_result import LayerSensitivity
 
     modules = dict(model.named_modules())
     for spec in [*(include or []), *(exclude or [])]:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError
-from prunekit.sensitivity import _device, _EvalMode, call_model, evaluate, take_batches, to_device
+from prunekit.sensitivity_eval import _device, _EvalMode, call_model, evaluate, take_batches, to_device
 
 LayerCriterion = Literal["block_influence", "loss", "position"]
 LAYER_CRITERIA: tuple[str, ...] = ("block_influence", "loss", "position")
