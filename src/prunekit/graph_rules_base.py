@@ -276,12 +276,16 @@ class _BuilderBase:
                     untracked = True
             if not tracked:
                 continue
-            for ids in tracked[1:]:
-                self.union(tracked[0], ids)
-            if untracked:
-                self.freeze(tracked[0])
-            out[j] = tracked[0]
+            out[j] = self.couple(tracked, untracked)
         return out
+
+    def couple(self, tracked: list[np.ndarray], untracked: bool) -> np.ndarray:
+        """Union the ids of every tracked operand of one dim; an untracked operand there freezes them."""
+        for ids in tracked[1:]:
+            self.union(tracked[0], ids)
+        if untracked:
+            self.freeze(tracked[0])
+        return tracked[0]
 
     def set_out(self, node: Node, st: State, idx: int = 0) -> None:
         if idx < len(node.outputs):
@@ -291,11 +295,7 @@ class _BuilderBase:
         tracked = [self.st(v)[j] for v in vids if j in self.st(v)]
         if not tracked:
             return None
-        for ids in tracked[1:]:
-            self.union(tracked[0], ids)
-        if len(tracked) < len(vids):
-            self.freeze(tracked[0])
-        return tracked[0]
+        return self.couple(tracked, untracked=len(tracked) < len(vids))
 
     def _dim(self, node: Node, pos: int, nd: int, default: int = 0) -> int:
         d = self.arg(node, pos, "dim", default)
@@ -338,11 +338,7 @@ class _BuilderBase:
                     untracked = True
             if not tracked:
                 continue
-            for ids in tracked[1:]:
-                self.union(tracked[0], ids)
-            if untracked:
-                self.freeze(tracked[0])
-            factors.append(tracked[0])
+            factors.append(self.couple(tracked, untracked))
             if c in out_letters:
                 out[out_letters.index(c)] = tracked[0]
         if cost:
