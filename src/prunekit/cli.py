@@ -42,6 +42,13 @@ def _wrap(text: str) -> str:
     return textwrap.fill(" ".join(text.split()), width=100)
 
 
+def _out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (must not exist, or --overwrite)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument(
@@ -130,11 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL", nargs="?", help="the model (default: the recipe's 'model')")
     p.add_argument("--recipe", required=True, metavar="RECIPE.yaml", help="the recipe (see examples/*.yaml)")
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (must not exist, or --overwrite)"
-    )
+    _out_args(p)
     _data_args(p, required=False)
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
     _common(p)
     p.set_defaults(func=_cmd_prune)
@@ -157,9 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model", metavar="MODEL", help="prunekit directory, Hugging Face directory, or module:factory"
     )
     _data_args(p, required=True)
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (must not exist, or --overwrite)"
-    )
+    _out_args(p)
     p.add_argument(
         "--ratios", default="0.1,0.3,0.5,0.7,0.9", help="comma-separated ratios (default 0.1,...,0.9)"
     )
@@ -171,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batches", type=int, default=4, help="validation batches to use (default 4)")
     p.add_argument("--target", type=float, help="also allocate per-layer ratios for this global sparsity")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     _common(p)
     p.set_defaults(func=_cmd_analyze)
 
