@@ -6,26 +6,11 @@ import copy
 
 import pytest
 import torch
+from tests.zoo import small_cnn
 from torch import nn
 from torch.nn import functional as F
 
 import prunekit as pk
-
-
-def _cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 12, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(12 * 4, 16),
-        nn.ReLU(),
-        nn.Linear(16, 3),
-    )
 
 
 def _state_copy(opt: torch.optim.Optimizer, model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
@@ -48,7 +33,7 @@ def _expected_slice(old: torch.Tensor, entries: list[dict]) -> torch.Tensor:
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_each_step_removes_channels_follows_schedule_and_slices_optimizer(opt_name: str) -> None:
-    model = _cnn()
+    model = small_cnn()
     if opt_name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     else:
@@ -153,7 +138,7 @@ def test_resize_optimizer_is_the_old_state_at_kept_indices_and_matches_fresh_tra
 
 
 def test_each_step_needs_example_inputs_and_bad_config() -> None:
-    model = _cnn()
+    model = small_cnn()
     sched = pk.ConstantSchedule(target=0.5)
     with pytest.raises(pk.ConfigError, match="example_inputs"):
         pk.ChannelPruner(model, pk.ChannelPrunerConfig(schedule=sched, physical="each_step"))

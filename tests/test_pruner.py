@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tests.zoo import small_cnn
 from torch import nn
 
 import prunekit as pk
@@ -143,24 +144,8 @@ def test_pruner_state_dict_round_trip() -> None:
         assert torch.equal(a, b)
 
 
-def _cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 12, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(12 * 4, 16),
-        nn.ReLU(),
-        nn.Linear(16, 3),
-    )
-
-
 def test_structured_gradual_follows_schedule_and_removes_channels() -> None:
-    model = _cnn()
+    model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = pk.CubicSchedule(final_sparsity=0.5, start_step=1, end_step=7, frequency=2)
     cp = pk.ChannelPruner(model, schedule=sched)

@@ -857,6 +857,23 @@ def _randomize_rmsnorm(model: nn.Module) -> None:
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
 
 
+def small_cnn() -> nn.Sequential:
+    """A seeded Conv-BN-ReLU / Linear chain on (N, 1, H, W) inputs, 3 classes (schedule and pruner tests)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
+
+
 ZOO: dict[str, Factory] = {
     "resnet_basic": make_resnet_basic,
     "resnet_bottleneck": make_resnet_bottleneck,
