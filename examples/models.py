@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from prunekit.demo import DigitsCNN
+from prunekit.cli.demo import DigitsCNN
 
 
 def digits_cnn() -> tuple[nn.Module, torch.Tensor]:
@@ -26,8 +26,8 @@ def _trained(name: str, model: nn.Module, epochs: int) -> nn.Module:
     """Train ``model`` on digits (seeded), caching the weights so later calls load them in milliseconds."""
     from safetensors.torch import load_model, save_model
 
-    from prunekit import _loops
-    from prunekit.data import digits
+    from prunekit.core.datasets import digits
+    from prunekit.training import train as train_model
 
     cache = Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit")) / "examples"
     path = cache / f"{name}-e{epochs}.safetensors"
@@ -36,7 +36,7 @@ def _trained(name: str, model: nn.Module, epochs: int) -> nn.Module:
         return model.eval()
     torch.manual_seed(0)
     train, _ = digits(seed=0).loaders(batch_size=64, seed=0)
-    _loops.train(model, train, epochs=epochs, lr=3e-3)
+    train_model(model, train, epochs=epochs, lr=3e-3)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_model(model, str(tmp))
@@ -106,7 +106,7 @@ def trained_digits_resmlp() -> tuple[nn.Module, torch.Tensor]:
 
 def digits_subset() -> tuple[DataLoader, DataLoader]:
     """A data factory: 512 training and 256 test digits as (train, test) DataLoaders."""
-    from prunekit.data import digits
+    from prunekit.core.datasets import digits
 
     split = digits(seed=0)
     gen = torch.Generator().manual_seed(0)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import prunekit as pk
-from prunekit.data import digits
+from prunekit.core.datasets import digits
 
 
 class NoisyDigits(Dataset):  # type: ignore[type-arg]

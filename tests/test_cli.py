@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.cli import build_parser, main
-from prunekit.sources import load_model
+from prunekit.cli.main import build_parser, main
+from prunekit.recipes.sources import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "summary", "prune", "analyze", "compare")

@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit as pk
-from prunekit.criteria import Calibration, Snip, Taylor, Wanda, criterion_names, get_criterion
-from prunekit.masks import get_mask, masked_parameters
-from prunekit.selection import Target, resolve_targets
+from prunekit.core.masks import get_mask, masked_parameters
+from prunekit.core.select import Target, resolve_targets
+from prunekit.weights.criteria import Calibration, Snip, Taylor, Wanda, criterion_names, get_criterion
 
 
 def _model() -> nn.Sequential:
@@ -94,7 +94,7 @@ def test_random_is_seeded_and_spread_over_layers() -> None:
     def mask(seed: int, chunk: int) -> list[torch.Tensor]:
         torch.manual_seed(123)
         model = _model()
-        pk.prune_weights(model, 0.5, criterion=pk.criteria.RandomScore(seed=seed), chunk_elements=chunk)
+        pk.prune_weights(model, 0.5, criterion=pk.weights.criteria.RandomScore(seed=seed), chunk_elements=chunk)
         return _masks(model)
 
     same = [torch.equal(a, b) for a, b in zip(mask(0, 1 << 20), mask(0, 1 << 20), strict=True)]

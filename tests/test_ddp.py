@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import prunekit as pk
-from prunekit.masks import masked_parameters
+from prunekit.core.masks import masked_parameters
 
 WORLD = 2
 STEPS = 12

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from prunekit.demo import DemoConfig, DigitsCNN, human_bytes, run_demo
+from prunekit.cli.demo import DemoConfig, DigitsCNN, human_bytes, run_demo
 from prunekit.errors import ConfigError
 
 

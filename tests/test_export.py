@@ -15,7 +15,7 @@ from tests import zoo
 from torch import nn
 
 import prunekit as pk
-from prunekit.metrics import count_params
+from prunekit.core.metrics import count_params
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -19,8 +19,8 @@ from torch import nn
 import prunekit as pk
 from oracle import kept_from_plan
 from oracle import masked_reference as independent_reference
-from prunekit.graph import build_graph
-from prunekit.trace import record
+from prunekit.graph.build import build_graph
+from prunekit.graph.trace import record
 
 
 def _groups(model: nn.Module, x: Any) -> dict[str, set[tuple[str, int]]]:

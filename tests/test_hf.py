@@ -1,4 +1,4 @@
-"""prunekit.hf: config sync after structured pruning, save_pretrained -> from_pretrained round trips.
+"""prunekit.io.hf: config sync after structured pruning, save_pretrained -> from_pretrained round trips.
 
 These tests slice the Hugging Face modules by hand (independent of the structured engine), so they
 pin down the config logic alone; tests/test_zoo.py repeats the round trip through pk.prune_channels.
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.hf import set_num_hidden_layers, sync_hf_config
+from prunekit.io.hf import set_num_hidden_layers, sync_hf_config
 from zoo import make_bert, make_gpt2, make_llama, random_inputs
 
 transformers = pytest.importorskip("transformers")

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit as pk
-from prunekit.masks import masked_parameters
+from prunekit.core.masks import masked_parameters
 
 
 def _assert_follows(history: list[tuple[int, float, float]], schedule: pk.Schedule, n: int) -> None:

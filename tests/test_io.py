@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import prunekit as pk
-from prunekit.io import information_limit_bits, rice_decode, rice_encode, tensor_information_bits
-from prunekit.masks import get_mask, masked_parameters
+from prunekit.core.masks import get_mask, masked_parameters
+from prunekit.io.format import information_limit_bits, rice_decode, rice_encode, tensor_information_bits
 
 
 class Net(nn.Module):
@@ -200,13 +198,13 @@ def test_load_replaces_masks_of_an_already_masked_model(tmp_path: Path) -> None:
 def test_structured_plan_is_saved_and_reapplied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[object] = []
 
-    def apply_plan(model: nn.Module, plan: object) -> None:  # stand-in for prunekit.surgery
+    def apply_plan(model: nn.Module, plan: object) -> None:  # stand-in for prunekit.structured.surgery
         calls.append(plan)
         model[0] = nn.Linear(8, 3)
 
-    fake = types.ModuleType("prunekit.surgery")
-    fake.apply_plan = apply_plan  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "prunekit.surgery", fake)
+    import prunekit.structured
+
+    monkeypatch.setattr(prunekit.structured, "apply_plan", apply_plan)
     model = nn.Sequential(nn.Linear(8, 3))
     model._prunekit_plan = [{"fqn": "0", "dim": 0, "kept": [0, 2, 5]}]
     path = pk.save(model, tmp_path / "m.safetensors")

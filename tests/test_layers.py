@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import prunekit as pk
-from prunekit.layers import block_influence, find_blocks, skip_blocks
+from prunekit.structured.layers import block_influence, find_blocks, skip_blocks
 
 
 class Res(nn.Module):
@@ -139,7 +139,7 @@ def test_resnet_blocks_across_stages_and_shape_changing_blocks_refused() -> None
         pk.prune_layers(model, x, n=1, blocks=["2.0"])
     with pytest.raises(pk.PlanError, match="only 2 removable"):
         pk.prune_layers(model, x, n=3, blocks="2")
-    with pytest.raises(pk.ModuleNotFound):
+    with pytest.raises(pk.UnknownModuleError):
         pk.prune_layers(model, x, n=1, blocks="nope")
     with pytest.raises(pk.ConfigError):
         pk.prune_layers(model, x, n=0)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.data import digits
-from prunekit.masks import masked_parameters
+from prunekit.core.datasets import digits
+from prunekit.core.masks import masked_parameters
 
 
 def _mlp() -> nn.Module:

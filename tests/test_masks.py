@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.masks import get_mask, make_permanent, masked_parameters, refresh, set_mask
+from prunekit.core.masks import get_mask, make_permanent, masked_parameters, refresh, set_mask
 
 
 def _model() -> nn.Sequential:

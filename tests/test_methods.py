@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.data import digits
-from prunekit.masks import masked_parameters
+from prunekit.core.datasets import digits
+from prunekit.core.masks import masked_parameters
 
 
 def _mlp() -> nn.Module:
@@ -101,7 +101,7 @@ def test_methods_validate_before_touching_the_model(loaders) -> None:  # type: i
 
 
 def test_results_table_files(tmp_path, loaders) -> None:  # type: ignore[no-untyped-def]
-    from prunekit.methods import ResultsTable
+    from prunekit.training.methods import ResultsTable
 
     t = ResultsTable("t", [{"a": 1, "b": 0.5, "g": "x"}, {"a": 2, "b": 0.25, "g": "y"}])
     paths = t.write(tmp_path, x="a", ys=["b"], group="g")

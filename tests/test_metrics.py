@@ -10,18 +10,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError
-from prunekit.metrics import (
+from prunekit.core.metrics import (
     _quartiles,
     count_macs,
     count_nonzeros,
     count_params,
-    file_size,
     forward_peak_memory,
     hardware_info,
     measure_latency,
     param_bytes,
 )
+from prunekit.errors import ConfigError
+from prunekit.io import file_size
 
 
 def test_latency_fixes_threads_and_restores_them() -> None:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.channel_criteria import reduce_members
-from prunekit.data import default_data_dir
+from prunekit.core.datasets import default_data_dir
+from prunekit.structured.criteria import reduce_members
 
 pytestmark = pytest.mark.slow
 

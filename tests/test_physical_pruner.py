@@ -68,7 +68,7 @@ def test_each_step_removes_channels_follows_schedule_and_slices_optimizer(opt_na
         changes += widths != last
         last = widths
         assert model[1].num_features == widths["0"] and model[7].in_features == widths["3"] * 4
-        assert not list(pk.masks.masked_parameters(model))  # removed, not masked
+        assert not list(pk.core.masks.masked_parameters(model))  # removed, not masked
         plans = getattr(model, "_prunekit_plan", [])
         if len(plans) > n_plans:  # a physical step happened: state == old state at the kept indices
             physical_steps += 1

@@ -10,8 +10,8 @@ from tests.zoo import small_cnn
 from torch import nn
 
 import prunekit as pk
-from prunekit.masks import masked_parameters
-from prunekit.pruner import mask_sparsity
+from prunekit.core.masks import masked_parameters
+from prunekit.training.pruner import mask_sparsity
 
 
 def _mlp() -> nn.Sequential:
@@ -189,7 +189,7 @@ def test_structured_finalize_refuses_non_chain_and_leaves_model() -> None:
     with pytest.raises(pk.PlanError, match="groups=8"):
         cp.finalize()
     assert [tuple(p.shape) for p in model.parameters()] == shapes
-    with pytest.raises(pk.ModuleNotFound):
+    with pytest.raises(pk.UnknownModuleError):
         pk.ChannelPruner(
             model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(target=0.5), include=("9",))
         )

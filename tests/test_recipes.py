@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound
-from prunekit.recipes import ChannelsStep, LayersStep, Recipe, WeightsStep
-from prunekit.sources import import_object
+from prunekit.errors import ConfigError, DataRequiredError, UnknownModuleError
+from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, WeightsStep
+from prunekit.recipes.sources import import_object
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -216,7 +216,7 @@ def test_bad_exclude_leaves_the_model_untouched() -> None:
     r = Recipe.from_dict(
         {"prune": [{"what": "weights", "sparsity": 0.5, "exclude": ["nope"]}], "measure": {"latency": False}}
     )
-    with pytest.raises(ModuleNotFound, match="nope"):
+    with pytest.raises(UnknownModuleError, match="nope"):
         r.run(model, data[0][0][:1])
     after = model.state_dict()
     assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)

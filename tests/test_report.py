@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.errors import ConfigError, FormatError
-from prunekit.recipes import Recipe
-from prunekit.report import (
+from prunekit.recipes.schema import Recipe
+from prunekit.report.html import (
     atomic_dir,
     demo_report,
     envelope,
@@ -38,7 +38,7 @@ PNG_END = b"IEND\xaeB`\x82"
 
 
 def _data() -> tuple[DataLoader, DataLoader]:
-    from prunekit.data import digits
+    from prunekit.core.datasets import digits
 
     split = digits(seed=0)
     train = DataLoader(TensorDataset(split.x_train[:256], split.y_train[:256]), batch_size=64)
@@ -147,7 +147,7 @@ def test_sensitivity_curves_from_result(sens_rep: dict) -> None:
 
 
 def test_demo_report_has_accuracy_plot() -> None:
-    from prunekit.demo import DemoConfig, run_demo
+    from prunekit.cli.demo import DemoConfig, run_demo
 
     res = run_demo(
         DemoConfig(

@@ -62,10 +62,10 @@ def test_sigkill_twice_then_resume_is_bit_identical(tmp_path: Path) -> None:
     out = tmp_path / "out.safetensors"
     ckpt = tmp_path / "ckpt" / "run.safetensors"
     _run_and_kill(out, ckpt, kill_at=27)  # mid-epoch (20 batches per epoch), between checkpoints
-    first = pk.checkpoint.read_checkpoint(ckpt)[1]["position"]
+    first = pk.training.checkpoint.read_checkpoint(ckpt)[1]["position"]
     assert 0 < first["step"] < 80 and not first["done"]
     _run_and_kill(out, ckpt, kill_at=first["step"] + 33)
-    second = pk.checkpoint.read_checkpoint(ckpt)[1]["position"]
+    second = pk.training.checkpoint.read_checkpoint(ckpt)[1]["position"]
     assert second["step"] > first["step"]
     done = _run(out, ckpt)
     steps = [int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("step ")]

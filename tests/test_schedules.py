@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.pruner import mask_sparsity
-from prunekit.schedules import (
+from prunekit.training.pruner import mask_sparsity
+from prunekit.training.schedules import (
     ConstantSchedule,
     CubicSchedule,
     IterativeSchedule,

@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import prunekit as pk
-from prunekit.masks import get_mask, set_mask
-from prunekit.sensitivity import keep_mask, spearman
+from prunekit.analysis.sweep import keep_mask, spearman
+from prunekit.core.masks import get_mask, set_mask
 
 
 def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
@@ -25,7 +25,7 @@ def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
 def trained() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
     """A small MLP trained on sklearn's digits, and 4 validation batches."""
     torch.manual_seed(0)
-    from prunekit.data import digits
+    from prunekit.core.datasets import digits
 
     split = digits()
     x_train, y_train = split.x_train.flatten(1), split.y_train
@@ -223,7 +223,7 @@ def test_bad_input_raises_clearly_and_leaves_the_model_alone(trained: tuple[nn.M
         pk.sensitivity(model, [], F.cross_entropy, progress=False)
     with pytest.raises(pk.ConfigError, match="pair"):
         pk.sensitivity(model, [torch.randn(2, 64)], F.cross_entropy, progress=False)
-    with pytest.raises(pk.ModuleNotFound, match="fc9"):
+    with pytest.raises(pk.UnknownModuleError, match="fc9"):
         pk.sensitivity(model, batches, F.cross_entropy, include=["fc9"], progress=False)
     with pytest.raises(RuntimeError):  # the user's loss fails mid-analysis: weights must come back
         calls = []

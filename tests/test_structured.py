@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.errors import ConfigError, DataRequiredError, ModuleNotFound, PlanError
-from prunekit.surgery import apply_plan, masked_reference
+from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
+from prunekit.structured.surgery import apply_plan, masked_reference
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
@@ -217,7 +217,7 @@ def test_targets_reached(which: str) -> None:
         pk.count_params(model) if hasattr(pk, "count_params") else None,
     )
     del params0
-    from prunekit.metrics import count_macs, count_params
+    from prunekit.core.metrics import count_macs, count_params
 
     p0 = count_params(model)
     res = pk.prune_channels(model, x, **{which: 0.5})
@@ -237,7 +237,7 @@ def test_bad_input_leaves_model_untouched() -> None:
         ({"ratio": -0.1}, ConfigError),
         ({"criterion": "nope"}, ConfigError),
         ({"scope": "all"}, ConfigError),
-        ({"ignore": ["nothing.*"]}, ModuleNotFound),
+        ({"ignore": ["nothing.*"]}, UnknownModuleError),
         ({"target_macs": 0.5, "target_params": 0.5}, ConfigError),
         ({"round_to": 0}, ConfigError),
     ]:
@@ -328,7 +328,7 @@ def test_ratio_mapping_per_module() -> None:
     assert model.l1.c1.out_channels == 8 and model.l2.c1.out_channels == 24
     assert model.stem[0].out_channels == 16 and model.l2.c2.out_channels == 32  # not in the mapping: kept
     assert sum(g.after < g.before for g in res.groups) == 2
-    with pytest.raises(ModuleNotFound):
+    with pytest.raises(UnknownModuleError):
         pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio={"nope": 0.5})
     with pytest.raises(ConfigError):
         pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio={"l1.c1": 1.5})
@@ -511,7 +511,7 @@ def test_check_leaves_weights_bit_identical_on_failure() -> None:
     """The check zeroes slices in place and must put every bit back when the plan is rejected."""
     from unittest import mock
 
-    import prunekit.structured_check as structured_check
+    import prunekit.structured.check as structured_check
 
     model = _randomize_bn(ResNetish())
     before = {k: v.clone() for k, v in model.state_dict().items()}

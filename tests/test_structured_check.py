@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.structured_check import _own_module_uses
-from prunekit.surgery import masked_reference
-from prunekit.trace import record
+from prunekit.graph.trace import record
+from prunekit.structured.check import _own_module_uses
+from prunekit.structured.surgery import masked_reference
 
 
 class ParentReads(nn.Module):

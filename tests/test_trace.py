@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.trace import TensorRef, record
+from prunekit.graph.trace import TensorRef, record
 
 
 class Small(nn.Module):

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import prunekit as pk
-from prunekit.masks import get_mask, masked_parameters
-from prunekit.selection import resolve_targets
+from prunekit.core.masks import get_mask, masked_parameters
+from prunekit.core.select import resolve_targets
 
 
 def _mlp(widths: list[int]) -> nn.Sequential:
@@ -262,7 +262,7 @@ def test_unknown_name_lists_close_matches() -> None:
     model = nn.Sequential()
     model.add_module("encoder", nn.Linear(4, 4))
     model.add_module("decoder", nn.Linear(4, 4))
-    with pytest.raises(pk.ModuleNotFound, match="'encoder'"):
+    with pytest.raises(pk.UnknownModuleError, match="'encoder'"):
         pk.prune_weights(model, 0.5, include=["encodr"])
 
 

@@ -3,53 +3,118 @@
 Weight (unstructured and N:M) pruning, structured pruning that physically removes channels and
 heads through a dependency graph, layer pruning, schedules during training, lottery tickets,
 sensitivity analysis, and reports of what was gained.
+
+The public API is flat (``pk.prune_weights``, ``pk.prune_channels``, ...) and loaded lazily: ``import
+prunekit`` costs next to nothing on top of ``import torch``; each name imports its package on first use.
+The packages behind it are listed in the README's "Architecture" section.
 """
 
 from __future__ import annotations
 
-from prunekit import schedules as schedules
-from prunekit.allocate import AllocationPlan, allocate, apply_allocation, layer_latency
-from prunekit.checkpoint import load_checkpoint, save_checkpoint
-from prunekit.criteria import WeightCriterion, register_criterion
-from prunekit.errors import (
-    ConfigError,
-    DataRequiredError,
-    FormatError,
-    ModuleNotFound,
-    PatternError,
-    PlanError,
-    PrunekitError,
-    UnsupportedOpError,
-)
-from prunekit.hf import save_pretrained, sync_hf_config
-from prunekit.io import information_limit_bits, load, save
-from prunekit.layers import LayerPruningResult, prune_layers
-from prunekit.masks import make_permanent
-from prunekit.methods import LotteryConfig, iterative_prune, lottery_ticket, one_shot_then_finetune
-from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
-from prunekit.optim_state import resize_optimizer
-from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
-from prunekit.recipes import Recipe, RecipeResult
-from prunekit.schedules import ConstantSchedule, CubicSchedule, IterativeSchedule, Schedule, make_schedule
-from prunekit.sensitivity import LayerSensitivity, SensitivityConfig, SensitivityResult, sensitivity
-from prunekit.structured import (
-    ChannelPruneConfig,
-    ChannelPruneResult,
-    ModelSummary,
-    prune_channels,
-    summary,
-)
-from prunekit.training import evaluate, fit, train_epoch
-from prunekit.weights import (
-    SparsityReport,
-    WeightPruningConfig,
-    WeightPruningResult,
-    prune_weights,
-    sparsity,
-    sparsity_report,
-)
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
+
+from prunekit import compat as compat
 
 __version__ = "0.1.0"
+
+# public name -> the package that exports it (each package's __init__ is its API)
+_API: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "ConfigError",
+            "DataRequiredError",
+            "FormatError",
+            "UnknownModuleError",
+            "UnknownModuleError",
+            "PatternError",
+            "PlanError",
+            "PrunekitError",
+            "UnsupportedOpError",
+        ],
+        "prunekit.errors",
+    ),
+    **dict.fromkeys(
+        [
+            "EvalResult",
+            "HardwareInfo",
+            "LatencyResult",
+            "evaluate",
+            "forward_peak_memory",
+            "hardware_info",
+            "make_permanent",
+            "measure_latency",
+        ],
+        "prunekit.core",
+    ),
+    **dict.fromkeys(
+        [
+            "SparsityReport",
+            "WeightCriterion",
+            "WeightPruningConfig",
+            "WeightPruningResult",
+            "prune_weights",
+            "register_criterion",
+            "sparsity",
+            "sparsity_report",
+        ],
+        "prunekit.weights",
+    ),
+    **dict.fromkeys(
+        [
+            "ChannelPruneConfig",
+            "ChannelPruneResult",
+            "LayerPruningResult",
+            "ModelSummary",
+            "prune_channels",
+            "prune_layers",
+            "resize_optimizer",
+            "summary",
+        ],
+        "prunekit.structured",
+    ),
+    **dict.fromkeys(
+        ["information_limit_bits", "load", "save", "save_pretrained", "sync_hf_config"], "prunekit.io"
+    ),
+    **dict.fromkeys(
+        [
+            "AllocationPlan",
+            "LayerSensitivity",
+            "SensitivityConfig",
+            "SensitivityResult",
+            "allocate",
+            "apply_allocation",
+            "layer_latency",
+            "sensitivity",
+        ],
+        "prunekit.analysis",
+    ),
+    **dict.fromkeys(
+        [
+            "ChannelPruner",
+            "ChannelPrunerConfig",
+            "ConstantSchedule",
+            "CubicSchedule",
+            "IterativeSchedule",
+            "LotteryConfig",
+            "Pruner",
+            "PrunerConfig",
+            "RegrowthConfig",
+            "Schedule",
+            "fit",
+            "iterative_prune",
+            "load_checkpoint",
+            "lottery_ticket",
+            "make_schedule",
+            "one_shot_then_finetune",
+            "save_checkpoint",
+            "train_epoch",
+        ],
+        "prunekit.training",
+    ),
+    **dict.fromkeys(["Recipe", "RecipeResult"], "prunekit.recipes"),
+}
 
 __all__ = [
     "AllocationPlan",
@@ -61,6 +126,7 @@ __all__ = [
     "ConstantSchedule",
     "CubicSchedule",
     "DataRequiredError",
+    "EvalResult",
     "FormatError",
     "HardwareInfo",
     "IterativeSchedule",
@@ -69,7 +135,6 @@ __all__ = [
     "LayerSensitivity",
     "LotteryConfig",
     "ModelSummary",
-    "ModuleNotFound",
     "PatternError",
     "PlanError",
     "PrunekitError",
@@ -82,6 +147,7 @@ __all__ = [
     "SensitivityConfig",
     "SensitivityResult",
     "SparsityReport",
+    "UnknownModuleError",
     "UnsupportedOpError",
     "WeightCriterion",
     "WeightPruningConfig",
@@ -118,3 +184,113 @@ __all__ = [
     "sync_hf_config",
     "train_epoch",
 ]
+
+_PACKAGES = frozenset(
+    [
+        "analysis",
+        "cli",
+        "core",
+        "errors",
+        "graph",
+        "integrations",
+        "io",
+        "recipes",
+        "report",
+        "structured",
+        "training",
+        "weights",
+    ]
+)
+
+
+def __getattr__(name: str) -> Any:
+    package = _API.get(name)
+    if package is not None:
+        value = getattr(importlib.import_module(package), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _PACKAGES:  # pk.structured, pk.core, ...: the packages load on first use too
+        return importlib.import_module(f"prunekit.{name}")
+    return compat.deprecated_attribute(name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+sys.modules[__name__].__class__ = compat.Package
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
+    from prunekit.analysis import (
+        AllocationPlan,
+        LayerSensitivity,
+        SensitivityConfig,
+        SensitivityResult,
+        allocate,
+        apply_allocation,
+        layer_latency,
+        sensitivity,
+    )
+    from prunekit.core import (
+        EvalResult,
+        HardwareInfo,
+        LatencyResult,
+        evaluate,
+        forward_peak_memory,
+        hardware_info,
+        make_permanent,
+        measure_latency,
+    )
+    from prunekit.errors import (
+        ConfigError,
+        DataRequiredError,
+        FormatError,
+        PatternError,
+        PlanError,
+        PrunekitError,
+        UnknownModuleError,
+        UnsupportedOpError,
+    )
+    from prunekit.io import information_limit_bits, load, save, save_pretrained, sync_hf_config
+    from prunekit.recipes import Recipe, RecipeResult
+    from prunekit.structured import (
+        ChannelPruneConfig,
+        ChannelPruneResult,
+        LayerPruningResult,
+        ModelSummary,
+        prune_channels,
+        prune_layers,
+        resize_optimizer,
+        summary,
+    )
+    from prunekit.training import (
+        ChannelPruner,
+        ChannelPrunerConfig,
+        ConstantSchedule,
+        CubicSchedule,
+        IterativeSchedule,
+        LotteryConfig,
+        Pruner,
+        PrunerConfig,
+        RegrowthConfig,
+        Schedule,
+        fit,
+        iterative_prune,
+        load_checkpoint,
+        lottery_ticket,
+        make_schedule,
+        one_shot_then_finetune,
+        save_checkpoint,
+        train_epoch,
+    )
+    from prunekit.weights import (
+        SparsityReport,
+        WeightCriterion,
+        WeightPruningConfig,
+        WeightPruningResult,
+        prune_weights,
+        register_criterion,
+        sparsity,
+        sparsity_report,
+    )

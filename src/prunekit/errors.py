@@ -5,7 +5,7 @@ Every error says what was wrong, what was expected and how to fix it. All derive
 
     PrunekitError
     ├── ConfigError        bad argument value: sparsity, pattern, ratio, criterion name, recipe
-    ├── ModuleNotFound     a module name / glob that matches nothing in the model
+    ├── UnknownModuleError a module name / glob that matches nothing in the model
     ├── PatternError       a layer whose shape cannot take an N:M pattern
     ├── DataRequiredError  a data-aware criterion called without data
     ├── PlanError          a structured plan that cannot be applied (too much removed, divisibility)
@@ -24,7 +24,7 @@ class ConfigError(PrunekitError, ValueError):
     """An argument or recipe value is out of range or unknown."""
 
 
-class ModuleNotFound(PrunekitError, KeyError):
+class UnknownModuleError(PrunekitError, KeyError):
     """A module name or glob matched nothing in the model."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
@@ -51,11 +51,20 @@ class FormatError(PrunekitError, ValueError):
     """A saved file is corrupted, not written by prunekit, or does not fit the model."""
 
 
+def __getattr__(name: str) -> type[PrunekitError]:
+    if name == "ModuleNotFound":  # the 0.1 name, easy to confuse with the builtin ModuleNotFoundError
+        from prunekit.compat import moved_name
+
+        cls: type[PrunekitError] = moved_name(__name__, name)
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "DataRequiredError",
     "FormatError",
-    "ModuleNotFound",
+    "UnknownModuleError",
     "PatternError",
     "PlanError",
     "PrunekitError",

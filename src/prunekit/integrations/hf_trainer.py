@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "prunekit.integrations.hf_trainer needs transformers: pip install 'prunekit[hf]'"
     ) from e
 
-from prunekit.pruner import Pruner, PrunerConfig
+from prunekit.training import Pruner, PrunerConfig
 
 
 class PrunerTrainerCallback(TrainerCallback):

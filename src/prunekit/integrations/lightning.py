@@ -26,7 +26,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "prunekit.integrations.lightning needs PyTorch Lightning: pip install 'prunekit[lightning]'"
     ) from e
 
-from prunekit.pruner import Pruner, PrunerConfig
+from prunekit.training import Pruner, PrunerConfig
 
 
 class PrunerCallback(pl.Callback):

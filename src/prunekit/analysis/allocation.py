@@ -1,0 +1,521 @@
+"""Automatic per-layer ratios from sensitivity curves.
+
+Given a global target (fraction of weights, parameters, MACs or latency to remove), choose the
+ratio ``r_i`` of every analysed layer to minimise the predicted loss increase::
+
+    minimise   sum_i  dL_i(r_i)              dL_i: the layer's measured curve, interpolated
+    subject to sum_i  r_i * c_i = target * sum_i c_i      c_i: the layer's cost (weights, MACs, ...)
+               0 <= r_i <= max_ratio
+
+Each curve (with the point ``(0, 0)``) is replaced by its lower convex hull; the hull segments of
+all layers are taken in order of increasing loss per unit of removed cost (the greedy
+marginal-cost rule, which is exact for convex curves and equals a Lagrangian sweep over lambda),
+and the last segment is taken in part so the target is hit exactly. Ratios are then rounded to
+whole units (weights or channels) and nudged until the achieved value is within ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from prunekit.analysis.estimates import CRITERIA, ESTIMATORS
+from prunekit.analysis.layers import keep_mask, select_layers
+from prunekit.analysis.result import SensitivityResult
+from prunekit.analysis.sweep import iter_curve
+from prunekit.core import EvalMode, call_model, to_device, weight_of
+from prunekit.errors import ConfigError, PlanError, UnknownModuleError
+
+TargetKind = Literal["sparsity", "params", "macs", "latency"]
+TARGET_KINDS: tuple[str, ...] = ("sparsity", "params", "macs", "latency")
+SOURCES: tuple[str, ...] = ("measured", *ESTIMATORS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllocationPlan(Mapping[str, float]):
+    """Per-layer pruning ratios chosen by :func:`allocate`; a read-only mapping ``{module_name: ratio}``.
+
+    Pass it to :func:`apply_allocation` (weights through ``prune_weights(..., scope="layer")``,
+    channels through ``prune_channels`` or channel masks), or use ``dict(plan)`` anywhere a
+    ``{module_name: ratio}`` mapping is accepted.
+
+    Attributes:
+        ratios: module name -> pruning ratio (fraction of its weights or output channels).
+        by: what the target counts: ``sparsity``, ``params``, ``macs`` or ``latency``.
+        target: requested fraction of ``by`` to remove over the analysed layers.
+        achieved: fraction actually removed with the rounded ratios.
+        predicted_loss_increase: sum of the interpolated curves at the chosen ratios.
+        uniform_predicted_loss_increase: the same for one uniform ratio hitting the same target.
+        granularity: ``"layer"`` (weights) or ``"channel"``.
+        criterion: the criterion the curves were measured with.
+        source: ``"measured"`` curves or an estimator (``"taylor"``, ``"fisher"``).
+        costs: module name -> its cost in units of ``by``.
+    """
+
+    ratios: dict[str, float]
+    by: str
+    target: float
+    achieved: float
+    predicted_loss_increase: float
+    uniform_predicted_loss_increase: float
+    granularity: str = "layer"
+    criterion: str = "magnitude"
+    source: str = "measured"
+    costs: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.ratios[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ratios)
+
+    def __len__(self) -> int:
+        return len(self.ratios)
+
+    __hash__ = None  # type: ignore[assignment]  # a plan holds dicts; compare, do not hash
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict; :meth:`from_dict` reads it back."""
+        return {
+            "version": 1,
+            "ratios": dict(self.ratios),
+            "by": self.by,
+            "target": self.target,
+            "achieved": self.achieved,
+            "predicted_loss_increase": self.predicted_loss_increase,
+            "uniform_predicted_loss_increase": self.uniform_predicted_loss_increase,
+            "granularity": self.granularity,
+            "criterion": self.criterion,
+            "source": self.source,
+            "costs": dict(self.costs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AllocationPlan:
+        """Rebuild a plan written by :meth:`to_dict`."""
+        try:
+            return cls(
+                ratios={str(k): float(v) for k, v in data["ratios"].items()},
+                by=str(data["by"]),
+                target=float(data["target"]),
+                achieved=float(data["achieved"]),
+                predicted_loss_increase=float(data["predicted_loss_increase"]),
+                uniform_predicted_loss_increase=float(data["uniform_predicted_loss_increase"]),
+                granularity=str(data.get("granularity", "layer")),
+                criterion=str(data.get("criterion", "magnitude")),
+                source=str(data.get("source", "measured")),
+                costs={str(k): float(v) for k, v in data.get("costs", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(
+                f"not an allocation plan dict ({e!r}); expected the keys of AllocationPlan.to_dict"
+            ) from e
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON; return the path."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def __str__(self) -> str:
+        lines = [
+            f"Allocation ({self.granularity}, by {self.by}): target {self.target:.4f}, achieved {self.achieved:.4f}",
+            f"predicted loss increase {self.predicted_loss_increase:.4f} "
+            f"(uniform ratio: {self.uniform_predicted_loss_increase:.4f})",
+        ]
+        lines += [f"  {name:<48} {ratio:6.3f}" for name, ratio in self.ratios.items()]
+        return "\n".join(lines)
+
+
+def _interp(points: Sequence[tuple[float, float]], r: float) -> float:
+    """Piecewise-linear interpolation of ``points`` (ascending x) at ``r``; flat beyond the last point."""
+    if r <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if r <= x1:
+            return y0 + (y1 - y0) * (r - x0) / (x1 - x0) if x1 > x0 else y1
+    return points[-1][1]
+
+
+def _lower_hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower convex hull of points sorted by x (Andrew's monotone chain, lower half)."""
+    hull: list[tuple[float, float]] = []
+    for p in points:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:  # hull[-1] is not below the chord
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return hull
+
+
+def _costs(result: SensitivityResult, by: str, latency: Mapping[str, float] | None) -> dict[str, float]:
+    costs: dict[str, float] = {}
+    for la in result.layers:
+        if by == "sparsity":
+            costs[la.name] = float(la.numel)
+        elif by == "params":
+            # a channel takes its bias entry with it
+            costs[la.name] = float(la.numel + (la.units if result.granularity == "channel" else 0))
+        elif by == "macs":
+            costs[la.name] = float(la.macs)
+        else:
+            assert latency is not None
+            costs[la.name] = float(latency[la.name])
+    return costs
+
+
+def allocate(
+    result: SensitivityResult,
+    target: float,
+    *,
+    by: TargetKind = "sparsity",
+    source: str = "measured",
+    max_ratio: float | None = None,
+    exclude: Sequence[str] = (),
+    latency: Mapping[str, float] | None = None,
+    costs: Mapping[str, float] | None = None,
+    tolerance: float = 0.01,
+) -> AllocationPlan:
+    """Choose per-layer ratios that hit a global target with the least predicted loss increase.
+
+    Args:
+        result: curves from :func:`prunekit.analysis.sweep`.
+        target: fraction of ``by`` to remove over the analysed layers, in (0, 1). E.g.
+            ``target=0.8, by="sparsity"`` zeroes 80% of the analysed weights.
+        by: ``"sparsity"`` (weights), ``"params"`` (weights plus the bias of removed channels),
+            ``"macs"`` (multiply-accumulates of the non-zero weights / kept channels, per layer as
+            recorded by the analysis) or ``"latency"`` (needs ``latency=``, see
+            :func:`layer_latency`); costs are assumed to fall linearly with a layer's ratio.
+        source: ``"measured"`` curves (default) or a one-pass estimate (``"taylor"``, ``"fisher"``).
+        max_ratio: largest ratio any layer may get; default (and upper bound): the largest
+            measured ratio (curves are never extrapolated).
+        exclude: layer names to keep at ratio 0.
+        latency: module name -> measured latency (seconds) of every analysed layer, for ``by="latency"``.
+        costs: module name -> cost, overriding the cost of those layers for ``by`` (e.g. for channel
+            plans, a layer's own MACs plus the MACs of the next layer's input slice it takes away).
+        tolerance: accepted relative error of the achieved target (0.01 = 1%).
+
+    Returns:
+        An :class:`AllocationPlan` (a ``{module_name: ratio}`` mapping with the prediction).
+
+    Raises:
+        ConfigError: invalid ``target``, ``by``, ``source``, ``max_ratio`` or a missing latency entry.
+        UnknownModuleError: an ``exclude`` name is not in the result.
+        PlanError: the target cannot be reached with ``max_ratio`` on the remaining layers.
+
+    Example:
+        >>> import prunekit as pk
+        >>> res = pk.SensitivityResult.from_dict({"baseline_loss": 1.0, "layers": [
+        ...     {"name": "a", "numel": 100, "ratios": [0.5, 0.9], "loss": [1.0, 1.1]},
+        ...     {"name": "b", "numel": 100, "ratios": [0.5, 0.9], "loss": [2.0, 5.0]}]})
+        >>> plan = pk.allocate(res, target=0.5)
+        >>> dict(plan), plan.achieved
+        ({'a': 0.9, 'b': 0.1}, 0.5)
+    """
+    if result.granularity == "head":
+        raise ConfigError(
+            "allocate needs per-layer curves over ratios; a granularity='head' result holds one point per head. "
+            "Rank heads with result.ranking(), or run sensitivity(..., granularity='layer' or 'channel')"
+        )
+    if by not in TARGET_KINDS:
+        raise ConfigError(f"by must be one of {', '.join(TARGET_KINDS)}, got {by!r}")
+    if source not in SOURCES:
+        raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
+        raise ConfigError(f"target must be a fraction to remove in (0, 1), got {target!r}")
+    if not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"tolerance must be in [0, 1), got {tolerance}")
+    if not result.layers:
+        raise ConfigError("the sensitivity result has no layers to allocate over")
+    top = min(la.ratios[-1] for la in result.layers)
+    if max_ratio is None:
+        max_ratio = top
+    if not 0.0 < max_ratio <= top:
+        raise ConfigError(
+            f"max_ratio must be in (0, {top}] (the largest measured ratio; curves are not extrapolated), got {max_ratio}"
+        )
+    names = result.names
+    for name in exclude:
+        if name not in names:
+            raise UnknownModuleError(f"exclude entry {name!r} is not an analysed layer; analysed layers: {names}")
+    if by == "latency":
+        if latency is None:
+            raise ConfigError(
+                "by='latency' needs latency={module_name: seconds}; measure it with pk.layer_latency(...)"
+            )
+        missing = [n for n in names if n not in latency]
+        if missing:
+            raise ConfigError(f"latency table has no entry for {missing}; give one for every analysed layer")
+    if costs is not None:
+        unknown = [n for n in costs if n not in names]
+        negative = {n: c for n, c in costs.items() if not float(c) >= 0}
+        if unknown or negative:
+            raise ConfigError(
+                f"costs= must map analysed layers to non-negative numbers; unknown: {unknown}, invalid: {negative}"
+            )
+    target = float(target)
+    costs = {**_costs(result, by, latency), **{n: float(c) for n, c in (costs or {}).items()}}
+    total = sum(costs.values())
+    if total <= 0:
+        raise ConfigError(f"the analysed layers have no {by} cost (all zero); choose another by=")
+    curves = {n: _clip(list(iter_curve(result, n, source)), max_ratio) for n in names}
+    free = [n for n in names if n not in exclude and costs[n] > 0]
+    reachable = sum(costs[n] for n in free) * max_ratio / total
+    if reachable < target * (1 - tolerance):
+        raise PlanError(
+            f"cannot remove {target:.1%} of the {by}: at most {reachable:.1%} with max_ratio={max_ratio} "
+            f"on {len(free)} layers (excluded: {list(exclude)}). Lower the target, raise max_ratio "
+            "(measure higher ratios) or exclude fewer layers"
+        )
+
+    ratios = _greedy(curves, costs, free, target * total)
+    units = {la.name: la.units for la in result.layers}
+    ratios = _round_units(ratios, curves, costs, units, free, target, total, tolerance, max_ratio)
+    achieved = sum(ratios[n] * costs[n] for n in names) / total
+    uniform = min(target * total / sum(costs[n] for n in free), max_ratio)
+    return AllocationPlan(
+        ratios=ratios,
+        by=by,
+        target=target,
+        achieved=achieved,
+        predicted_loss_increase=sum(_interp(curves[n], ratios[n]) for n in names),
+        uniform_predicted_loss_increase=sum(_interp(curves[n], uniform) for n in free),
+        granularity=result.granularity,
+        criterion=result.criterion,
+        source=source,
+        costs=costs,
+    )
+
+
+def _clip(points: list[tuple[float, float]], max_ratio: float) -> list[tuple[float, float]]:
+    kept = [p for p in points if p[0] <= max_ratio]
+    if kept[-1][0] < max_ratio:
+        kept.append((max_ratio, _interp(points, max_ratio)))
+    return kept
+
+
+def _greedy(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    costs: Mapping[str, float],
+    free: Sequence[str],
+    need: float,
+) -> dict[str, float]:
+    """Take hull segments by increasing loss per unit cost until ``need`` cost is removed."""
+    segments: list[tuple[float, int, int, str, float, float]] = []
+    for li, name in enumerate(free):
+        hull = _lower_hull(curves[name])
+        for si, ((x0, y0), (x1, y1)) in enumerate(zip(hull, hull[1:], strict=False)):
+            slope = (y1 - y0) / ((x1 - x0) * costs[name])
+            segments.append((slope, li, si, name, x0, x1))
+    segments.sort(key=lambda s: (s[0], s[1], s[2]))
+    ratios = {name: 0.0 for name in curves}
+    removed = 0.0
+    for _, _, _, name, x0, x1 in segments:
+        if removed >= need:
+            break
+        gain = (x1 - x0) * costs[name]
+        if removed + gain <= need:
+            ratios[name], removed = x1, removed + gain
+        else:
+            ratios[name] = x0 + (need - removed) / costs[name]
+            removed = need
+    return ratios
+
+
+def _round_units(
+    ratios: dict[str, float],
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    costs: Mapping[str, float],
+    units: Mapping[str, int],
+    free: Sequence[str],
+    target: float,
+    total: float,
+    tolerance: float,
+    max_ratio: float,
+) -> dict[str, float]:
+    """Round each ratio to whole units (k / units), then add/remove single units until within tolerance."""
+    limit = {n: int(math.floor(max_ratio * units[n] + 1e-9)) for n in ratios}
+    counts = {n: min(int(round(r * units[n])), limit[n]) for n, r in ratios.items()}
+
+    def achieved() -> float:
+        return sum(counts[n] / units[n] * costs[n] for n in counts) / total
+
+    def step_cost(n: int, name: str, d: int) -> float:
+        return (_interp(curves[name], (n + d) / units[name]) - _interp(curves[name], n / units[name])) / (
+            costs[name] / units[name]
+        )
+
+    for _ in range(4 * len(counts) + 16):
+        err = achieved() - target
+        if abs(err) <= tolerance * target:
+            break
+        if err < 0:
+            options = [n for n in free if counts[n] < limit[n]]
+            if not options:
+                break
+            best = min(options, key=lambda n: step_cost(counts[n], n, 1))
+            counts[best] += 1
+        else:
+            options = [n for n in free if counts[n] > 0]
+            if not options:
+                break
+            best = max(options, key=lambda n: -step_cost(counts[n], n, -1))
+            counts[best] -= 1
+    return {n: counts[n] / units[n] for n in ratios}
+
+
+def apply_allocation(
+    model: nn.Module,
+    plan: Mapping[str, float],
+    *,
+    data: Any = None,
+    loss_fn: Any = None,
+    example_inputs: Any = None,
+    physical: bool = False,
+) -> dict[str, float]:
+    """Prune ``model`` in place with the per-layer ratios of ``plan``; return the applied ratios.
+
+    Weight plans (``granularity="layer"``) call ``prune_weights(model, ratio, scope="layer",
+    include=[name])`` once per layer with the plan's criterion. Channel plans zero each layer's
+    lowest-scoring output channels (weight rows and bias) with masks, or, with ``physical=True``,
+    remove them: one ``prune_channels(model, example_inputs, ratio=r, scope="layer",
+    ignore=<every other Linear/Conv>)`` call per layer (coupled slices go with them).
+
+    Args:
+        model: the model the sensitivity analysis ran on.
+        plan: an :class:`AllocationPlan` or any ``{module_name: ratio}`` mapping (weight pruning).
+        data: forwarded to ``prune_weights`` for data-aware criteria.
+        loss_fn: forwarded to ``prune_weights`` for data-aware criteria.
+        example_inputs: needed by ``physical=True``.
+        physical: remove channels physically through ``prune_channels`` (channel plans only).
+
+    Raises:
+        UnknownModuleError: a plan entry names no module of ``model`` (nothing is pruned then).
+        ConfigError: a ratio outside [0, 1), or ``physical=True`` without structured pruning.
+    """
+    from prunekit.weights import prune_weights
+
+    modules = dict(model.named_modules())
+    missing = [n for n in plan if n not in modules]
+    if missing:
+        raise UnknownModuleError(f"plan names modules that {type(model).__name__} does not have: {missing}")
+    bad = {n: r for n, r in plan.items() if not 0.0 <= float(r) < 1.0}
+    if bad:
+        raise ConfigError(f"plan ratios must be in [0, 1), got {bad}")
+    granularity = getattr(plan, "granularity", "layer")
+    criterion = getattr(plan, "criterion", "magnitude")
+    applied = {n: float(r) for n, r in plan.items() if float(r) > 0}
+    if granularity == "channel":
+        if physical:
+            from prunekit.structured import prune_channels
+
+            if example_inputs is None:
+                raise ConfigError("physical=True needs example_inputs= (one batch) to trace the model")
+            crit = {"magnitude": "l1", "l2": "l2", "random": "random"}.get(str(criterion), "l2")
+            prunable = [n for n, _ in select_layers(model)]
+            for name, ratio in applied.items():  # one traced call per layer: its own ratio, others kept
+                others = [n for n in prunable if n != name]
+                prune_channels(
+                    model, example_inputs, ratio=ratio, scope="layer", criterion=crit, ignore=others or None
+                )
+        else:
+            _mask_channels(modules, applied, str(criterion))
+        return applied
+    if criterion == "l2":  # same order as |w| for single weights
+        criterion = "magnitude"
+    for name, ratio in applied.items():
+        prune_weights(
+            model, ratio, criterion=criterion, scope="layer", include=[name], data=data, loss_fn=loss_fn
+        )
+    return applied
+
+
+def _mask_channels(modules: Mapping[str, nn.Module], ratios: Mapping[str, float], criterion: str) -> None:
+    """Zero the lowest-scoring output channels (weight rows and bias) of each layer with masks."""
+    from prunekit.core import set_mask
+
+    if criterion not in ("magnitude", "l2", "random"):
+        raise ConfigError(
+            f"channel masks can be chosen by magnitude, l2 or random, not {criterion!r} (it needs gradients); "
+            "analyse with one of those, or remove channels with physical=True"
+        )
+    for name, ratio in ratios.items():
+        module = modules[name]
+        weight = weight_of(module)
+        empty = torch.zeros(0)
+        scores = CRITERIA[criterion](weight.detach().float(), name=name, grad=empty, fisher=empty)
+        keep = keep_mask(scores, ratio, "channel")
+        set_mask(module, "weight", keep)
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, nn.Parameter):
+            set_mask(module, "bias", keep.reshape(keep.shape[0], -1)[:, 0].clone())
+
+
+def layer_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    names: Sequence[str] | None = None,
+    *,
+    repeats: int = 10,
+    warmup: int = 2,
+) -> dict[str, float]:
+    """Median wall time (seconds) of each named layer's forward inside a full forward pass.
+
+    Args:
+        model: the model.
+        example_inputs: a tensor, tuple of positional arguments or dict of keyword arguments.
+        names: layers to time (default: every Linear/Conv).
+        repeats: timed forward passes; the median per layer is returned.
+        warmup: untimed forward passes first.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    modules = dict(model.named_modules())
+    chosen = list(names) if names is not None else [n for n, _ in select_layers(model)]
+    missing = [n for n in chosen if n not in modules]
+    if missing:
+        raise UnknownModuleError(f"no module named {missing} in {type(model).__name__}")
+    samples: dict[str, list[float]] = {n: [] for n in chosen}
+    starts: dict[str, float] = {}
+    handles = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: Any) -> None:
+            starts[name] = time.perf_counter()
+
+        return fn
+
+    def post(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: Any, out: Any) -> None:
+            samples[name].append(time.perf_counter() - starts[name])
+
+        return fn
+
+    try:
+        with torch.no_grad(), EvalMode(model):
+            inputs = to_device(example_inputs, next(model.parameters()).device)
+            for _ in range(warmup):
+                call_model(model, inputs)
+            for n in chosen:
+                handles.append(modules[n].register_forward_pre_hook(pre(n)))
+                handles.append(modules[n].register_forward_hook(post(n)))
+            for _ in range(repeats):
+                call_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: float(torch.tensor(v).median()) if v else 0.0 for n, v in samples.items()}
+
+
+__all__ = ["AllocationPlan", "allocate", "apply_allocation", "layer_latency"]

@@ -1,0 +1,21 @@
+"""The dependency graph: record one eager forward (:mod:`~prunekit.graph.trace`), then couple every slice of
+every parameter that must be removed together (:mod:`~prunekit.graph.rules`, :mod:`~prunekit.graph.build`)."""
+
+from __future__ import annotations
+
+from prunekit.graph.build import DependencyGraph, Group, Member, build_graph
+from prunekit.graph.rules.base import SIZE_ATTR
+from prunekit.graph.trace import TensorRef, Trace, as_args, flatten_tensors, record
+
+__all__ = [
+    "as_args",
+    "build_graph",
+    "DependencyGraph",
+    "flatten_tensors",
+    "Group",
+    "Member",
+    "record",
+    "SIZE_ATTR",
+    "TensorRef",
+    "Trace",
+]

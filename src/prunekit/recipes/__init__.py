@@ -1,0 +1,22 @@
+"""Recipes: a whole pruning job as data (YAML), validated, run through the public verbs; model and data sources."""
+
+from __future__ import annotations
+
+from prunekit.recipes.runner import layer_rows, measure_model
+from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
+from prunekit.recipes.sources import check_fits, import_object, load_data, load_model, save_model_dir
+
+__all__ = [
+    "ChannelsStep",
+    "check_fits",
+    "import_object",
+    "layer_rows",
+    "LayersStep",
+    "load_data",
+    "load_model",
+    "measure_model",
+    "Recipe",
+    "RecipeResult",
+    "save_model_dir",
+    "WeightsStep",
+]

@@ -1,0 +1,35 @@
+"""Reports: ``report.json`` (every number), a self-contained ``report.html`` and terminal tables."""
+
+from __future__ import annotations
+
+from prunekit.report.html import (
+    demo_report,
+    envelope,
+    flatten_metrics,
+    fmt_value,
+    load_report,
+    make_plots,
+    prune_report,
+    render_html,
+    rich_before_after,
+    rich_layers,
+    sensitivity_curves,
+    write_demo_report,
+    write_report,
+)
+
+__all__ = [
+    "demo_report",
+    "envelope",
+    "flatten_metrics",
+    "fmt_value",
+    "load_report",
+    "make_plots",
+    "prune_report",
+    "render_html",
+    "rich_before_after",
+    "rich_layers",
+    "sensitivity_curves",
+    "write_demo_report",
+    "write_report",
+]

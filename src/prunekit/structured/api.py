@@ -1,0 +1,442 @@
+"""Structured pruning: physically remove channels, neurons and attention heads.
+
+::
+
+    record (1 eager forward)  ->  build_graph (coupled units, groups)  ->  score (criterion)
+        ->  select (ratio / target, layer or global scope, round_to)  ->  Plan (data)
+        ->  validate + apply (swap tensor.data, set attributes)  ->  verify forward  (restore on failure)
+
+This module holds the verb, its config and result types, and :func:`summary`; selection and planning
+live in :mod:`prunekit.structured.select`, the apply-and-verify round in :mod:`prunekit.structured.check`.
+
+Example:
+    >>> import torch, prunekit as pk
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+    ...                         torch.nn.Conv2d(16, 8, 3))
+    >>> r = pk.prune_channels(m, torch.randn(1, 3, 8, 8), ratio=0.5)
+    >>> m[0].out_channels, m[1].num_features, m[3].in_channels
+    (8, 8, 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.core import count_macs, count_params
+from prunekit.errors import ConfigError, DataRequiredError, PlanError
+from prunekit.graph import record
+from prunekit.structured.check import apply_checked
+from prunekit.structured.criteria import ChannelCriterion, get_criterion
+from prunekit.structured.select import IgnoreSpec, build_plan, compute_grads, match_modules, resolve_ignore
+from prunekit.structured.surgery import masked_reference
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChannelPruneConfig:
+    """Everything ``prune_channels`` accepts besides the model and inputs.
+
+    Attributes:
+        ratio: Fraction of units (channels, neurons, heads) to remove in every group (``scope="layer"``) or
+            over all groups (``scope="global"``); in [0, 1). Or a mapping ``{module_name: ratio}`` (layer
+            scope): a group takes the largest ratio of the modules whose output channels it holds; groups
+            of modules not in the mapping are kept.
+        target_macs: Instead of ``ratio``: keep this fraction of the (estimated) MACs, in (0, 1].
+        target_params: Instead of ``ratio``: keep this fraction of the parameters, in (0, 1].
+        criterion: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``, ``"random"`` or a
+            :class:`prunekit.structured.criteria.ChannelCriterion` object.
+        scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
+        round_to: Keep a multiple of this many channels in every channel group (e.g. 8).
+        prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept.
+        prune_normalized: Also prune dims normalised by LayerNorm/RMSNorm or averaged by mean/var/std (e.g. the
+            transformer hidden size). Those statistics then run over the kept channels only, which is not
+            the same as zeroing: expect a larger change than for other channels (the check models it).
+        on_unknown: ``"keep"`` (default): channels touched by an op the graph cannot see through (or a custom
+            autograd Function) are kept, with one warning; ``"raise"``: raise ``UnsupportedOpError`` instead.
+        gqa: Grouped-query attention units: ``"kv_groups"`` (a KV head with all its query heads) or
+            ``"query_heads"`` (KV heads kept, the same query position removed in every group; needs SDPA
+            ``enable_gqa``, otherwise whole KV groups are used).
+    """
+
+    ratio: float | Mapping[str, float] = 0.5
+    target_macs: float | None = None
+    target_params: float | None = None
+    criterion: str | ChannelCriterion = "l2"
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int | None = None
+    prune_heads: bool = True
+    prune_normalized: bool = False
+    on_unknown: Literal["keep", "raise"] = "keep"
+    gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
+
+    def __post_init__(self) -> None:
+        ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
+        for r in ratios:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+                raise ConfigError(
+                    f"ratio must be in [0, 1) (or a mapping of module name to such a ratio), got {r!r}"
+                )
+        if isinstance(self.ratio, Mapping) and (
+            self.scope != "layer" or self.target_macs or self.target_params
+        ):
+            raise ConfigError(
+                "a per-module ratio mapping works with scope='layer' and no target_macs/target_params"
+            )
+        if self.target_macs is not None and self.target_params is not None:
+            raise ConfigError("give at most one of target_macs and target_params")
+        for name in ("target_macs", "target_params"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
+                raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
+        if self.scope not in ("layer", "global"):
+            raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.gqa not in ("kv_groups", "query_heads"):
+            raise ConfigError(f"gqa must be 'kv_groups' or 'query_heads', got {self.gqa!r}")
+        if self.on_unknown not in ("keep", "raise"):
+            raise ConfigError(f"on_unknown must be 'keep' or 'raise', got {self.on_unknown!r}")
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
+        get_criterion(self.criterion)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupChange:
+    """Width of one coupled group before and after."""
+
+    name: str
+    kind: str
+    before: int
+    after: int
+    members: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Something kept at full width, and why."""
+
+    where: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ChannelPruneResult:
+    """What ``prune_channels`` did.
+
+    Attributes:
+        plan: The applied plan (JSON-able dict; also appended to ``model._prunekit_plan``).
+        groups: Every prunable group with its width before and after.
+        skipped: Modules and ops kept at full width, with the reason.
+        params_before: Parameter count before.
+        params_after: Parameter count after.
+        macs_before: MACs before, estimated from the traced conv/linear/matmul shapes.
+        macs_after: MACs after (same estimate).
+        seconds: Wall time of the whole call.
+    """
+
+    plan: dict[str, Any]
+    groups: list[GroupChange]
+    skipped: list[Skipped]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-able)."""
+        return {
+            "plan": self.plan,
+            "groups": [dataclasses.asdict(g) for g in self.groups],
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "seconds": self.seconds,
+        }
+
+    def __str__(self) -> str:
+        pruned = [g for g in self.groups if g.after < g.before]
+        lines = [
+            f"prune_channels: {len(pruned)}/{len(self.groups)} groups pruned in {self.seconds:.2f} s",
+            f"  params {self.params_before:,} -> {self.params_after:,} ({self.params_after / max(self.params_before, 1):.1%})",
+            f"  MACs   {self.macs_before:,} -> {self.macs_after:,} ({self.macs_after / max(self.macs_before, 1):.1%})",
+        ]
+        for g in pruned[:40]:
+            lines.append(f"  {g.name:<50} {g.before:>6} -> {g.after:<6} ({g.kind})")
+        if len(pruned) > 40:
+            lines.append(f"  ... {len(pruned) - 40} more groups")
+        for s in self.skipped[:40]:
+            lines.append(f"  kept: {s.where}: {s.reason}")
+        return "\n".join(lines)
+
+
+def prune_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float | Mapping[str, float] = 0.5,
+    *,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    criterion: str | ChannelCriterion = "l2",
+    scope: Literal["layer", "global"] = "layer",
+    ignore: Iterable[IgnoreSpec] | IgnoreSpec | None = None,
+    round_to: int | None = None,
+    prune_heads: bool = True,
+    prune_normalized: bool = False,
+    on_unknown: Literal["keep", "raise"] = "keep",
+    gqa: Literal["kv_groups", "query_heads"] = "kv_groups",
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    config: ChannelPruneConfig | None = None,
+    check: bool = True,
+) -> ChannelPruneResult:
+    """Physically remove channels, neurons and attention heads of ``model``, in place.
+
+    The model is traced once on ``example_inputs``; coupled slices (residual adds, concat, depthwise
+    convs, heads, tied weights, ...) are removed together, module attributes are updated, and the pruned
+    model is run once to check it. On any failure the model is left exactly as it was. Optimizers and EMA
+    copies built on the old parameters must be rebuilt (the parameter objects are the same, their
+    shapes are not).
+
+    Args:
+        model: Any ``nn.Module``.
+        example_inputs: A tensor, a tuple of positional inputs, or a dict of keyword inputs.
+        ratio: Fraction of units to remove (per group for ``scope="layer"``, overall for ``"global"``).
+        target_macs: Keep this fraction of the estimated MACs instead (searches the ratio).
+        target_params: Keep this fraction of the parameters instead (searches the ratio).
+        criterion: Importance of units: ``"l2"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``,
+            ``"random"`` or a :class:`~prunekit.structured.criteria.ChannelCriterion`.
+        scope: ``"layer"`` or ``"global"``.
+        ignore: Modules (objects, name globs, or types) whose output width is kept.
+        round_to: Keep a multiple of this many channels per channel group.
+        prune_heads: Allow removing whole attention heads.
+        prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
+        on_unknown: ``"keep"`` (warn and keep what unknown ops touch) or ``"raise"`` (``UnsupportedOpError``).
+        gqa: ``"kv_groups"`` or ``"query_heads"`` (see :class:`ChannelPruneConfig`).
+        data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
+        loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
+        config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
+        check: Compare the pruned model's outputs on ``example_inputs`` with the original's with the
+            removed slices zeroed (one extra forward); a mismatch restores the model and raises.
+
+    Returns:
+        A :class:`ChannelPruneResult` (plan, widths before/after, what was kept and why).
+
+    Raises:
+        ConfigError: bad ratio/target/scope/criterion.
+        UnknownModuleError: an ``ignore`` entry matches nothing.
+        DataRequiredError: ``taylor`` without data and without gradients.
+        PlanError: the pruned model could not be built or run (the model is restored).
+    """
+    t0 = time.perf_counter()
+    cfg = config or ChannelPruneConfig(
+        ratio=ratio,
+        target_macs=target_macs,
+        target_params=target_params,
+        criterion=criterion,
+        scope=scope,
+        round_to=round_to,
+        prune_heads=prune_heads,
+        prune_normalized=prune_normalized,
+        on_unknown=on_unknown,
+        gqa=gqa,
+    )
+    crit = get_criterion(cfg.criterion)
+    frozen_names = resolve_ignore(model, ignore)
+    ignored = frozenset(match_modules(model, ignore))
+    if getattr(crit, "needs_grad", False) and data is None:
+        used = [p for p in model.parameters() if p.requires_grad]
+        if not used or any(p.grad is None for p in used):
+            raise DataRequiredError(
+                f"criterion {getattr(crit, 'name', crit)!r} needs gradients: pass data=[(inputs, targets), ...] and "
+                "loss_fn=..., or call loss.backward() before prune_channels"
+            )
+    if getattr(crit, "needs_grad", False) and data is not None and loss_fn is None:
+        raise DataRequiredError("criterion 'taylor' with data= also needs loss_fn=(outputs, targets) -> loss")
+
+    trace = record(model, example_inputs)
+    params = dict(model.named_parameters())
+    saved_grads: dict[int, torch.Tensor | None] = {}
+    grads_ready = False
+    if getattr(crit, "needs_grad", False) and data is not None and loss_fn is not None:
+        saved_grads = {id(p): p.grad for p in model.parameters()}
+        modes = {m: m.training for m in model.modules()}
+        try:
+            compute_grads(model, data, loss_fn)
+        except Exception:
+            _restore_grads(model, saved_grads)
+            raise
+        finally:
+            for m, t in modes.items():
+                m.training = t
+        grads_ready = True
+    auto_kept: list[Skipped] = []
+    auto_names: set[str] = set()
+    try:
+        for _attempt in range(8):
+            graph, removed, plan, cands, sel = build_plan(model, trace, cfg, crit, frozen_names, params, ignored)
+            mask = sel.removed_labels(removed)
+            failure, applied = apply_checked(model, example_inputs, trace, plan, cands, check, graph, mask)
+            if failure is None:
+                plan = applied
+                break
+            where, why = failure
+            if not where or where in auto_names or where == "<root>":
+                raise PlanError(
+                    f"the pruned model {why} in module '{where or '<root>'}'; the model was restored unchanged. "
+                    f"A size is probably held outside the weights there: pass ignore=['{where or '...'}'] to keep it"
+                )
+            logger.info("pruning changed module %s in a way it does not support (%s): keeping it", where, why)
+            auto_names.add(where)
+            auto_kept.append(Skipped(where, f"kept at full width: pruning it made the model fail ({why})"))
+            frozen_names = {**frozen_names, **resolve_ignore(model, [where], all_dims=True)}
+        else:
+            raise PlanError(
+                f"pruning kept failing ({why}); the model was restored unchanged. Use ignore= on '{where}'"
+            )
+    finally:
+        if grads_ready:
+            _restore_grads(model, saved_grads)
+
+    groups = []
+    for g in graph.groups:
+        nrm = len(removed.get(g.gid, ()))
+        groups.append(
+            GroupChange(
+                g.name, g.kind, g.n_units, g.n_units - nrm, tuple(sorted({m.name for m in g.members}))
+            )
+        )
+    skipped = auto_kept + [Skipped(r.where, f"{r.op}: {r.reason}") for r in graph.frozen]
+    with_params = {n.rpartition(".")[0] for n in params}
+    for mname in sorted(with_params):
+        if mname not in trace.modules_run and mname:
+            skipped.append(Skipped(mname, "did not run on example_inputs: left unchanged"))
+    for s in skipped:
+        logger.info("kept %s: %s", s.where, s.reason)
+    unknown = sorted({f"'{r.op}' in '{r.where}'" for r in graph.frozen if r.unknown})
+    if unknown:
+        warnings.warn(
+            f"prune_channels cannot see through {', '.join(unknown)}; the channels they touch were kept at full "
+            "width (see result.skipped). Pass those modules in ignore=[...] to keep them without this warning",
+            UserWarning,
+            stacklevel=2,
+        )
+    base_macs, _ = sel.cost({})
+    macs_after, _ = sel.cost(removed)
+    return ChannelPruneResult(
+        plan=plan.to_dict(),
+        groups=groups,
+        skipped=_dedupe(skipped),
+        params_before=sum(
+            int(np.prod(trace.values[v].shape)) for v in {trace.param_values[n] for n in params}
+        ),
+        params_after=count_params(model),
+        macs_before=int(base_macs),
+        macs_after=int(macs_after),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _restore_grads(model: nn.Module, saved: Mapping[int, torch.Tensor | None]) -> None:
+    for p in model.parameters():
+        p.grad = saved.get(id(p))
+
+
+def _dedupe(items: list[Skipped]) -> list[Skipped]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for s in items:
+        if (s.where, s.reason) not in seen:
+            seen.add((s.where, s.reason))
+            out.append(s)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """One module with its own parameters."""
+
+    name: str
+    type: str
+    shapes: dict[str, tuple[int, ...]]
+    params: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """Parameters, MACs and per-layer shapes of a model (``str`` is a table, ``to_dict`` plain data)."""
+
+    params: int
+    macs: int
+    layers: tuple[LayerInfo, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
+        }
+
+    def __str__(self) -> str:
+        w = max([len(layer.name) for layer in self.layers] + [5])
+        lines = [f"{'layer':<{w}}  {'type':<16} {'params':>10}  shapes"]
+        for layer in self.layers:
+            shapes = ", ".join(f"{k} {tuple(v)}" for k, v in layer.shapes.items())
+            lines.append(f"{layer.name:<{w}}  {layer.type:<16} {layer.params:>10,}  {shapes}")
+        lines.append(f"total params {self.params:,}   MACs {self.macs:,}")
+        return "\n".join(lines)
+
+
+def summary(model: nn.Module, example_inputs: Any) -> ModelSummary:
+    """Parameters, MACs (one forward on ``example_inputs``) and the shapes of every layer.
+
+    Example:
+        >>> import torch
+        >>> s = summary(torch.nn.Linear(4, 3), torch.randn(2, 4))
+        >>> s.params, s.macs
+        (15, 24)
+    """
+    layers = []
+    seen: set[int] = set()
+    for name, mod in model.named_modules():
+        own = [(n, p) for n, p in mod.named_parameters(recurse=False) if id(p) not in seen]
+        own_all = list(mod.named_parameters(recurse=False))
+        if not own_all:
+            continue
+        for _, p in own:
+            seen.add(id(p))
+        layers.append(
+            LayerInfo(
+                name or "<root>",
+                type(mod).__name__,
+                {n: tuple(p.shape) for n, p in own_all},
+                sum(p.numel() for _, p in own),
+            )
+        )
+    return ModelSummary(
+        params=count_params(model), macs=count_macs(model, example_inputs), layers=tuple(layers)
+    )
+
+
+__all__ = [
+    "ChannelPruneConfig",
+    "ChannelPruneResult",
+    "GroupChange",
+    "LayerInfo",
+    "ModelSummary",
+    "Skipped",
+    "masked_reference",
+    "prune_channels",
+    "summary",
+]

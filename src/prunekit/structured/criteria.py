@@ -1,0 +1,247 @@
+"""Importance of channel groups (units) for structured pruning.
+
+A criterion scores every unit of a :class:`prunekit.graph.build.Group`; low scores are removed first. Strings
+(``"l2"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``, ``"random"``) resolve through a registry;
+any object with the :class:`ChannelCriterion` protocol works too::
+
+    class MyCriterion:
+        name = "mine"
+        needs_grad = False
+        def score(self, group, params, module_types):   # -> torch.Tensor of shape (group.n_units,)
+            ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from prunekit.errors import ConfigError
+from prunekit.graph import Group, Member
+
+
+@runtime_checkable
+class ChannelCriterion(Protocol):
+    """Protocol of a channel-group criterion.
+
+    Attributes:
+        name: Short name for reports.
+        needs_grad: If True, parameters carry ``.grad`` when ``score`` is called (from ``data``/``loss_fn``
+            or gradients already present).
+    """
+
+    name: str
+    needs_grad: bool
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        """Return one non-negative score per unit of ``group`` (shape ``(group.n_units,)``)."""
+        ...
+
+
+def reduce_members(
+    group: Group,
+    params: Mapping[str, torch.Tensor],
+    per_index: Callable[[torch.Tensor, int, str], torch.Tensor | None],
+) -> torch.Tensor:
+    """Sum ``per_index(tensor, dim, name)`` (one value per index of ``dim``) over members into units."""
+    total = torch.zeros(group.n_units, dtype=torch.float64)
+    for m in group.members:
+        t = params.get(m.name)
+        if t is None:
+            continue
+        vals = per_index(t.detach(), m.dim, m.name)
+        if vals is None:
+            continue
+        total += _scatter(m, vals.double().cpu(), group.n_units)
+    return total
+
+
+def _scatter(m: Member, vals: torch.Tensor, n_units: int) -> torch.Tensor:
+    units = torch.from_numpy(m.units)
+    sel = units >= 0
+    return torch.zeros(n_units, dtype=torch.float64).index_add_(0, units[sel], vals[sel])
+
+
+def _norm_along(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    """p-norm of every slice ``t.select(dim, i)`` (no temporary copy of ``t``)."""
+    if t.dim() == 1:
+        return t.float().abs()
+    if dim == 0:  # rows: vector_norm is fast along the contiguous dim
+        out: torch.Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1).float(), ord=p, dim=1)
+        return out
+    tf = t.float()
+    if t.numel() == 0:
+        return tf.abs().sum(_other_dims(t, dim)) if p == 1 else (tf * tf).sum(_other_dims(t, dim)).sqrt()
+    v = tf.abs() if p == 1 else tf * tf
+    # sum over the leading dims as a (1, lead) @ (lead, rest) product, then over the trailing dims: 1.5-3x
+    # faster than a strided .sum over dims (0, 2, 3) of a conv weight (vector_norm over dim 0 is ~10x slower)
+    lead = v.reshape(math.prod(t.shape[:dim]), -1)
+    ones = torch.ones(1, lead.shape[0], dtype=v.dtype, device=v.device)
+    out = (ones @ lead).reshape(t.shape[dim], -1).sum(1)
+    return out if p == 1 else out.sqrt()
+
+
+def _other_dims(t: torch.Tensor, dim: int) -> list[int]:
+    return [d for d in range(t.dim()) if d != dim]
+
+
+class L1:
+    """Sum of absolute values of every parameter slice of the unit."""
+
+    name = "l1"
+    needs_grad = False
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        return reduce_members(group, params, lambda t, d, n: _norm_along(t, d, 1))
+
+
+class L2:
+    """Euclidean norm of every parameter slice of the unit, taken together."""
+
+    name = "l2"
+    needs_grad = False
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        sq = reduce_members(group, params, lambda t, d, n: _norm_along(t, d, 2).pow(2))
+        return sq.sqrt()
+
+
+class BNScale:
+    """|gamma| of the BatchNorm layers in the unit (network slimming); groups without BatchNorm use L1."""
+
+    name = "bn_scale"
+    needs_grad = False
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        def gamma(t: torch.Tensor, d: int, n: str) -> torch.Tensor | None:
+            mod, _, attr = n.rpartition(".")
+            if attr == "weight" and "BatchNorm" in module_types.get(mod, "") and t.dim() == 1:
+                return t.abs().float()
+            return None
+
+        s = reduce_members(group, params, gamma)
+        if not bool((s != 0).any()):
+            return L1().score(group, params, module_types)
+        return s
+
+
+class Taylor:
+    """First-order Taylor estimate of the loss change |sum(w * dL/dw)| over the unit (Molchanov et al.)."""
+
+    name = "taylor"
+    needs_grad = True
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        def wg(t: torch.Tensor, d: int, n: str) -> torch.Tensor | None:
+            g = params[n].grad
+            if g is None:
+                return None
+            p = t.float() * g.detach().float()
+            return p.sum(_other_dims(p, d)) if p.dim() > 1 else p
+
+        return reduce_members(group, params, wg).abs()
+
+
+class FPGM:
+    """Filter pruning via geometric median: units close to all others are redundant (He et al. 2019)."""
+
+    name = "fpgm"
+    needs_grad = False
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        total = torch.zeros(group.n_units, dtype=torch.float64)
+        used = False
+        for m in group.members:
+            t = params.get(m.name)
+            if t is None or m.dim != 0 or t.dim() < 2:
+                continue
+            sel = m.units >= 0
+            units = m.units[sel]
+            counts = np.bincount(units, minlength=group.n_units)
+            if counts.min() != counts.max() or counts.min() == 0:
+                continue
+            rows = t.detach().float().reshape(t.shape[0], -1)[torch.from_numpy(np.nonzero(sel)[0])]
+            order = torch.from_numpy(np.argsort(units, kind="stable"))
+            vec = rows[order].reshape(group.n_units, -1)
+            total += torch.cdist(vec, vec).sum(1).double()
+            used = True
+        if not used:
+            return L2().score(group, params, module_types)
+        return total
+
+
+class Random:
+    """Uniform random scores (a baseline); uses torch's global generator."""
+
+    name = "random"
+    needs_grad = False
+
+    def score(
+        self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
+    ) -> torch.Tensor:
+        return torch.rand(group.n_units, dtype=torch.float64)
+
+
+CRITERIA: dict[str, type] = {
+    "bn_scale": BNScale,
+    "fpgm": FPGM,
+    "l1": L1,
+    "l2": L2,
+    "random": Random,
+    "taylor": Taylor,
+}
+
+
+def get_criterion(criterion: str | ChannelCriterion) -> ChannelCriterion:
+    """Resolve a name or pass through an object with the :class:`ChannelCriterion` protocol.
+
+    Raises:
+        ConfigError: unknown name (the message lists the valid ones) or an object without ``score``.
+
+    Example:
+        >>> get_criterion("l2").name
+        'l2'
+    """
+    if isinstance(criterion, str):
+        cls = CRITERIA.get(criterion.lower())
+        if cls is None:
+            raise ConfigError(
+                f"unknown channel criterion {criterion!r}; valid: {', '.join(sorted(CRITERIA))}, or an object with a score(group, params, module_types) method"
+            )
+        obj: ChannelCriterion = cls()
+        return obj
+    if not callable(getattr(criterion, "score", None)):
+        raise ConfigError(
+            f"criterion {criterion!r} has no score(group, params, module_types) method; valid names: {', '.join(sorted(CRITERIA))}"
+        )
+    return criterion
+
+
+__all__ = [
+    "CRITERIA",
+    "FPGM",
+    "L1",
+    "L2",
+    "BNScale",
+    "ChannelCriterion",
+    "Random",
+    "Taylor",
+    "get_criterion",
+    "reduce_members",
+]

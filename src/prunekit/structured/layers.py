@@ -1,0 +1,535 @@
+"""Layer pruning: score whole blocks and remove the least important ones physically.
+
+Blocks are found by one recorded forward pass. A block is a composite module (a module with
+parameterised children, itself not a ModuleList/Sequential) held in an ``nn.ModuleList`` or ``nn.Sequential`` whose siblings run as a
+chain (each one's output is the next one's input), called once, and whose hidden state keeps its
+shape and dtype across it::
+
+    ModuleList ──► block 0 ──► block 1 ──► block 2 ──► ...     x_out.shape == x_in.shape
+                                 │
+                 removing it == skipping it (output := input), so the model stays valid
+
+Importance of a block (lowest is removed first):
+
+* ``block_influence``: ``1 - cos(x_in, x_out)`` averaged over tokens (ShortGPT, Men et al. 2024);
+  tokens are the last dim of (B, T, D) / (B, D) states, the channel dim of conv maps;
+  padding tokens are ignored when the inputs carry an ``attention_mask``;
+* ``loss``: the measured loss increase on ``data`` when the block alone is skipped;
+* ``position``: later blocks first (the "drop the last layers" baseline).
+
+Removal deletes the blocks from their container (re-indexed), and for Hugging Face models updates
+``config.num_hidden_layers``, ``config.layer_types`` and every ``layer_idx`` attribute, so
+``save_pretrained`` -> ``from_pretrained`` rebuilds the shallower model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from prunekit.core import EvalMode, call_model, evaluate, model_device, take_batches, to_device
+from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
+
+LayerCriterion = Literal["block_influence", "loss", "position"]
+LAYER_CRITERIA: tuple[str, ...] = ("block_influence", "loss", "position")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockInfo:
+    """One child of a ModuleList/Sequential seen in the recorded forward pass.
+
+    Attributes:
+        name: the block's qualified name, e.g. ``"model.layers.3"``.
+        container: the qualified name of its ModuleList/Sequential.
+        index: its position in the container.
+        removable: whether it can be removed (skipping it keeps the model valid).
+        reason: why not, when it cannot.
+    """
+
+    name: str
+    container: str
+    index: int
+    removable: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerPruningResult:
+    """What :func:`prune_layers` removed.
+
+    Attributes:
+        removed: original qualified names of the removed blocks, in model order.
+        scores: importance of every candidate block (higher = more important).
+        criterion: the criterion used.
+        blocks_before: number of candidate blocks before.
+        blocks_after: number of candidate blocks after.
+        config_updated: names of the Hugging Face config fields that were updated.
+    """
+
+    removed: tuple[str, ...]
+    scores: dict[str, float]
+    criterion: str
+    blocks_before: int
+    blocks_after: int
+    config_updated: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {
+            "removed": list(self.removed),
+            "scores": dict(self.scores),
+            "criterion": self.criterion,
+            "blocks_before": self.blocks_before,
+            "blocks_after": self.blocks_after,
+            "config_updated": list(self.config_updated),
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"Layer pruning ({self.criterion}): removed {len(self.removed)} of {self.blocks_before} blocks",
+            *(
+                f"  {n:<40} {s:10.5f}{'  removed' if n in self.removed else ''}"
+                for n, s in self.scores.items()
+            ),
+        ]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording hidden states across blocks.
+# ----------------------------------------------------------------------------------------------
+
+
+def _hidden_in(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    hidden = kwargs.get("hidden_states")
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    for v in list(args) + list(kwargs.values()):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v
+    return None
+
+
+def _hidden_out(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
+def _replace_hidden(out: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(out, torch.Tensor):
+        return hidden
+    return type(out)((hidden, *out[1:])) if isinstance(out, tuple) else [hidden, *out[1:]]
+
+
+def _containers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > 0
+    ]
+
+
+def _is_composite(module: nn.Module) -> bool:
+    return any(any(True for _ in c.parameters()) for c in module.children())
+
+
+def find_blocks(model: nn.Module, example_inputs: Any) -> list[BlockInfo]:
+    """Every composite child of a ModuleList/Sequential, with whether it can be removed.
+
+    Runs one forward pass on ``example_inputs`` (tensor, tuple or kwargs dict) with hooks.
+    Blocks nested inside a removable block are not listed.
+    """
+    records: dict[str, list[tuple[torch.Tensor | None, torch.Tensor | None]]] = {}
+    order: list[str] = []
+    handles = []
+    children: list[tuple[str, str, int, nn.Module]] = []
+    for cname, container in _containers(model):
+        for i, (key, child) in enumerate(container.named_children()):
+            if _is_composite(child) and not isinstance(child, (nn.ModuleList, nn.Sequential)):
+                children.append((f"{cname}.{key}" if cname else key, cname, i, child))
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            records.setdefault(name, []).append((_hidden_in(args, kwargs), _hidden_out(out)))
+            order.append(name)
+
+        return fn
+
+    for name, _, _, child in children:
+        handles.append(child.register_forward_hook(hook(name), with_kwargs=True))
+    try:
+        with torch.no_grad(), EvalMode(model):
+            call_model(model, to_device(example_inputs, model_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+
+    by_container: dict[str, list[str]] = {}
+    for name, cname, _, _ in children:
+        by_container.setdefault(cname, []).append(name)
+    infos: list[BlockInfo] = []
+    for name, cname, index, _ in children:
+        calls = records.get(name, [])
+        reason = ""
+        if len(calls) != 1:
+            reason = f"called {len(calls)} times in one forward pass (expected once)"
+        else:
+            x_in, x_out = calls[0]
+            if x_in is None or x_out is None:
+                reason = "its input or output is not a tensor (or a tuple starting with one)"
+            elif x_in.shape != x_out.shape or x_in.dtype != x_out.dtype:
+                reason = (
+                    f"its hidden state changes across it: input {tuple(x_in.shape)} {x_in.dtype}, "
+                    f"output {tuple(x_out.shape)} {x_out.dtype}"
+                )
+            else:
+                reason = _chain_reason(name, by_container[cname], records, order)
+        infos.append(BlockInfo(name=name, container=cname, index=index, removable=not reason, reason=reason))
+    removable = [b.name for b in infos if b.removable]
+    return [b for b in infos if not any(b.name.startswith(r + ".") for r in removable)]
+
+
+def _chain_reason(
+    name: str, siblings: Sequence[str], records: Mapping[str, list[Any]], order: Sequence[str]
+) -> str:
+    """Empty if the block's siblings around it run as a chain (prev output -> input -> next input)."""
+    called = [s for s in order if s in siblings]
+    pos = called.index(name)
+    x_in, x_out = records[name][0]
+    if pos > 0:
+        prev_out = records[called[pos - 1]][0][1]
+        if prev_out is None or not (
+            prev_out is x_in or (prev_out.shape == x_in.shape and torch.equal(prev_out, x_in))
+        ):
+            return f"its input is not the output of the block before it ({called[pos - 1]!r}); the container is not a chain"
+    if pos + 1 < len(called):
+        next_in = records[called[pos + 1]][0][0]
+        if next_in is None or not (
+            next_in is x_out or (next_in.shape == x_out.shape and torch.equal(next_in, x_out))
+        ):
+            return f"its output is not the input of the block after it ({called[pos + 1]!r}); the container is not a chain"
+    return ""
+
+
+@contextlib.contextmanager
+def skip_blocks(model: nn.Module, names: Iterable[str]) -> Iterator[None]:
+    """Within the context, the named blocks return their input unchanged (as if removed).
+
+    The blocks still run (their output is discarded); used to score a block by its loss and as the
+    reference for what removal must compute.
+    """
+    modules = dict(model.named_modules())
+    handles = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
+        hidden = _hidden_in(args, kwargs)
+        return _replace_hidden(out, hidden) if hidden is not None else out
+
+    try:
+        for n in names:
+            if n not in modules:
+                raise UnknownModuleError(f"no module named {n!r} in {type(model).__name__}")
+            handles.append(modules[n].register_forward_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring.
+# ----------------------------------------------------------------------------------------------
+
+
+def _token_cosine(
+    x_in: torch.Tensor, x_out: torch.Tensor, token_mask: torch.Tensor | None
+) -> tuple[float, float]:
+    """(sum of per-token cosine similarities, number of tokens)."""
+    a, b = x_in.float(), x_out.float()
+    if a.ndim >= 4:  # (B, C, H, W): a token is one spatial position, its features the channels
+        a, b = a.movedim(1, -1), b.movedim(1, -1)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8)  # (B, T) or (B,)
+    if token_mask is not None and token_mask.shape == cos.shape:
+        w = token_mask.to(cos.dtype)
+        return float((cos * w).sum()), float(w.sum())
+    return float(cos.sum()), float(cos.numel())
+
+
+def _token_mask(inputs: Any) -> torch.Tensor | None:
+    if isinstance(inputs, Mapping) and isinstance(inputs.get("attention_mask"), torch.Tensor):
+        mask: torch.Tensor = inputs["attention_mask"]
+        return mask if mask.ndim == 2 else None
+    return None
+
+
+def block_influence(model: nn.Module, names: Sequence[str], inputs_list: Sequence[Any]) -> dict[str, float]:
+    """Block Influence ``1 - mean cos(x_in, x_out)`` of each named block over the given inputs."""
+    modules = dict(model.named_modules())
+    sums = {n: [0.0, 0.0] for n in names}
+    current_mask: list[torch.Tensor | None] = [None]
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            x_in, x_out = _hidden_in(args, kwargs), _hidden_out(out)
+            if x_in is not None and x_out is not None:
+                s, c = _token_cosine(x_in, x_out, current_mask[0])
+                sums[name][0] += s
+                sums[name][1] += c
+
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n), with_kwargs=True) for n in names]
+    device = model_device(model)
+    try:
+        with torch.no_grad(), EvalMode(model):
+            for inputs in inputs_list:
+                inputs = to_device(inputs, device)
+                current_mask[0] = _token_mask(inputs)
+                call_model(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: 1.0 - s / max(c, 1.0) for n, (s, c) in sums.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Removal.
+# ----------------------------------------------------------------------------------------------
+
+
+def _owning_config(model: nn.Module, container: str) -> Any:
+    """The ``config`` of the nearest module above ``container`` that has one (HF models), else None."""
+    parts = container.split(".") if container else []
+    for i in range(len(parts) - 1, -1, -1):
+        owner = model.get_submodule(".".join(parts[:i])) if i else model
+        config = getattr(owner, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):
+            return config
+    return None
+
+
+def _update_hf_config(config: Any, old_len: int, removed_idx: Sequence[int], new_len: int) -> tuple[str, ...]:
+    if config is None:
+        return ()
+    updated: list[str] = []
+    if getattr(config, "num_hidden_layers", None) == old_len:
+        config.num_hidden_layers = new_len
+        updated.append("num_hidden_layers")
+    for key in ("layer_types", "sliding_window_pattern_list"):  # per-layer lists
+        values = getattr(config, key, None)
+        if isinstance(values, (list, tuple)) and len(values) == old_len:
+            setattr(config, key, [t for i, t in enumerate(values) if i not in set(removed_idx)])
+            updated.append(key)
+    return tuple(updated)
+
+
+def _drop_children(container: nn.Module, drop: set[int]) -> None:
+    """Delete children at positions ``drop`` in place; integer keys are renumbered 0..n-1."""
+    items = [(k, m) for i, (k, m) in enumerate(container._modules.items()) if i not in drop]
+    renumber = all(k.isdigit() for k, _ in items)
+    container._modules = OrderedDict((str(i) if renumber else k, m) for i, (k, m) in enumerate(items))
+
+
+def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, ...]:
+    """Delete ``blocks`` from their containers in place; update HF config and ``layer_idx``.
+
+    The containers stay the same objects (their children are re-indexed). Returns the names of the
+    updated config fields.
+    """
+    by_container: dict[str, set[int]] = {}
+    for b in blocks:
+        by_container.setdefault(b.container, set()).add(b.index)
+    containers = {c: model.get_submodule(c) if c else model for c in by_container}
+    saved = {c: OrderedDict(m._modules) for c, m in containers.items()}
+    saved_idx = [
+        (sub, sub.layer_idx) for sub in model.modules() if isinstance(getattr(sub, "layer_idx", None), int)
+    ]
+    configs = {id(cfg): cfg for cfg in (_owning_config(model, c) for c in by_container) if cfg is not None}
+    keys = ("num_hidden_layers", "layer_types", "sliding_window_pattern_list")
+    saved_cfg = [(cfg, k, getattr(cfg, k)) for cfg in configs.values() for k in keys if hasattr(cfg, k)]
+    updated: list[str] = []
+    try:
+        for c, container in containers.items():
+            old = list(container.children())
+            kept = [i for i in range(len(old)) if i not in by_container[c]]
+            _drop_children(container, by_container[c])
+            for new_i, old_i in enumerate(kept):
+                for sub in old[old_i].modules():
+                    if isinstance(getattr(sub, "layer_idx", None), int) and sub.layer_idx == old_i:
+                        setattr(sub, "layer_idx", new_i)  # noqa: B010  (typed as Tensor | Module)
+            config = _owning_config(model, c)
+            for f in _update_hf_config(config, len(old), sorted(by_container[c]), len(kept)):
+                if f not in updated:
+                    updated.append(f)
+    except Exception:
+        for c, container in containers.items():
+            container._modules = saved[c]
+        for sub, idx in saved_idx:
+            setattr(sub, "layer_idx", idx)  # noqa: B010
+        for cfg, k, v in saved_cfg:
+            setattr(cfg, k, v)
+        raise
+    return tuple(updated)
+
+
+def prune_layers(
+    model: nn.Module,
+    example_inputs: Any,
+    n: int = 1,
+    *,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[[Any, Any], Any] | None = None,
+    criterion: LayerCriterion = "block_influence",
+    blocks: str | Sequence[str] | None = None,
+    max_batches: int | None = None,
+) -> LayerPruningResult:
+    """Remove the ``n`` least important blocks of ``model`` in place; the model gets shallower.
+
+    Args:
+        model: the model (e.g. a Hugging Face transformer or a ResNet-like network).
+        example_inputs: one batch of inputs (tensor, tuple or kwargs dict), used to find blocks and,
+            without ``data``, to score them.
+        n: number of blocks to remove (at least 1; at least one block of each container stays).
+        data: iterable of ``(inputs, targets)``: needed by ``criterion="loss"``, optional for
+            ``block_influence`` (which then averages over these batches' inputs).
+        loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="loss"``.
+        criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
+        blocks: restrict candidates to one container (its qualified name, e.g. ``"model.layers"``)
+            or to a list of block names; by default every removable block found.
+        max_batches: use at most this many batches of ``data``.
+
+    Returns:
+        A :class:`LayerPruningResult` with the removed names and every candidate's score.
+
+    Raises:
+        PlanError: a named block cannot be removed (its shape changes, or it is not in a chain),
+            or fewer than ``n`` blocks can be removed. The model is left untouched.
+        ConfigError: bad ``n`` or ``criterion``.
+        DataRequiredError: ``criterion="loss"`` without ``data`` and ``loss_fn``.
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> class Res(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.f = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
+        ...     def forward(self, x):
+        ...         return x + self.f(x)
+        >>> model = torch.nn.Sequential(*[Res() for _ in range(4)])
+        >>> res = pk.prune_layers(model, torch.randn(2, 8), n=1, criterion="position")
+        >>> len(model), res.removed
+        (3, ('3',))
+    """
+    if criterion not in LAYER_CRITERIA:
+        raise ConfigError(
+            f"unknown layer criterion {criterion!r}; valid names are {', '.join(LAYER_CRITERIA)}"
+        )
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer number of blocks to remove, got {n!r}")
+    if criterion == "loss" and (data is None or loss_fn is None):
+        raise DataRequiredError("criterion='loss' needs data= (iterable of (inputs, targets)) and loss_fn=")
+    infos = find_blocks(model, example_inputs)
+    candidates = _candidates(model, infos, blocks)
+    if len(candidates) < n:
+        pool = [b for b in infos if blocks is None or b.container == blocks or b.name in blocks]
+        not_removable = [f"{b.name}: {b.reason}" for b in pool if not b.removable][:8]
+        raise PlanError(
+            f"cannot remove {n} blocks: only {len(candidates)} removable block(s) found "
+            f"({[b.name for b in candidates]}). Not removable: {not_removable or 'none'}. Lower n"
+        )
+    sizes = {
+        b.container: len(list((model.get_submodule(b.container) if b.container else model).children()))
+        for b in candidates
+    }
+
+    batches = take_batches(data, max_batches, "prune_layers") if data is not None else None
+    names = [b.name for b in candidates]
+    if criterion == "block_influence":
+        scores = block_influence(model, names, [i for i, _ in batches] if batches else [example_inputs])
+    elif criterion == "loss":
+        assert batches is not None and loss_fn is not None
+        with EvalMode(model):
+            base = evaluate(model, batches, loss_fn).loss
+            scores = {}
+            for name in names:
+                with skip_blocks(model, [name]):
+                    scores[name] = evaluate(model, batches, loss_fn).loss - base
+    else:
+        scores = {name: float(len(names) - i) for i, name in enumerate(names)}
+
+    chosen: list[BlockInfo] = []
+    left = dict(sizes)
+    for b in sorted(candidates, key=lambda b: (scores[b.name], -names.index(b.name))):
+        if len(chosen) == n:
+            break
+        if left[b.container] > 1:  # never empty a container
+            chosen.append(b)
+            left[b.container] -= 1
+    if len(chosen) < n:
+        raise PlanError(f"cannot remove {n} blocks without emptying a container ({sizes}); lower n")
+    chosen.sort(key=lambda b: names.index(b.name))
+    updated = remove_blocks(model, chosen)
+    return LayerPruningResult(
+        removed=tuple(b.name for b in chosen),
+        scores=scores,
+        criterion=criterion,
+        blocks_before=len(candidates),
+        blocks_after=len(candidates) - len(chosen),
+        config_updated=updated,
+    )
+
+
+def _candidates(
+    model: nn.Module, infos: Sequence[BlockInfo], blocks: str | Sequence[str] | None
+) -> list[BlockInfo]:
+    if blocks is None:
+        return [b for b in infos if b.removable]
+    by_name = {b.name: b for b in infos}
+    if isinstance(blocks, str):
+        chosen = [b for b in infos if b.container == blocks]
+        if not chosen:
+            containers = sorted({b.container for b in infos})
+            raise UnknownModuleError(
+                f"{blocks!r} is not a ModuleList/Sequential of blocks in {type(model).__name__}; "
+                f"containers with blocks: {containers}"
+            )
+        return [b for b in chosen if b.removable]  # the count check reports the others' reasons
+    else:
+        unknown = [n for n in blocks if n not in by_name]
+        if unknown:
+            raise UnknownModuleError(
+                f"{unknown} are not blocks (composite children of a ModuleList/Sequential that ran); "
+                f"blocks found: {list(by_name)[:12]}"
+            )
+        chosen = [by_name[n] for n in blocks]
+    bad = [b for b in chosen if not b.removable]
+    if bad:
+        raise PlanError(
+            "cannot remove "
+            + "; ".join(f"{b.name!r}: {b.reason}" for b in bad[:5])
+            + ". Only blocks whose output has the input's shape, in a chain of blocks, can be removed; "
+            "leave these out of blocks="
+        )
+    return chosen
+
+
+__all__ = [
+    "BlockInfo",
+    "LayerPruningResult",
+    "block_influence",
+    "find_blocks",
+    "prune_layers",
+    "remove_blocks",
+    "skip_blocks",
+]

@@ -1,0 +1,395 @@
+"""Which channels go: ignore specs, gradients for data-aware criteria, selection by ratio or target, the Plan.
+
+::
+
+    build_graph -> score every group (criterion) -> _Selector.select(ratio, scope, round_to)
+        (or bisect the ratio until target_macs / target_params is met) -> _make_plan (data, not yet applied)
+
+Used by :func:`prunekit.structured.api.prune_channels`; nothing here changes the model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, UnknownModuleError, UnsupportedOpError
+from prunekit.graph import SIZE_ATTR, DependencyGraph, Group, Trace, as_args, build_graph
+from prunekit.structured.criteria import ChannelCriterion
+from prunekit.structured.surgery import AttrUpdate, Plan, PlanEntry
+
+if TYPE_CHECKING:
+    from prunekit.structured.api import ChannelPruneConfig
+
+logger = logging.getLogger("prunekit.structured.api")
+
+IgnoreSpec = nn.Module | str | type
+
+
+def match_modules(model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None) -> set[str]:
+    """Names of the modules matched by ``ignore`` (objects, name globs, types)."""
+    if ignore is None:
+        return set()
+    if isinstance(ignore, (nn.Module, str, type)):
+        ignore = [ignore]
+    names = dict(model.named_modules())
+    by_id = {id(m): n for n, m in names.items()}
+    matched: set[str] = set()
+    for spec in ignore:
+        if isinstance(spec, nn.Module):
+            if id(spec) not in by_id:
+                raise UnknownModuleError(
+                    f"ignore= has a {type(spec).__name__} module that is not part of the model; pass a submodule of the model, its name, or a type"
+                )
+            matched.add(by_id[id(spec)])
+        elif isinstance(spec, str):
+            hits = [n for n in names if n and fnmatch.fnmatchcase(n, spec)]
+            if not hits:
+                sample = ", ".join(n for n in list(names)[1:8])
+                raise UnknownModuleError(
+                    f"ignore= pattern {spec!r} matches no module; module names look like: {sample}"
+                )
+            matched.update(hits)
+        elif isinstance(spec, type):
+            hits = [n for n, m in names.items() if isinstance(m, spec)]
+            if not hits:
+                raise UnknownModuleError(f"ignore= type {spec.__name__} matches no module of the model")
+            matched.update(hits)
+        else:
+            raise ConfigError(
+                f"ignore= entries must be modules, name globs or types, got {type(spec).__name__}"
+            )
+    return matched
+
+
+def resolve_ignore(
+    model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None, all_dims: bool = False
+) -> dict[str, list[int]]:
+    """Parameter name -> dims kept at full width for the modules matched by ``ignore``."""
+    matched = match_modules(model, ignore)
+    names = dict(model.named_modules())
+    frozen: dict[str, list[int]] = {}
+    for prefix in matched:
+        for sub, m in names[prefix].named_modules():
+            full = f"{prefix}.{sub}".strip(".") if sub else prefix
+            for pname, p in m.named_parameters(recurse=False):
+                dims = list(range(p.dim())) if all_dims else [1] if type(m).__name__ == "Conv1D" else [0]
+                frozen[f"{full}.{pname}".lstrip(".")] = [d for d in dims if d < p.dim()]
+    # map to canonical names (tied parameters)
+    canon: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        canon.setdefault(id(p), n)
+    all_params = dict(model.named_parameters(remove_duplicate=False))
+    return {canon.get(id(all_params[n]), n): d for n, d in frozen.items() if n in all_params}
+
+
+def compute_grads(
+    model: nn.Module, data: Iterable[Any], loss_fn: Callable[..., torch.Tensor], max_batches: int = 8
+) -> None:
+    model.zero_grad(set_to_none=True)
+    for i, batch in enumerate(data):
+        if i >= max_batches:
+            break
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            x, y = batch
+            args, kwargs = as_args(x)
+            loss = loss_fn(model(*args, **kwargs), y)
+        else:
+            args, kwargs = as_args(batch)
+            loss = loss_fn(model(*args, **kwargs))
+        loss.backward()  # type: ignore[no-untyped-call]
+
+
+class _Selector:
+    """Chooses units to remove and estimates params/MACs of a choice (used for target search)."""
+
+    def __init__(self, graph: DependencyGraph, scores: list[np.ndarray], round_to: int | None) -> None:
+        self.g = graph
+        self.scores = scores
+        self.round_to = round_to
+        self.order = [np.argsort(s, kind="stable") for s in scores]
+        n_labels = int(graph.labels.max()) + 1 if len(graph.labels) else 1
+        self.n_labels = n_labels
+        self.cost_labels = [([graph.labels[f] for f in c.factors], c.macs) for c in graph.costs]
+        self.param_labels: dict[int, list[np.ndarray]] = defaultdict(list)
+        for vid, _d, start, size in graph.param_dims:
+            if graph.trace.values[vid].kind == "param":
+                self.param_labels[vid].append(graph.labels[start : start + size])
+        norm = []
+        for s in scores:
+            m = float(np.mean(s)) if len(s) else 1.0
+            norm.append(s / m if m > 0 else np.ones_like(s))
+        self.norm = norm
+
+    def _round(self, keep: int, n: int, grp: Group) -> int:
+        keep = max(1, min(n, keep))
+        r = self.round_to
+        if r and grp.kind == "channel" and n > r:
+            keep = min(n, max(r, int(math.ceil(keep / r)) * r))
+        return keep
+
+    def select(self, ratio: float | Mapping[int, float], scope: str) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        groups = self.g.groups
+        if scope == "layer" or isinstance(ratio, Mapping):
+            for g in groups:
+                r = ratio.get(g.gid, 0.0) if isinstance(ratio, Mapping) else ratio
+                keep = self._round(g.n_units - int(math.floor(r * g.n_units)), g.n_units, g)
+                if keep < g.n_units:
+                    out[g.gid] = self.order[g.gid][: g.n_units - keep]
+            return out
+        if not groups:
+            return out
+        allv = np.concatenate(self.norm)
+        gid = np.concatenate([np.full(g.n_units, g.gid) for g in groups])
+        count = int(math.floor(ratio * len(allv)))
+        if count == 0:
+            return out
+        lowest = np.argsort(allv, kind="stable")[:count]
+        per = np.bincount(gid[lowest], minlength=len(groups))
+        for g in groups:
+            keep = self._round(g.n_units - int(per[g.gid]), g.n_units, g)
+            if keep < g.n_units:
+                out[g.gid] = self.order[g.gid][: g.n_units - keep]
+        return out
+
+    def removed_labels(self, removed: Mapping[int, np.ndarray]) -> np.ndarray:
+        mask = np.zeros(self.n_labels, dtype=bool)
+        for gid, units in removed.items():
+            mask[self.g.groups[gid].labels[units]] = True
+        return mask
+
+    def cost(self, removed: Mapping[int, np.ndarray]) -> tuple[float, float]:
+        mask = self.removed_labels(removed)
+        macs = 0.0
+        for factors, base in self.cost_labels:
+            frac = 1.0
+            for lab in factors:
+                if len(lab):
+                    frac *= 1.0 - float(mask[lab].mean())
+            macs += base * frac
+        params = 0.0
+        for dims in self.param_labels.values():
+            params += math.prod(int(len(lab) - mask[lab].sum()) for lab in dims) if dims else 1
+        return macs, params
+
+
+def _make_plan(
+    model: nn.Module, graph: DependencyGraph, removed: Mapping[int, np.ndarray], mask: np.ndarray
+) -> tuple[Plan, tuple[AttrUpdate, ...]]:
+    """The plan (slices + attributes of known module types) and candidate updates of stored sizes."""
+    rm: dict[tuple[str, int], np.ndarray] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    modules = dict(model.named_modules())
+    for gid, units in removed.items():
+        grp = graph.groups[gid]
+        gone = np.zeros(grp.n_units + 1, dtype=bool)  # last slot: unit -1 (index not in any unit)
+        gone[units] = True
+        for m in grp.members:
+            key = (m.name, m.dim)
+            hit = gone[np.where(m.units >= 0, m.units, grp.n_units)]
+            rm[key] = rm[key] | hit if key in rm else hit
+            sizes[key] = m.size
+    entries = []
+    new_shape: dict[str, list[int]] = {}
+    for (name, dim), hit in sorted(rm.items()):
+        if not hit.any():
+            continue
+        kept = tuple(np.flatnonzero(~hit).tolist())
+        entries.append(PlanEntry(fqn=name, dim=dim, size=sizes[(name, dim)], kept=kept))
+        if name not in new_shape:
+            mod, _, attr = name.rpartition(".")
+            new_shape[name] = list(getattr(modules[mod], attr).shape)
+        new_shape[name][dim] = len(kept)
+    attrs: dict[tuple[str, str], AttrUpdate] = {}
+
+    claimed: set[tuple[str, str]] = set()
+
+    def put(module: str, attr: str, new: Any) -> None:
+        mod = modules[module]
+        old = getattr(mod, attr)
+        claimed.add((module, attr))
+        if old != new and (module, attr) not in attrs:
+            attrs[(module, attr)] = AttrUpdate(module=module, name=attr, old=old, new=new)
+
+    conv_in: dict[str, tuple[int, bool]] = {}
+    for c in graph.convs:
+        kept_in = int((~mask[graph.labels[c.in_ids]]).sum())
+        conv_in[c.module] = (kept_in, c.depthwise)
+    canonical = {alias: v.names[0] for v in graph.trace.values for alias in v.names}
+    aliases = [a for a, c in canonical.items() if c in new_shape]
+    touched = {n.rpartition(".")[0] for n in aliases}
+    for mname in sorted(touched):
+        mod = modules[mname]
+
+        def shp(attr: str, mname: str = mname, mod: nn.Module = mod) -> list[int] | None:
+            key = canonical.get(f"{mname}.{attr}".lstrip("."), "")
+            if key in new_shape:
+                return new_shape[key]
+            t = getattr(mod, attr, None)
+            return list(t.shape) if isinstance(t, torch.Tensor) else None
+
+        w = shp("weight")
+        if isinstance(mod, nn.Linear) and w is not None:
+            put(mname, "in_features", w[1])
+            put(mname, "out_features", w[0])
+        elif isinstance(mod, nn.modules.conv._ConvTransposeNd) and w is not None:
+            put(mname, "in_channels", w[0])
+            put(mname, "out_channels", w[1] * mod.groups)
+        elif isinstance(mod, nn.modules.conv._ConvNd) and w is not None:
+            kin, dw = conv_in.get(mname, (w[1] * mod.groups, False))
+            if dw:
+                put(mname, "groups", kin)
+            put(mname, "in_channels", kin)
+            put(mname, "out_channels", w[0])
+        elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+            s = w or shp("running_mean")
+            if s is not None:
+                put(mname, "num_features", s[0])
+        elif isinstance(mod, nn.Embedding) and w is not None:
+            put(mname, "embedding_dim", w[1])
+            put(mname, "num_embeddings", w[0])
+        elif isinstance(mod, nn.LayerNorm) and w is not None:
+            put(mname, "normalized_shape", tuple(w))
+        elif isinstance(mod, nn.GroupNorm) and w is not None:
+            put(mname, "num_channels", w[0])
+        elif isinstance(mod, nn.PReLU) and w is not None:
+            put(mname, "num_parameters", w[0])
+        elif isinstance(mod, nn.MultiheadAttention) and shp("in_proj_weight") is not None:
+            e_new = shp("in_proj_weight")[1]  # type: ignore[index]
+            put(mname, "embed_dim", e_new)
+            put(mname, "kdim", e_new)
+            put(mname, "vdim", e_new)
+            put(mname, "num_heads", e_new // mod.head_dim)
+        elif type(mod).__name__ == "Conv1D" and w is not None:
+            if hasattr(mod, "nf"):
+                put(mname, "nf", w[1])
+            if hasattr(mod, "nx"):
+                put(mname, "nx", w[0])
+    for gg in graph.gqa_groups:
+        new_rep = int((~mask[graph.labels[gg.ids]]).sum()) // gg.kv_heads
+        if new_rep != gg.rep and gg.module in modules:
+            for attr, val in vars(modules[gg.module]).items():
+                if type(val) is int and val == gg.rep and "group" in attr:
+                    put(gg.module, attr, new_rep)
+    # size literals in reshapes/splits (stored head counts, hidden sizes): candidates only, tried if needed
+    extra: dict[tuple[str, str], AttrUpdate | None] = {}
+    for ev in graph.events:
+        new = int((~mask[graph.labels[ev.ids]]).sum())
+        if new == ev.old:
+            continue
+        for mname, attr in _find_size_attrs(model, ev.module, ev.old):
+            akey = (mname, attr)
+            if akey in attrs or akey in claimed:
+                continue
+            prev = extra.get(akey)
+            if akey in extra and (prev is None or prev.new != new):
+                extra[akey] = None  # two different new values: ambiguous, never set
+            else:
+                extra[akey] = AttrUpdate(module=mname, name=attr, old=ev.old, new=new)
+    cands = tuple(a for a in extra.values() if a is not None)
+    return Plan(entries=tuple(entries), attributes=tuple(attrs.values())), cands
+
+
+def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str, str]]:
+    parts = module.split(".") if module else []
+    for k in range(len(parts), -1, -1):
+        name = ".".join(parts[:k])
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            continue
+        hits = [
+            (name, a)
+            for a, v in vars(mod).items()
+            if not a.startswith("_") and type(v) is int and v == old and SIZE_ATTR.search(a)
+        ]
+        if hits:
+            return hits
+    return []
+
+
+def build_plan(
+    model: nn.Module,
+    trace: Trace,
+    cfg: ChannelPruneConfig,
+    crit: ChannelCriterion,
+    frozen_names: dict[str, list[int]],
+    params: Mapping[str, torch.Tensor],
+    ignored_modules: frozenset[str] = frozenset(),
+) -> tuple[DependencyGraph, dict[int, np.ndarray], Plan, tuple[AttrUpdate, ...], _Selector]:
+    graph = build_graph(
+        trace,
+        prune_heads=cfg.prune_heads,
+        frozen_names=frozen_names,
+        prune_normalized=cfg.prune_normalized,
+        ignored_modules=ignored_modules,
+        gqa=cfg.gqa,
+    )
+    unknown = [r for r in graph.frozen if r.unknown]
+    if unknown and cfg.on_unknown == "raise":
+        r = unknown[0]
+        raise UnsupportedOpError(
+            f"prune_channels cannot see through {r.op!r} in module '{r.where}' ({r.reason}); the model is unchanged. "
+            f"Pass ignore=['{r.where}'] to keep that module at full width, or on_unknown='keep'"
+        )
+    scores = [np.asarray(crit.score(g, params, trace.module_types), dtype=np.float64) for g in graph.groups]
+    for g, sc in zip(graph.groups, scores, strict=True):
+        if sc.shape != (g.n_units,):
+            raise ConfigError(
+                f"criterion {getattr(crit, 'name', crit)!r} returned shape {sc.shape} for group '{g.name}', "
+                f"expected ({g.n_units},)"
+            )
+    sel = _Selector(graph, scores, cfg.round_to)
+    target = cfg.target_macs if cfg.target_macs is not None else cfg.target_params
+    if target is not None:
+        which = 0 if cfg.target_macs is not None else 1
+        goal = target * sel.cost({})[which]
+        lo, hi = 0.0, 0.999
+        best = sel.select(hi, cfg.scope)
+        if sel.cost(best)[which] > goal:
+            logger.warning("target %.3f cannot be reached; pruning as much as allowed", target)
+        else:
+            for _ in range(24):
+                mid = (lo + hi) / 2
+                cand = sel.select(mid, cfg.scope)
+                if sel.cost(cand)[which] <= goal:
+                    hi, best = mid, cand
+                else:
+                    lo = mid
+        removed = best
+    else:
+        removed = sel.select(_group_ratios(model, graph, cfg.ratio), cfg.scope)
+    mask = sel.removed_labels(removed)
+    plan, cands = _make_plan(model, graph, removed, mask)
+    return graph, removed, plan, cands, sel
+
+
+def _group_ratios(
+    model: nn.Module, graph: DependencyGraph, ratio: float | Mapping[str, float]
+) -> float | dict[int, float]:
+    """A float, or per group the largest ratio of the modules whose weight dim 0 (output) it holds."""
+    if not isinstance(ratio, Mapping):
+        return float(ratio)
+    names = dict(model.named_modules())
+    missing = [n for n in ratio if n not in names]
+    if missing:
+        raise UnknownModuleError(
+            f"ratio= names modules {missing} that are not in the model; e.g. {list(names)[1:6]}"
+        )
+    out: dict[int, float] = {}
+    for g in graph.groups:
+        for m in g.members:
+            mod, _, attr = m.name.rpartition(".")
+            odim = 1 if type(names.get(mod)).__name__ == "Conv1D" else 0
+            if attr == "weight" and m.dim == odim and mod in ratio:
+                out[g.gid] = max(out.get(g.gid, 0.0), float(ratio[mod]))
+    return out

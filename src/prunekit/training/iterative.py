@@ -1,0 +1,93 @@
+"""Iterative pruning (Han et al. 2015): prune a fraction, fine-tune, repeat until the target sparsity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from prunekit.core import LossFn, evaluate
+from prunekit.errors import ConfigError
+from prunekit.training.common import OptimizerLike, check_optimizer, make_optimizer, weight_sparsity
+from prunekit.training.loop import fit
+from prunekit.training.results import ResultsTable, RunResult
+from prunekit.training.schedules import IterativeSchedule
+
+
+def iterative_prune(
+    model: nn.Module,
+    train_loader: Any,
+    *,
+    target: float,
+    rate: float = 0.5,
+    optimizer: OptimizerLike,
+    epochs_per_round: int | None = 1,
+    steps_per_round: int | None = None,
+    criterion: Any = "magnitude",
+    scope: Literal["global", "layer"] = "global",
+    include: Sequence[Any] | None = None,
+    exclude: Sequence[Any] | None = None,
+    val_loader: Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> RunResult:
+    """Prune ``model`` in place in rounds: remove ``rate`` of the surviving weights, fine-tune, repeat.
+
+    The sparsity after round ``k`` is ``min(target, 1 - (1 - rate) ** k)`` (an
+    :class:`~prunekit.training.schedules.IterativeSchedule`). Start from a trained model.
+
+    Args:
+        model: a trained model, pruned in place.
+        train_loader: fine-tuning data.
+        target: final sparsity in [0, 1).
+        rate: fraction of surviving weights removed per round.
+        optimizer: an optimizer (kept across rounds) or a factory ``f(params)`` (fresh each round).
+        epochs_per_round: fine-tuning epochs per round (or give ``steps_per_round``).
+        steps_per_round: fine-tuning steps per round (overrides ``epochs_per_round``).
+        criterion, scope, include, exclude: passed to :func:`prunekit.prune_weights`.
+        val_loader: evaluated before pruning (round 0) and after each round.
+        loss_fn: default cross-entropy.
+        checkpoint_dir: makes the run resumable (one checkpoint per round).
+
+    Returns:
+        A :class:`RunResult` whose table has one row per round: round, sparsity, loss, accuracy.
+
+    Raises:
+        ConfigError: for a bad target/rate or no fine-tuning length.
+    """
+    from prunekit.weights import prune_weights
+
+    check_optimizer(optimizer)
+    schedule = IterativeSchedule(target=target, rate=rate, every=1)
+    if steps_per_round is None and epochs_per_round is None:
+        raise ConfigError("iterative_prune needs epochs_per_round=... or steps_per_round=...")
+    steps = steps_per_round if steps_per_round is not None else epochs_per_round * len(train_loader)  # type: ignore[operator]
+    table = ResultsTable("iterative")
+    if val_loader is not None:
+        r = evaluate(model, val_loader, loss_fn)
+        table.rows.append({"round": 0, "sparsity": 0.0, "loss": r.loss, "accuracy": r.accuracy})
+    final = None
+    for k in range(schedule.rounds):
+        sparsity = schedule.sparsity(k)
+        prune_weights(model, sparsity, criterion=criterion, scope=scope, include=include, exclude=exclude)
+        opt = make_optimizer(optimizer, model)
+        ckpt = Path(checkpoint_dir) / f"round-{k + 1:03d}.safetensors" if checkpoint_dir is not None else None
+        res = fit(
+            model, opt, train_loader, steps=steps, loss_fn=loss_fn, val_loader=val_loader, checkpoint=ckpt
+        )
+        final = res.final
+        row: dict[str, Any] = {"round": k + 1, "sparsity": weight_sparsity(model), "target": sparsity}
+        if final is not None:
+            row.update(loss=final.loss, accuracy=final.accuracy)
+        table.rows.append(row)
+    return RunResult(
+        table=table,
+        sparsity=weight_sparsity(model),
+        accuracy=final.accuracy if final else None,
+        loss=final.loss if final else None,
+    )
+
+
+__all__ = ["iterative_prune"]

@@ -1,0 +1,688 @@
+"""Pruning during training, driven by one call per step.
+
+::
+
+    for x, y in loader:                      # any plain PyTorch loop
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(); loss.backward()
+        optimizer.step()
+        pruner.step()                        # after optimizer.step(), before the next zero_grad
+
+:class:`Pruner` masks weights (through :func:`prunekit.prune_weights`) so that the sparsity after
+step ``t`` is exactly ``schedule.sparsity(t)`` (up to one weight of rounding), and optionally moves
+the mask at constant sparsity (prune-and-regrow)::
+
+    every `every` steps until `end_step`:    f_t = drop_fraction * (1 + cos(pi * t / end_step)) / 2
+      per layer: drop the f_t * active weights of smallest |w|
+                 grow as many among the inactive ones: SET = at random, RigL = largest |grad|
+      grown weights start at exactly 0 and their optimizer state (momentum, Adam moments) is reset
+
+:class:`ChannelPruner` does the structured version: whole output channels are masked on a schedule
+during training, and :meth:`ChannelPruner.finalize` removes them physically at the end. The model's
+parameters are then new, smaller tensors: **rebuild the optimizer after ``finalize``**. With
+``ChannelPrunerConfig(physical="each_step")`` every schedule update removes the channels right away
+through :func:`prunekit.prune_channels`, and the optimizer given to the pruner has its state sliced
+(:func:`prunekit.resize_optimizer`) so the same loop and optimizer go on.
+
+Under ``DistributedDataParallel`` every mask decision is broadcast from rank 0, so masks stay
+identical on every rank even for random criteria or random regrowth.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from prunekit.core import get_mask, masked_parameters, set_mask
+from prunekit.errors import ConfigError, PlanError
+from prunekit.training.schedules import Schedule
+
+log = logging.getLogger(__name__)
+
+REGROWTH_METHODS = ("rigl", "set")
+DECAYS = ("constant", "cosine")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` wrappers (else the model)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_masks(model: nn.Module, src: int = 0) -> None:
+    """Make every rank's masks equal to rank ``src``'s (no-op outside distributed runs).
+
+    Every rank must hold the same set of masked parameters (true when all ranks prune the same
+    model with the same config).
+    """
+    if not _distributed():
+        return
+    for mp in masked_parameters(unwrap(model)):
+        buf = mp.mask.to(torch.uint8)  # gloo has no bool collectives
+        dist.broadcast(buf, src=src)
+        with torch.no_grad():
+            mp.mask.copy_(buf.bool())
+            mp.param.mul_(mp.mask)
+
+
+def mask_sparsity(model: nn.Module) -> float:
+    """Fraction of masked-out entries over all masked parameters (0.0 when nothing is masked)."""
+    total = pruned = 0
+    for mp in masked_parameters(unwrap(model)):
+        total += mp.mask.numel()
+        pruned += mp.mask.numel() - int(mp.mask.sum())
+    return pruned / total if total else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegrowthConfig:
+    """Prune-and-regrow at constant sparsity (SET: Mocanu et al. 2018; RigL: Evci et al. 2020).
+
+    Args:
+        method: ``"set"`` (random regrowth) or ``"rigl"`` (regrow where the dense gradient is largest).
+        every: steps between mask updates (``delta T``).
+        drop_fraction: fraction of active weights dropped (and regrown) at the first update.
+        decay: ``"cosine"`` (``drop_fraction * (1 + cos(pi t / end_step)) / 2``) or ``"constant"``.
+        start_step: first step that may update the mask.
+        end_step: no updates at or after this step (RigL stops at 75% of training).
+    """
+
+    method: Literal["set", "rigl"] = "rigl"
+    every: int = 100
+    drop_fraction: float = 0.3
+    decay: Literal["cosine", "constant"] = "cosine"
+    start_step: int = 1
+    end_step: int
+
+    def __post_init__(self) -> None:
+        if self.method not in REGROWTH_METHODS:
+            raise ConfigError(
+                f"unknown regrowth method {self.method!r}; valid: {', '.join(REGROWTH_METHODS)}"
+            )
+        if self.decay not in DECAYS:
+            raise ConfigError(f"unknown drop-fraction decay {self.decay!r}; valid: {', '.join(DECAYS)}")
+        if not 0.0 < self.drop_fraction <= 1.0:
+            raise ConfigError(f"drop_fraction must be in (0, 1], got {self.drop_fraction}")
+        if self.every < 1 or self.start_step < 0 or self.end_step < 1:
+            raise ConfigError(
+                f"need every >= 1, start_step >= 0, end_step >= 1; got every={self.every}, "
+                f"start_step={self.start_step}, end_step={self.end_step}"
+            )
+
+    def fraction(self, step: int) -> float:
+        """The drop fraction at ``step``."""
+        if self.decay == "constant":
+            return self.drop_fraction
+        return self.drop_fraction * 0.5 * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step))
+
+    def is_update(self, step: int) -> bool:
+        return self.start_step <= step < self.end_step and step % self.every == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrunerConfig:
+    """How a :class:`Pruner` prunes during training.
+
+    Args:
+        schedule: the target sparsity per step (see :mod:`prunekit.training.schedules`).
+        criterion: passed to :func:`prunekit.prune_weights` (``"magnitude"``, ``"random"``, or an object).
+        scope: ``"global"`` (one threshold over all layers) or ``"layer"`` (same sparsity per layer).
+        include: module names/globs/types to prune (default: all Linear/Conv weights).
+        exclude: module names/globs/types to leave alone.
+        regrowth: optional prune-and-regrow at constant sparsity.
+        seed: seed of the pruner's own generator (SET regrowth), checkpointed with the pruner.
+        sync_distributed: broadcast masks from rank 0 after each change under DDP.
+    """
+
+    schedule: Schedule
+    criterion: Any = "magnitude"
+    scope: Literal["global", "layer"] = "global"
+    include: tuple[Any, ...] | None = None
+    exclude: tuple[Any, ...] | None = None
+    regrowth: RegrowthConfig | None = None
+    seed: int = 0
+    sync_distributed: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schedule, Schedule):
+            raise ConfigError(
+                f"schedule must be a prunekit.training.schedules.Schedule (e.g. CubicSchedule(...)), got {type(self.schedule).__name__}"
+            )
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+
+class Pruner:
+    """Prunes a model on a schedule, one :meth:`step` per optimizer step (in place).
+
+    Args:
+        model: the model (or its DDP wrapper); pruned in place.
+        config: a :class:`PrunerConfig`; or give ``schedule`` for the defaults.
+        schedule: shortcut for ``PrunerConfig(schedule=schedule)``.
+        optimizer: needed for regrowth (to reset the optimizer state of regrown weights).
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> pruner = pk.Pruner(model, schedule=pk.CubicSchedule(final_sparsity=0.8, start_step=0, end_step=4))
+        >>> for _ in range(5):
+        ...     loss = model(torch.randn(4, 8)).sum(); opt.zero_grad(); loss.backward(); opt.step()
+        ...     _ = pruner.step()
+        >>> round(pruner.sparsity(), 2)
+        0.8
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PrunerConfig | None = None,
+        *,
+        schedule: Schedule | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        if config is None:
+            if schedule is None:
+                raise ConfigError("Pruner needs config=PrunerConfig(...) or schedule=...")
+            config = PrunerConfig(schedule=schedule)
+        elif schedule is not None:
+            raise ConfigError("give either config= or schedule=, not both")
+        if config.regrowth is not None and optimizer is None:
+            raise ConfigError("regrowth resets the optimizer state of regrown weights: pass optimizer=")
+        self.model = model
+        self.config = config
+        self.optimizer = optimizer
+        self.step_count = 0
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.last_regrowth: dict[str, torch.Tensor] = {}  # fqn -> bool tensor of positions grown last update
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.config.schedule
+
+    def sparsity(self) -> float:
+        """Current fraction of masked-out weights (over the masked parameters)."""
+        return mask_sparsity(self.model)
+
+    def target(self, step: int | None = None) -> float:
+        """The schedule's sparsity at ``step`` (default: the last step taken)."""
+        return self.schedule.sparsity(self.step_count - 1 if step is None else step)
+
+    def step(self) -> float:
+        """Advance one step: prune if the schedule says so, regrow if due; return the target sparsity."""
+        t = self.step_count
+        if self.schedule.is_update(t):
+            self.prune_to(self.schedule.sparsity(t))
+        rg = self.config.regrowth
+        if rg is not None and rg.is_update(t) and any(True for _ in masked_parameters(unwrap(self.model))):
+            self.regrow(rg.fraction(t))
+        self.step_count += 1
+        return self.schedule.sparsity(t)
+
+    def prune_to(self, sparsity: float) -> None:
+        """Raise the sparsity to ``sparsity`` now (cumulative with existing masks)."""
+        from prunekit.weights import prune_weights
+
+        if sparsity <= 0.0 and not any(True for _ in masked_parameters(unwrap(self.model))):
+            return
+        prune_weights(
+            unwrap(self.model),
+            sparsity,
+            criterion=self.config.criterion,
+            scope=self.config.scope,
+            include=self.config.include,
+            exclude=self.config.exclude,
+        )
+        if self.config.sync_distributed:
+            broadcast_masks(self.model)
+
+    @torch.no_grad()
+    def regrow(self, fraction: float) -> int:
+        """Drop ``fraction`` of each layer's active weights (smallest |w|) and grow as many elsewhere.
+
+        Grown weights are set to exactly zero and their optimizer state is zeroed. Returns the number
+        of weights moved over all layers.
+
+        Raises:
+            ConfigError: for RigL when a masked weight has no gradient (call ``step()`` before ``zero_grad``).
+        """
+        rg = self.config.regrowth
+        if rg is None:
+            raise ConfigError("regrow() needs PrunerConfig(regrowth=RegrowthConfig(...))")
+        moved = 0
+        plans = []
+        for mp in masked_parameters(unwrap(self.model)):
+            if rg.method == "rigl" and mp.param.grad is None:
+                raise ConfigError(
+                    f"RigL regrowth needs the gradient of {mp.fqn}: call pruner.step() after optimizer.step() "
+                    "and before optimizer.zero_grad()"
+                )
+            plans.append(mp)
+        before = {mp.fqn: mp.mask.clone() for mp in plans}
+        for mp in plans:
+            mask = mp.mask.view(-1)
+            n_active = int(mask.sum())
+            n_inactive = mask.numel() - n_active
+            k = min(int(fraction * n_active), n_inactive)
+            if k <= 0:
+                continue
+            w = mp.param.detach().view(-1).abs().float()
+            drop_score = torch.where(mask, w, torch.full_like(w, math.inf))
+            drop = torch.topk(drop_score, k, largest=False).indices
+            if rg.method == "set":
+                grow_score = torch.rand(mask.numel(), generator=self.generator)
+            else:
+                assert mp.param.grad is not None
+                grow_score = mp.param.grad.detach().view(-1).abs().float()
+            grow_score = torch.where(mask, torch.full_like(grow_score, -math.inf), grow_score)
+            grow = torch.topk(grow_score, k, largest=True).indices
+            new = mask.clone()
+            new[drop] = False
+            new[grow] = True
+            mask.copy_(new)
+        if self.config.sync_distributed:
+            broadcast_masks(self.model)  # rank 0 decides; the grown set below is computed after this
+        self.last_regrowth = {}
+        for mp in masked_parameters(unwrap(self.model)):
+            mp.param.mul_(mp.mask)
+            old = before.get(mp.fqn)
+            if old is None:
+                continue
+            grown = mp.mask & ~old
+            self.last_regrowth[mp.fqn] = grown
+            mp.param[grown] = 0.0
+            self._reset_optimizer_state(mp.param, grown)
+            moved += int(grown.sum())
+        return moved
+
+    def _reset_optimizer_state(self, param: nn.Parameter, where: torch.Tensor) -> None:
+        if self.optimizer is None:
+            return
+        state = self.optimizer.state.get(param)
+        if not state:
+            return
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                value[where] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's position (step) and generator state; masks live in the model's state_dict."""
+        return {"step": self.step_count, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the model's masks are restored with the model)."""
+        self.step_count = int(state["step"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+# --------------------------------------------------------------------------- structured (channels)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelPrunerConfig:
+    """Gradual channel pruning: mask whole output channels on a schedule, remove them at the end.
+
+    Args:
+        schedule: fraction of output channels masked in every included layer, per step.
+        include: module names to prune; default: every Linear/Conv except the last one (the output).
+        criterion: ``"l2"`` or ``"l1"`` norm of each output channel (its weights and bias; with
+            ``physical="each_step"``, of every slice coupled to it, as :func:`prunekit.prune_channels` scores).
+        physical: ``"end"`` masks channels and removes them at :meth:`ChannelPruner.finalize`;
+            ``"each_step"`` removes them physically at every schedule update (needs ``example_inputs``
+            on the pruner; pass ``optimizer`` to have its state resized).
+    """
+
+    schedule: Schedule
+    include: tuple[str, ...] | None = None
+    criterion: Literal["l1", "l2"] = "l2"
+    physical: Literal["end", "each_step"] = "end"
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("l1", "l2"):
+            raise ConfigError(f"channel criterion must be 'l1' or 'l2', got {self.criterion!r}")
+        if self.physical not in ("end", "each_step"):
+            raise ConfigError(f"physical must be 'end' or 'each_step', got {self.physical!r}")
+        if self.include is not None:
+            object.__setattr__(self, "include", tuple(self.include))
+
+
+_CHANNEL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class ChannelPruner:
+    """Masks whole output channels gradually during training; :meth:`finalize` removes them physically.
+
+    After :meth:`finalize` the model holds new, smaller parameter tensors: the old optimizer refers to
+    the old tensors, so **build a new optimizer** (and any EMA/DDP wrapper) after finalizing.
+
+    Args:
+        model: the model to prune in place.
+        config: a :class:`ChannelPrunerConfig`; or give ``schedule``.
+        schedule: shortcut for ``ChannelPrunerConfig(schedule=schedule)``.
+        example_inputs: inputs to trace the model with (``physical="each_step"``; also used by
+            :meth:`finalize` for non-chain models).
+        optimizer: with ``physical="each_step"``, its state (momentum, Adam moments) is sliced to the
+            kept channels after every physical step, so it can be used on (see
+            :func:`prunekit.resize_optimizer`).
+
+    Raises:
+        UnknownModuleError: if an ``include`` name is not a Linear/Conv module of the model.
+        ConfigError: ``physical="each_step"`` without ``example_inputs``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ChannelPrunerConfig | None = None,
+        *,
+        schedule: Schedule | None = None,
+        example_inputs: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        if config is None:
+            if schedule is None:
+                raise ConfigError("ChannelPruner needs config=ChannelPrunerConfig(...) or schedule=...")
+            config = ChannelPrunerConfig(schedule=schedule)
+        if config.physical == "each_step" and example_inputs is None:
+            raise ConfigError(
+                "ChannelPrunerConfig(physical='each_step') removes channels with pk.prune_channels, which traces "
+                "the model: pass example_inputs= (a batch of inputs) to ChannelPruner"
+            )
+        self.model = model
+        self.config = config
+        self.example_inputs = example_inputs
+        self.optimizer = optimizer
+        self.step_count = 0
+        modules = dict(unwrap(model).named_modules())
+        if config.include is None:
+            names = [n for n, m in modules.items() if isinstance(m, _CHANNEL_TYPES)][:-1]
+        else:
+            from prunekit.errors import UnknownModuleError
+
+            names = list(config.include)
+            bad = [n for n in names if not isinstance(modules.get(n), _CHANNEL_TYPES)]
+            if bad:
+                valid = [n for n, m in modules.items() if isinstance(m, _CHANNEL_TYPES)]
+                raise UnknownModuleError(
+                    f"ChannelPruner include names {bad} are not Linear/Conv modules; valid: {valid}"
+                )
+        self.layers = names
+        self.initial_widths = {n: int(modules[n].weight.shape[0]) for n in names}
+
+    def channel_masks(self) -> dict[str, torch.Tensor]:
+        """Per included layer, a bool vector over output channels (``True`` = kept)."""
+        out = {}
+        modules = dict(unwrap(self.model).named_modules())
+        for name in self.layers:
+            m = modules[name]
+            mask = get_mask(m, "weight")
+            c = m.weight.shape[0]
+            out[name] = torch.ones(c, dtype=torch.bool) if mask is None else mask.view(c, -1).any(dim=1)
+        return out
+
+    def sparsity(self) -> float:
+        """Fraction of pruned (masked or removed) output channels over the included layers."""
+        if self.config.physical == "each_step":
+            modules = dict(unwrap(self.model).named_modules())
+            now = sum(int(modules[n].weight.shape[0]) for n in self.layers)
+            return 1.0 - now / max(1, sum(self.initial_widths.values()))
+        masks = self.channel_masks()
+        total = sum(m.numel() for m in masks.values())
+        return sum(int((~m).sum()) for m in masks.values()) / total if total else 0.0
+
+    def step(self) -> float:
+        """Advance one step; mask channels when the schedule updates. Returns the target fraction."""
+        t = self.step_count
+        if self.config.schedule.is_update(t):
+            self.prune_to(self.config.schedule.sparsity(t))
+        self.step_count += 1
+        return self.config.schedule.sparsity(t)
+
+    @torch.no_grad()
+    def prune_to(self, fraction: float) -> None:
+        """Mask ``round(fraction * C)`` output channels (at most ``C - 1``) of each included layer.
+
+        ``C`` is the layer's initial width; with ``physical="each_step"`` the channels are removed instead.
+        """
+        if self.config.physical == "each_step":
+            self._remove_to(fraction)
+            return
+        modules = dict(unwrap(self.model).named_modules())
+        order = list(modules)
+        kept = self.channel_masks()
+        for name in self.layers:
+            m = modules[name]
+            c = m.weight.shape[0]
+            k = min(int(round(fraction * c)), c - 1)
+            w = m.weight.detach().reshape(c, -1)
+            parts = [w] + ([m.bias.detach().view(c, 1)] if m.bias is not None else [])
+            rows = torch.cat(parts, dim=1)
+            score = rows.abs().sum(1) if self.config.criterion == "l1" else rows.pow(2).sum(1)
+            score = torch.where(kept[name], score, torch.full_like(score, -1.0))
+            drop = torch.topk(score, k, largest=False).indices if k else torch.empty(0, dtype=torch.long)
+            keep = torch.ones(c, dtype=torch.bool)
+            keep[drop] = False
+            set_mask(m, "weight", keep.view(c, *([1] * (m.weight.dim() - 1))).expand_as(m.weight))
+            if m.bias is not None:
+                set_mask(m, "bias", keep)
+            norm = _following_norm(modules, order, name, c)
+            if norm is not None:  # a zeroed filter would leak through BatchNorm's shift
+                set_mask(norm, "weight", keep)
+                set_mask(norm, "bias", keep)
+        broadcast_masks(self.model)
+
+    def _remove_to(self, fraction: float) -> None:
+        """Physically remove channels so that each layer keeps ``C0 - min(round(fraction * C0), C0 - 1)``."""
+        from prunekit.structured import prune_channels, reset_grad_accumulators, resize_optimizer
+
+        model = unwrap(self.model)
+        modules = dict(model.named_modules())
+        ratio: dict[str, float] = {}
+        for name in self.layers:
+            c0 = self.initial_widths[name]
+            keep = c0 - min(int(round(fraction * c0)), c0 - 1)
+            width = int(modules[name].weight.shape[0])
+            if keep < width:  # prune_channels removes floor(r * width): (k + 0.5) / width removes exactly k
+                ratio[name] = (width - keep + 0.5) / width
+        if not ratio:
+            return
+        plans_before = len(getattr(model, "_prunekit_plan", []))
+        prune_channels(
+            model, self.example_inputs, ratio=ratio, criterion=self.config.criterion, scope="layer"
+        )
+        if len(getattr(model, "_prunekit_plan", [])) > plans_before:
+            if self.optimizer is not None:
+                resize_optimizer(self.optimizer, model)
+            else:
+                reset_grad_accumulators(model)
+        log.info(
+            "channel pruner step %d: removed channels physically to fraction %.4f", self.step_count, fraction
+        )
+
+    def _finalize_with_graph(self, example_inputs: Any, keep: dict[str, torch.Tensor]) -> nn.Module:
+        return _finalize_with_graph_impl(self, example_inputs, keep)
+
+    def finalize(self, example_inputs: Any = None) -> nn.Module:
+        """Remove the masked channels physically (in place) and return the model. Rebuild the optimizer after.
+
+        A chain of Linear/Conv layers in module order (each pruned layer feeding the next Linear/Conv,
+        with an optional BatchNorm, activations or a flatten between) is cut directly. Any other graph
+        (grouped/depthwise convs, residuals, concatenations, ...) goes through
+        :func:`prunekit.prune_channels` with ``example_inputs``, removing exactly the masked channels
+        of each pruned layer and everything coupled to them (their traced dependency groups).
+
+        With ``physical="each_step"`` the channels are already gone: the model is returned as is.
+
+        Raises:
+            PlanError: if the model is not a chain and ``example_inputs`` is missing, or
+                :func:`prunekit.prune_channels` cannot apply the plan; nothing is changed in that case.
+        """
+        if self.config.physical == "each_step":
+            self.layers_finalized = True
+            return self.model
+        if example_inputs is None:
+            example_inputs = self.example_inputs
+        model = unwrap(self.model)
+        modules = dict(model.named_modules())
+        order = [n for n, m in modules.items() if isinstance(m, _CHANNEL_TYPES)]
+        keep = self.channel_masks()
+        plan = []
+        for name in self.layers:
+            idx = order.index(name)
+            producer = modules[name]
+            if idx + 1 >= len(order):
+                raise PlanError(f"cannot remove output channels of {name!r}: no Linear/Conv consumes them")
+            consumer = modules[order[idx + 1]]
+            c = producer.weight.shape[0]
+            cin = consumer.weight.shape[1]
+            groups = getattr(consumer, "groups", 1)
+            if groups != 1 or getattr(producer, "groups", 1) != 1 or cin % c:
+                if example_inputs is not None:
+                    return self._finalize_with_graph(example_inputs, keep)
+                raise PlanError(
+                    f"cannot remove channels of {name!r} ({c} outputs) into {order[idx + 1]!r} "
+                    f"({cin} inputs, groups={groups}): not a plain chain. Pass example_inputs= so that "
+                    "finalize can use pk.prune_channels' dependency graph."
+                )
+            plan.append((name, producer, consumer, keep[name], cin // c))
+        for name, producer, consumer, kept, per in plan:
+            norm = _following_norm(modules, list(modules), name, producer.weight.shape[0])
+            rows = kept.nonzero().view(-1)
+            # a Linear after flatten(C, H*W) sees channel c as columns [c*HW, (c+1)*HW)
+            cols = (rows.view(-1, 1) * per + torch.arange(per).view(1, -1)).view(-1)
+            _slice_param(producer, "weight", 0, rows)
+            if producer.bias is not None:
+                _slice_param(producer, "bias", 0, rows)
+            _set_width(producer, out=len(rows))
+            if norm is not None:
+                for pname in ("weight", "bias"):
+                    _slice_param(norm, pname, 0, rows)
+                for bname in ("running_mean", "running_var"):
+                    buf = getattr(norm, bname, None)
+                    if buf is not None:
+                        setattr(norm, bname, buf[rows].clone())
+                norm.num_features = len(rows)  # type: ignore[assignment]
+            _slice_param(consumer, "weight", 1, cols)
+            _set_width(consumer, inp=len(cols))
+        from prunekit.core import remove_mask
+
+        for mp in list(masked_parameters(model)):  # the masks of removed channels are all-True now
+            if bool(mp.mask.all()):
+                remove_mask(mp.module, mp.name)
+        self.layers_finalized = True
+        return self.model
+
+
+class _KeepMaskCriterion:
+    """Channel criterion scoring each unit by the channel masks: masked channels score 0, kept ones 1."""
+
+    name = "channel-mask"
+    needs_grad = False
+
+    def __init__(self, keep: dict[str, torch.Tensor]) -> None:
+        self.keep = keep
+
+    def score(self, group: Any, params: Any, module_types: Any) -> torch.Tensor:
+        total = torch.zeros(group.n_units, dtype=torch.float64)
+        for m in group.members:
+            module_name, _, attr = m.name.rpartition(".")
+            kept = self.keep.get(module_name)
+            if kept is None or attr != "weight" or m.dim != 0:
+                continue
+            units = torch.as_tensor(m.units)
+            sel = units >= 0
+            total.index_add_(0, units[sel], kept.double()[sel])
+        return total
+
+
+def _finalize_with_graph_impl(
+    pruner: ChannelPruner, example_inputs: Any, keep: dict[str, torch.Tensor]
+) -> nn.Module:
+    from prunekit.core import remove_mask
+    from prunekit.structured import prune_channels
+    model = unwrap(pruner.model)
+    modules = dict(model.named_modules())
+    # masks of the pruned layers (and the norms masked with them) go away: their zeros stay in the weights
+    touched = set(pruner.layers)
+    order = list(modules)
+    for name in pruner.layers:
+        norm = _following_norm(modules, order, name, modules[name].weight.shape[0])
+        if norm is not None:
+            touched.add(next(n for n, m in modules.items() if m is norm))
+    saved = [
+        (mp.module, mp.name, mp.mask.clone()) for mp in masked_parameters(model) if mp.module_name in touched
+    ]
+    for module, pname, _ in saved:
+        remove_mask(module, pname)
+    ratio = {name: float((~k).sum()) / k.numel() for name, k in keep.items()}
+    try:
+        prune_channels(model, example_inputs, ratio=ratio, criterion=_KeepMaskCriterion(keep), scope="layer")
+    except Exception as e:
+        for module, pname, mask in saved:
+            set_mask(module, pname, mask)
+        if isinstance(e, PlanError):
+            raise
+        raise PlanError(f"pk.prune_channels could not remove the masked channels: {e}") from e
+    return pruner.model
+
+
+def _following_norm(modules: dict[str, nn.Module], order: list[str], name: str, c: int) -> nn.Module | None:
+    i = order.index(name)
+    if i + 1 < len(order):
+        nxt = modules[order[i + 1]]
+        if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == c and nxt.affine:
+            return nxt
+    return None
+
+
+def _slice_param(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
+    from prunekit.core import remove_mask
+
+    old = getattr(module, name)
+    mask = get_mask(module, name)
+    remove_mask(module, name)
+    new = nn.Parameter(old.detach().index_select(dim, idx).clone(), requires_grad=old.requires_grad)
+    setattr(module, name, new)
+    if mask is not None:
+        set_mask(module, name, mask.index_select(dim, idx))
+
+
+def _set_width(module: nn.Module, *, out: int | None = None, inp: int | None = None) -> None:
+    if isinstance(module, nn.Linear):
+        if out is not None:
+            module.out_features = out
+        if inp is not None:
+            module.in_features = inp
+    else:
+        if out is not None:
+            module.out_channels = out  # type: ignore[assignment]
+        if inp is not None:
+            module.in_channels = inp  # type: ignore[assignment]
+
+
+__all__ = [
+    "ChannelPruner",
+    "ChannelPrunerConfig",
+    "Pruner",
+    "PrunerConfig",
+    "RegrowthConfig",
+    "broadcast_masks",
+    "mask_sparsity",
+    "unwrap",
+]

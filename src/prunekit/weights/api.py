@@ -1,0 +1,645 @@
+"""Weight (unstructured and N:M) pruning with bool masks, in bounded extra memory.
+
+``prune_weights`` scores every selected weight with a criterion and masks the lowest-scoring ones
+(:func:`prunekit.core.masks.set_mask`: a bool buffer, no weight copy, kept at zero through training).
+
+Global scope never concatenates the model's weights. Scores are turned into order-preserving
+32-bit integer keys, and the exact k-th smallest key is found by a two-pass radix select over
+chunks of rows (``chunk_elements`` scores at a time)::
+
+    pass 1: histogram of the high 16 bits of every key   -> bucket holding the k-th key
+    pass 2: histogram of the low 16 bits inside bucket   -> the exact k-th key t
+    pass 3: mask = key > t, plus the first (k - #{key < t}) keys equal to t pruned in module order
+
+So the achieved count of pruned weights is exactly ``round(sparsity * n)`` (ties broken by
+position) and the extra memory is two 65536-bin histograms, one chunk of scores, and the bool
+mask of the layer being written. Already-pruned weights score ``-inf``, so pruning again raises
+sparsity cumulatively: the new target is the total sparsity.
+
+N:M keeps at most N of every M consecutive weights along the *input* dimension: dim 1 of
+Linear ``(out, in)`` and Conv ``(out, in/groups, *kernel)`` weights (the M weights of one output
+channel and kernel position that read M consecutive input channels, as sparse tensor cores
+expect), dim 0 of GPT-2 ``Conv1D`` weights ``(in, out)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from prunekit.core import (
+    Skipped,
+    Target,
+    get_mask,
+    is_default_type,
+    masked_parameters,
+    resolve_targets,
+    set_mask,
+)
+from prunekit.errors import ConfigError, DataRequiredError, PatternError
+from prunekit.weights.criteria import Calibration, LossFn, Magnitude, WeightCriterion, get_criterion
+
+Scope = Literal["global", "layer"]
+_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_BINS = 1 << 16
+
+
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """``"2:4"`` -> ``(2, 4)``; ``None`` -> ``None``.
+
+    Raises:
+        ConfigError: not of the form ``"N:M"`` with ``0 < N < M``.
+    """
+    if pattern is None:
+        return None
+    match = _PATTERN.match(pattern) if isinstance(pattern, str) else None
+    if match is None:
+        raise ConfigError(f"pattern must be a string 'N:M' such as '2:4' or '4:8', got {pattern!r}")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ConfigError(
+            f"pattern {pattern!r}: need 0 < N < M (keep N of every M weights), got N={n}, M={m}"
+        )
+    return n, m
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightPruningConfig:
+    """Everything ``prune_weights`` needs besides the model, criterion and data (validated).
+
+    Attributes:
+        sparsity: total fraction of the selected weights to prune, in [0, 1). ``None`` is allowed
+            only with ``pattern`` and means exactly the pattern's ``1 - N/M``.
+        scope: ``"global"`` (one threshold over all selected weights) or ``"layer"`` (the same
+            fraction in every layer).
+        pattern: ``"N:M"`` or ``None``. With ``sparsity`` above ``1 - N/M``, the extra weights are
+            pruned on top of the pattern by ``scope``.
+        max_batches: at most this many batches of ``data`` are used by data-aware criteria.
+        chunk_elements: scores computed at a time (bounds the extra memory of global scope).
+    """
+
+    sparsity: float | None = None
+    scope: Scope = "global"
+    pattern: str | None = None
+    max_batches: int = 8
+    chunk_elements: int = 1 << 18
+
+    def __post_init__(self) -> None:
+        nm = parse_pattern(self.pattern)
+        if self.sparsity is None:
+            if nm is None:
+                raise ConfigError(
+                    "sparsity is required (a float in [0, 1), e.g. sparsity=0.9) unless pattern= is given"
+                )
+        else:
+            if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+                raise ConfigError(f"sparsity must be a float in [0, 1), got {self.sparsity!r}")
+            if not 0.0 <= float(self.sparsity) < 1.0 or math.isnan(self.sparsity):
+                raise ConfigError(
+                    f"sparsity must be in [0, 1) (fraction of weights to prune), got {self.sparsity}; "
+                    "e.g. 0.9 prunes 90%"
+                )
+            if nm is not None and float(self.sparsity) < 1 - nm[0] / nm[1] - 1e-9:
+                raise ConfigError(
+                    f"sparsity={self.sparsity} is below what pattern {self.pattern!r} prunes ({1 - nm[0] / nm[1]:g}); "
+                    "omit sparsity= to get exactly the pattern, or raise it"
+                )
+        if self.scope not in ("global", "layer"):
+            raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        if (
+            isinstance(self.max_batches, bool)
+            or not isinstance(self.max_batches, int)
+            or self.max_batches < 1
+        ):
+            raise ConfigError(f"max_batches must be a positive int, got {self.max_batches!r}")
+        if not isinstance(self.chunk_elements, int) or self.chunk_elements < 1:
+            raise ConfigError(f"chunk_elements must be a positive int, got {self.chunk_elements!r}")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return parse_pattern(self.pattern)
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """Pruned count of one weight."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "numel": self.numel,
+            "zeros": self.zeros,
+            "sparsity": self.sparsity,
+        }
+
+
+def _table(rows: Sequence[LayerSparsity], extra: Sequence[str] = ()) -> str:
+    header = ("layer", "type", "shape", "params", "zeros", "sparsity")
+    body = [
+        (
+            r.name or "(root)",
+            r.kind,
+            "x".join(map(str, r.shape)),
+            f"{r.numel:,}",
+            f"{r.zeros:,}",
+            f"{r.sparsity:.2%}",
+        )
+        for r in rows
+    ]
+    total_n = sum(r.numel for r in rows)
+    total_z = sum(r.zeros for r in rows)
+    body.append(
+        ("total", "", "", f"{total_n:,}", f"{total_z:,}", f"{(total_z / total_n if total_n else 0):.2%}")
+    )
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    right = (False, False, False, True, True, True)
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+
+    lines = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(b) for b in body[:-1]), fmt(body[-1])]
+    return "\n".join([*lines, *extra])
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightPruningResult:
+    """What ``prune_weights`` did: per-layer pruned counts and the modules it skipped."""
+
+    criterion: str
+    scope: Scope
+    pattern: str | None
+    target_sparsity: float
+    layers: tuple[LayerSparsity, ...]
+    skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+
+    @property
+    def sparsity(self) -> float:
+        """Achieved fraction of masked weights over the pruned layers."""
+        n = sum(r.numel for r in self.layers)
+        return sum(r.zeros for r in self.layers) / n if n else 0.0
+
+    def __str__(self) -> str:
+        head = (
+            f"prune_weights: {self.criterion}, scope={self.scope}, pattern={self.pattern}, "
+            f"target {self.target_sparsity:.2%}, achieved {self.sparsity:.2%}"
+        )
+        extra = [f"skipped {s.name}: {s.reason}" for s in self.skipped]
+        return head + "\n" + _table(self.layers, extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion,
+            "scope": self.scope,
+            "pattern": self.pattern,
+            "target_sparsity": self.target_sparsity,
+            "sparsity": self.sparsity,
+            "layers": [r.to_dict() for r in self.layers],
+            "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring in chunks
+
+
+class _Workspace:
+    """Buffers reused chunk after chunk, so scoring a huge model allocates almost nothing per chunk."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.device: torch.device | None = None
+
+    def ensure(self, n: int, device: torch.device) -> None:
+        if n > self.size or device != self.device:
+            self.size, self.device = max(n, self.size), device
+            self.scores = torch.empty(self.size, dtype=torch.float32, device=device)
+            self.key = torch.empty(self.size, dtype=torch.int32, device=device)
+            self.tmp = torch.empty(self.size, dtype=torch.int32, device=device)
+            self.flag = torch.empty(self.size, dtype=torch.bool, device=device)
+            self.flag2 = torch.empty(self.size, dtype=torch.bool, device=device)
+
+    def keys(self, scores: torch.Tensor) -> torch.Tensor:
+        """Order-preserving int32 keys of float32 scores (negative floats flipped below positive)."""
+        n = scores.numel()
+        bits, key, tmp = scores.view(-1).view(torch.int32), self.key[:n], self.tmp[:n]
+        torch.bitwise_right_shift(bits, 31, out=tmp)
+        tmp.bitwise_and_(0x7FFFFFFF)
+        return torch.bitwise_xor(bits, tmp, out=key)
+
+    def high(self, key: torch.Tensor) -> torch.Tensor:
+        """Bucket of the high 16 bits, in [0, 65536)."""
+        return torch.bitwise_right_shift(key, 16, out=self.tmp[: key.numel()]).add_(32768)
+
+
+def _key_to_float(key: int) -> float:
+    """Inverse of the key mapping: the float32 value whose key is ``key``."""
+    bits = key if key >= 0 else key ^ 0x7FFFFFFF
+    return float(struct.unpack("<f", struct.pack("<i", bits))[0])
+
+
+def _nm_keep(scores: torch.Tensor, in_dim: int, n: int, m: int) -> torch.Tensor:
+    """Keep the N highest scores of every M consecutive along ``in_dim``."""
+    s = scores.movedim(in_dim, -1)  # (..., C_in)
+    shape = s.shape
+    groups = s.reshape(*shape[:-1], shape[-1] // m, m)  # (..., C_in/M, M)
+    idx = groups.topk(n, dim=-1).indices
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=scores.device).scatter_(-1, idx, True)
+    return keep.reshape(shape).movedim(-1, in_dim)
+
+
+class _Scorer:
+    """Yields float32 scores of a target's weight chunk by chunk, -inf where already pruned."""
+
+    def __init__(self, criterion: WeightCriterion, cfg: WeightPruningConfig) -> None:
+        self.criterion = criterion
+        self.nm = cfg.nm
+        self.chunk = cfg.chunk_elements
+        self.ws = _Workspace()
+
+    def row_slices(self, target: Target) -> Iterator[slice]:
+        w = target.weight
+        rows = w.shape[0]
+        per_row = max(1, w.numel() // max(rows, 1))
+        step = max(1, self.chunk // per_row)
+        if self.nm is not None and target.in_dim == 0:
+            m = self.nm[1]
+            step = max(m, step - step % m)
+        for start in range(0, rows, step):
+            yield slice(start, min(rows, start + step))
+
+    def chunks(
+        self, target: Target, check_nan: bool = False
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+        """``(rows, scores, keep_before)``: scores are -inf where ``keep_before`` is False.
+
+        ``scores`` lives in the workspace: it is valid until the next chunk is produced. Zeros are
+        made ``+0.0`` so that float comparisons and integer keys order scores the same way.
+        """
+        mask = get_mask(target.module, target.param_name)
+        ws = self.ws
+        fast = type(self.criterion) is Magnitude
+        for rows in self.row_slices(target):
+            weights = target.weight.detach()[rows]
+            expected = tuple(weights.shape)
+            n = weights.numel()
+            ws.ensure(n, weights.device)
+            scores = ws.scores[:n].view(expected)
+            if fast and weights.dtype == torch.float32:
+                torch.abs(weights, out=scores)
+            else:
+                raw = self.criterion.score(target, rows)
+                if not isinstance(raw, torch.Tensor) or tuple(raw.shape) != expected:
+                    got = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+                    raise ConfigError(
+                        f"criterion {self.criterion!r} returned {got} for {target.fqn!r}[{rows.start}:{rows.stop}], "
+                        f"expected a tensor of shape {expected}"
+                    )
+                scores.copy_(raw.detach())  # never write into a tensor the criterion may own
+                del raw
+            scores.add_(0.0)  # -0.0 -> +0.0
+            if check_nan and torch.isnan(scores.sum()) and torch.isnan(scores).any():
+                raise ConfigError(f"criterion {self.criterion!r} returned NaN scores for {target.fqn!r}")
+            flag = ws.flag[:n].view(expected)
+            keep = mask[rows] if mask is not None else None
+            if keep is not None:
+                scores.masked_fill_(torch.logical_not(keep, out=flag), -math.inf)
+            if self.nm is not None:
+                nm_keep = _nm_keep(scores, target.in_dim, *self.nm)
+                keep = nm_keep if keep is None else keep & nm_keep
+                scores.masked_fill_(torch.logical_not(keep, out=flag), -math.inf)
+            yield rows, scores, keep
+
+
+def _kth_key(scorer: _Scorer, targets: Sequence[Target], k: int) -> tuple[int, int]:
+    """Radix select: the k-th smallest key t (1-based) and how many of the keys equal to t to prune."""
+    ws = scorer.ws
+    counts = torch.zeros(_BINS, dtype=torch.int64)
+    for t in targets:
+        for _, scores, _ in scorer.chunks(t, check_nan=True):
+            counts += torch.bincount(ws.high(ws.keys(scores)), minlength=_BINS).cpu()
+    cum = counts.cumsum(0)
+    bucket = int(torch.searchsorted(cum, torch.tensor(k)))  # first bucket with cum >= k
+    below = int(cum[bucket - 1]) if bucket > 0 else 0
+    counts.zero_()
+    for t in targets:
+        for _, scores, _ in scorer.chunks(t):
+            key = ws.keys(scores)
+            flag = torch.eq(ws.high(key), bucket, out=ws.flag[: key.numel()])
+            inside = key[flag]
+            if inside.numel():
+                counts += torch.bincount(inside.bitwise_and_(0xFFFF), minlength=_BINS).cpu()
+    cum = counts.cumsum(0)
+    low = int(torch.searchsorted(cum, torch.tensor(k - below)))
+    less = below + (int(cum[low - 1]) if low > 0 else 0)
+    return (bucket - 32768) * _BINS + low, k - less
+
+
+def _apply(scorer: _Scorer, targets: Sequence[Target], threshold: tuple[int, int] | None) -> None:
+    """Mask every key below the threshold (and the first ties), layer by layer, chunk by chunk.
+
+    The chunk results are ANDed straight into the layer's mask buffer and the pruned weights
+    zeroed in place, so no layer-sized temporary is ever built.
+    """
+    ws = scorer.ws
+    tie_budget = threshold[1] if threshold is not None else 0
+    value = _key_to_float(threshold[0]) if threshold is not None else 0.0
+    for t in targets:
+        param = t.weight
+        if get_mask(t.module, t.param_name) is None:  # register an all-True mask: no copy of anything
+            set_mask(
+                t.module,
+                t.param_name,
+                torch.ones((), dtype=torch.bool, device=param.device).expand(param.shape),
+            )
+        mask = get_mask(t.module, t.param_name)
+        assert mask is not None
+        zero = param.new_zeros(())
+        for rows, scores, keep in scorer.chunks(t):
+            n = scores.numel()
+            if threshold is None:
+                if keep is None:
+                    continue
+                chunk_keep = keep
+            else:
+                flag = ws.flag[:n].view(scores.shape)
+                if tie_budget == 0:  # common case: one comparison (zeros are canonical, no NaN)
+                    chunk_keep = torch.ge(scores, value, out=flag)
+                else:
+                    chunk_keep = torch.gt(scores, value, out=flag)
+                    ties = (
+                        torch.eq(scores, value, out=ws.flag2[:n].view(scores.shape))
+                        .view(-1)
+                        .nonzero()
+                        .view(-1)
+                    )
+                    if ties.numel() > tie_budget:  # prune only the first `tie_budget` ties, keep the rest
+                        chunk_keep.view(-1)[ties[tie_budget:]] = True
+                    tie_budget -= min(tie_budget, ties.numel())
+            rows_mask = mask[rows]
+            rows_mask.logical_and_(chunk_keep)
+            weights = param.data[rows]
+            torch.where(rows_mask, weights, zero, out=weights)
+
+
+def _pruned_count(target: Target) -> int:
+    mask = get_mask(target.module, target.param_name)
+    return mask.numel() - int(torch.count_nonzero(mask)) if mask is not None else 0
+
+
+def _check_pattern(targets: Sequence[Target], pattern: str, nm: tuple[int, int]) -> None:
+    n, m = nm
+    for t in targets:
+        shape = tuple(t.weight.shape)
+        size = shape[t.in_dim]
+        if size % m:
+            raise PatternError(
+                f"{t.name!r} ({t.kind}, weight {shape}) cannot take pattern {pattern!r}: its input dimension "
+                f"(dim {t.in_dim}) has {size} weights, not a multiple of M={m}. "
+                f"Leave it dense with exclude=[{t.name!r}] (or choose an M that divides {size})."
+            )
+
+
+def prune_weights(
+    model: nn.Module,
+    sparsity: float | None = None,
+    *,
+    criterion: str | WeightCriterion = "magnitude",
+    scope: Scope = "global",
+    pattern: str | None = None,
+    include: Any = None,
+    exclude: Any = None,
+    data: Any = None,
+    loss_fn: LossFn | None = None,
+    max_batches: int = 8,
+    chunk_elements: int = 1 << 18,
+    config: WeightPruningConfig | None = None,
+) -> WeightPruningResult:
+    """Prune individual weights in place with bool masks; return what was pruned per layer.
+
+    Args:
+        model: the model; pruned in place (``id`` of every parameter is kept).
+        sparsity: total fraction of the selected weights to be pruned after this call, in [0, 1).
+            Weights pruned earlier count toward it (pruning again is cumulative).
+        criterion: ``"magnitude"`` (``"l1"``), ``"random"``, ``"taylor"``, ``"snip"``, ``"wanda"``,
+            or a :class:`~prunekit.weights.criteria.WeightCriterion` object.
+        scope: ``"global"`` (one threshold over all selected weights) or ``"layer"``.
+        pattern: ``"N:M"`` (e.g. ``"2:4"``): at most N non-zeros in every M consecutive weights
+            along the input dimension.
+        include: module names, fnmatch globs or types to prune (default: every Linear/Conv weight).
+        exclude: module names, globs or types to leave dense.
+        data: for data-aware criteria: an iterable of ``(inputs, targets)`` or a DataLoader.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria (taylor, snip).
+        max_batches: at most this many batches of ``data`` are used.
+        chunk_elements: scores held in memory at a time.
+        config: a :class:`WeightPruningConfig` instead of ``sparsity``, ``scope``, ``pattern``,
+            ``max_batches`` and ``chunk_elements`` (pass one or the other).
+
+    Returns:
+        A :class:`WeightPruningResult` (per-layer pruned counts, skipped modules).
+
+    Raises:
+        ConfigError: bad sparsity, scope, pattern string or criterion name.
+        UnknownModuleError: an ``include``/``exclude`` name matches nothing.
+        PatternError: a layer's input dimension is not a multiple of M.
+        DataRequiredError: a data-aware criterion without ``data`` (or ``loss_fn``).
+
+    On any error the model is left exactly as it was.
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        >>> result = pk.prune_weights(model, 0.75)
+        >>> round(result.sparsity, 4), round(pk.sparsity(model), 4)
+        (0.75, 0.75)
+        >>> result = pk.prune_weights(model, pattern="2:4", include=["0"])
+        >>> int(model[0].weight.reshape(32, 4, 4).ne(0).sum(-1).max())
+        2
+    """
+    if config is None:
+        cfg = WeightPruningConfig(
+            sparsity=sparsity,
+            scope=scope,
+            pattern=pattern,
+            max_batches=max_batches,
+            chunk_elements=chunk_elements,
+        )
+    elif not isinstance(config, WeightPruningConfig):
+        raise ConfigError(f"config must be a WeightPruningConfig, got {type(config).__name__}")
+    elif (sparsity, scope, pattern, max_batches, chunk_elements) != (None, "global", None, 8, 1 << 18):
+        raise ConfigError(
+            "pass either config= or sparsity/scope/pattern/max_batches/chunk_elements, not both; "
+            "use dataclasses.replace(config, ...) for a variant"
+        )
+    else:
+        cfg = config
+    crit = get_criterion(criterion)
+    targets, skipped = resolve_targets(model, include, exclude)
+    if not targets:
+        raise ConfigError(
+            "no weights selected for pruning: the model has no Linear/Conv layers"
+            + (" left after include=/exclude=" if include is not None or exclude is not None else "")
+            + "; name the layers to prune with include=[...]"
+        )
+    nm = cfg.nm
+    if nm is not None:
+        assert cfg.pattern is not None
+        _check_pattern(targets, cfg.pattern, nm)
+    if crit.requires_data and data is None:
+        need = "data= (an iterable of (inputs, targets) batches, or a DataLoader)"
+        if crit.requires_loss_fn:
+            need += " and loss_fn= (e.g. torch.nn.functional.cross_entropy)"
+        raise DataRequiredError(
+            f"criterion {crit.name!r} scores weights on data: pass {need}, or use 'magnitude'"
+        )
+    if crit.requires_loss_fn and loss_fn is None:
+        raise DataRequiredError(
+            f"criterion {crit.name!r} needs gradients of a loss: pass loss_fn=(outputs, targets) -> scalar, "
+            "e.g. loss_fn=torch.nn.functional.cross_entropy"
+        )
+    calibration = Calibration(data=data, loss_fn=loss_fn, max_batches=cfg.max_batches)
+    scorer = _Scorer(crit, cfg)
+    target_sparsity = cfg.sparsity if cfg.sparsity is not None else 1 - nm[0] / nm[1]  # type: ignore[index]
+    try:
+        crit.prepare(model, targets, calibration)
+        with torch.no_grad():
+            groups = [list(targets)] if cfg.scope == "global" else [[t] for t in targets]
+            # select every threshold first (no mutation), then mask
+            plans: list[tuple[list[Target], tuple[int, int] | None]] = []
+            for group in groups:
+                n = sum(t.weight.numel() for t in group)
+                k = int(math.floor(float(cfg.sparsity) * n + 0.5)) if cfg.sparsity is not None else 0
+                plans.append((group, _kth_key(scorer, group, k) if k > 0 else None))
+            for group, threshold in plans:
+                _apply(scorer, group, threshold)
+    finally:
+        crit.release()
+    layers = tuple(
+        LayerSparsity(t.name, t.kind, tuple(t.weight.shape), t.weight.numel(), _pruned_count(t))
+        for t in targets
+    )
+    return WeightPruningResult(
+        criterion=crit.name,
+        scope=cfg.scope,
+        pattern=cfg.pattern,
+        target_sparsity=float(target_sparsity),
+        layers=layers,
+        skipped=tuple(skipped),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+
+def _prunable(model: nn.Module) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+    out: list[tuple[str, nn.Module, str, torch.Tensor]] = []
+    seen: set[int] = set()
+    for mp in masked_parameters(model):
+        if id(mp.param) not in seen:
+            seen.add(id(mp.param))
+            out.append((mp.module_name, mp.module, mp.name, mp.param))
+    for name, module in model.named_modules():
+        w = module._parameters.get("weight")
+        if is_default_type(module) and isinstance(w, torch.Tensor) and id(w) not in seen:
+            seen.add(id(w))
+            out.append((name, module, "weight", w))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    out.sort(key=lambda row: order.get(row[0], 0))
+    return out
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Zeros of every prunable weight (Linear/Conv weights and every masked parameter)."""
+
+    layers: tuple[LayerSparsity, ...]
+    masked: tuple[str, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(r.numel for r in self.layers)
+
+    @property
+    def zeros(self) -> int:
+        return sum(r.zeros for r in self.layers)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    def __str__(self) -> str:
+        return _table(self.layers, [f"masked: {len(self.masked)} of {len(self.layers)} weights"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "numel": self.numel,
+            "zeros": self.zeros,
+            "sparsity": self.sparsity,
+            "layers": [{**r.to_dict(), "masked": r.name in self.masked} for r in self.layers],
+        }
+
+
+def sparsity_report(model: nn.Module) -> SparsityReport:
+    """Per-layer zeros of the prunable weights, as a printable table with ``to_dict()``.
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        >>> _ = pk.prune_weights(model, 0.5, scope="layer")
+        >>> [row["sparsity"] for row in pk.sparsity_report(model).to_dict()["layers"]]
+        [0.5, 0.5]
+    """
+    rows = []
+    masked = []
+    for name, module, pname, w in _prunable(model):
+        label = name if pname == "weight" else f"{name}.{pname}"
+        if get_mask(module, pname) is not None:
+            masked.append(label)
+        zeros = w.numel() - int(torch.count_nonzero(w.detach()))
+        rows.append(LayerSparsity(label, type(module).__name__, tuple(w.shape), w.numel(), zeros))
+    return SparsityReport(tuple(rows), tuple(masked))
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over the prunable weights (Linear/Conv weights and every masked parameter).
+
+    Example:
+        >>> import torch, prunekit as pk
+        >>> layer = torch.nn.Linear(10, 10)
+        >>> pk.sparsity(layer)
+        0.0
+    """
+    return sparsity_report(model).sparsity
+
+
+__all__ = [
+    "LayerSparsity",
+    "SparsityReport",
+    "WeightPruningConfig",
+    "WeightPruningResult",
+    "parse_pattern",
+    "prune_weights",
+    "sparsity",
+    "sparsity_report",
+]
