@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import prunekit as pk
+from zoo import Branches
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -126,18 +127,6 @@ def test_exclude_latency_and_errors() -> None:
         pk.allocate(res, 0.5, max_ratio=0.95)
 
 
-class Branches(nn.Module):
-    """y = sum_i scale_i * branch_i(x): sensitivities differ by construction."""
-
-    def __init__(self, scales: tuple[float, ...] = (0.05, 0.3, 1.0, 3.0)) -> None:
-        super().__init__()
-        self.scales = scales
-        self.branches = nn.ModuleList(nn.Linear(32, 8) for _ in scales)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(s * b(x) for s, b in zip(self.scales, self.branches, strict=True))  # type: ignore[return-value]
-
-
 def _data(model: nn.Module, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     batches = []
@@ -155,7 +144,7 @@ def _loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) ->
 
 @pytest.mark.parametrize("target", [0.5, 0.7, 0.85])
 def test_allocated_beats_uniform_on_a_model_built_to_differ(target: float) -> None:
-    model = Branches()
+    model = Branches(features=(32, 8))
     calib, held_out = _data(model, 1), _data(model, 2)
     res = pk.sensitivity(model, calib, F.mse_loss, progress=False)
     plan = pk.allocate(res, target)
@@ -217,7 +206,7 @@ def test_channel_plan_is_applied_as_channel_masks() -> None:
 
 
 def test_apply_allocation_validates_before_pruning() -> None:
-    model = Branches()
+    model = Branches(features=(32, 8))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(pk.UnknownModuleError, match="nope"):
         pk.apply_allocation(model, {"branches.0": 0.5, "nope": 0.5})
@@ -254,7 +243,7 @@ def test_channel_plan_removes_channels_physically() -> None:
 
 
 def test_allocation_from_the_one_pass_estimate_also_beats_uniform() -> None:
-    model = Branches()
+    model = Branches(features=(32, 8))
     calib, held_out = _data(model, 1), _data(model, 2)
     res = pk.sensitivity(model, calib, F.mse_loss, ratios=(0.3, 0.6, 0.9), progress=False)
     plan = pk.allocate(res, 0.6, source="fisher")

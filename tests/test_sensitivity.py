@@ -15,6 +15,7 @@ from torch.nn import functional as F
 import prunekit as pk
 from prunekit.analysis.sweep import keep_mask, spearman
 from prunekit.core.masks import get_mask, set_mask
+from zoo import Branches
 
 
 def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
@@ -135,18 +136,6 @@ def test_curves_are_monotone_ish_on_a_trained_model(trained: tuple[nn.Module, li
             assert d >= run - 0.05
             run = max(run, d)
     assert res.baseline_metric is not None and res.baseline_metric > 0.85
-
-
-class Branches(nn.Module):
-    """y = sum_i scale_i * branch_i(x): the sensitivity of each branch differs by construction."""
-
-    def __init__(self, scales: tuple[float, ...] = (0.05, 0.3, 1.0, 3.0)) -> None:
-        super().__init__()
-        self.scales = scales
-        self.branches = nn.ModuleList(nn.Linear(16, 4) for _ in scales)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(s * b(x) for s, b in zip(self.scales, self.branches, strict=True))  # type: ignore[return-value]
 
 
 def branch_data(model: nn.Module, n_batches: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:

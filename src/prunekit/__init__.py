@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from prunekit import compat as compat
 
-__version__ = "0.1.0"
+from prunekit.version import __version__ as __version__
 
 # public name -> the package that exports it (each package's __init__ is its API)
 _API: dict[str, str] = {

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=_Formatter,
     )
-    from prunekit import __version__
+    from prunekit.version import __version__
 
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")

@@ -64,7 +64,7 @@ def flatten_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
 
 def envelope(kind: str, title: str, **content: Any) -> dict[str, Any]:
     """A report dict: the common header plus ``content``."""
-    from prunekit import __version__
+    from prunekit.version import __version__
 
     report: dict[str, Any] = {
         "prunekit_report": REPORT_VERSION,

@@ -1,60 +1,12 @@
-"""Test zoo for structured pruning: tiny CPU models, one per coupling pattern, written from scratch.
-
-Every factory returns ``(model, example_inputs)``: the model in ``eval()`` mode with deterministic
-weights (seeded inside the factory), and a tuple of example inputs for tracing. Building the same
-factory twice gives bit-identical models, which the reload tests rely on.
-
-    ZOO      plain PyTorch models (no torchvision)
-    HF_ZOO   Hugging Face BERT, GPT-2 and LLaMA-GQA built offline from small configs
-
-``random_inputs(example_inputs, seed)`` draws fresh inputs of the same shapes/dtypes (token ids stay in
-the vocabulary) for the oracle tests.
-"""
+"""Convolutional networks: ResNet, MobileNetV2/V3 (SE), DenseNet, EfficientNet-like, Inception-like, U-Net-like, ShuffleNet, grouped conv, flatten->Linear, 1x1-conv classifier, in-place ops."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Inputs = tuple[Any, ...]
-Factory = Callable[[], tuple[nn.Module, Inputs]]
-
-
-def _bn_randomize(model: nn.Module) -> None:
-    """Give BatchNorms non-trivial affine parameters and running stats (a masked BN shift must leak)."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
-            if getattr(m, "weight", None) is not None:
-                with torch.no_grad():
-                    m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
-                    m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                assert m.running_mean is not None and m.running_var is not None
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-
-
-def _finish(model: nn.Module, *inputs: Any) -> tuple[nn.Module, Inputs]:
-    _bn_randomize(model)
-    return model.eval(), tuple(inputs)
-
-
-def _img(c: int = 3, hw: int = 16, b: int = 2) -> Tensor:
-    return torch.randn(b, c, hw, hw, generator=torch.Generator().manual_seed(123))
-
-
-def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
-    )
-
-
-# --------------------------------------------------------------------------- ResNet
+from .common import Inputs, conv_bn, finish, img
 
 
 class BasicBlock(nn.Module):
@@ -138,12 +90,12 @@ class ResNet(nn.Module):
 
 def make_resnet_basic() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(ResNet(BasicBlock, [2, 2], [16, 32]), _img())
+    return finish(ResNet(BasicBlock, [2, 2], [16, 32]), img())
 
 
 def make_resnet_bottleneck() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(ResNet(Bottleneck, [2, 1], [8, 16]), _img())
+    return finish(ResNet(Bottleneck, [2, 1], [8, 16]), img())
 
 
 # --------------------------------------------------------------------------- MobileNetV2 / V3
@@ -190,7 +142,7 @@ class MobileNetV2(nn.Module):
 
 def make_mobilenet_v2() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(MobileNetV2(), _img())
+    return finish(MobileNetV2(), img())
 
 
 class SqueezeExcite(nn.Module):
@@ -239,7 +191,7 @@ class MobileNetV3(nn.Module):
 
 def make_mobilenet_v3() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(MobileNetV3(), _img())
+    return finish(MobileNetV3(), img())
 
 
 # --------------------------------------------------------------------------- DenseNet
@@ -283,7 +235,7 @@ class DenseNet(nn.Module):
 
 def make_densenet() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(DenseNet(), _img())
+    return finish(DenseNet(), img())
 
 
 # --------------------------------------------------------------------------- EfficientNet-like
@@ -335,7 +287,7 @@ class EfficientNetLike(nn.Module):
 
 def make_efficientnet() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(EfficientNetLike(), _img())
+    return finish(EfficientNetLike(), img())
 
 
 # --------------------------------------------------------------------------- Inception-like
@@ -369,7 +321,7 @@ class InceptionLike(nn.Module):
 
 def make_inception() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(InceptionLike(), _img())
+    return finish(InceptionLike(), img())
 
 
 # --------------------------------------------------------------------------- U-Net-like
@@ -398,7 +350,7 @@ class UNetLike(nn.Module):
 
 def make_unet() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(UNetLike(), _img())
+    return finish(UNetLike(), img())
 
 
 # --------------------------------------------------------------------------- ShuffleNet-like
@@ -441,7 +393,7 @@ class ShuffleNetLike(nn.Module):
 
 def make_shufflenet() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(ShuffleNetLike(), _img())
+    return finish(ShuffleNetLike(), img())
 
 
 # --------------------------------------------------------------------------- grouped conv, 1-channel conv
@@ -469,7 +421,7 @@ class GroupedConvNet(nn.Module):
 
 def make_grouped_conv() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(GroupedConvNet(), _img())
+    return finish(GroupedConvNet(), img())
 
 
 # --------------------------------------------------------------------------- flatten into Linear
@@ -491,7 +443,7 @@ class FlattenNet(nn.Module):
 
 def make_flatten_linear() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(FlattenNet(), _img(c=1, hw=16))
+    return finish(FlattenNet(), img(c=1, hw=16))
 
 
 # --------------------------------------------------------------------------- 1x1-conv classifier
@@ -511,7 +463,7 @@ class ConvClassifier(nn.Module):
 
 def make_conv_classifier() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(ConvClassifier(), _img())
+    return finish(ConvClassifier(), img())
 
 
 # --------------------------------------------------------------------------- in-place ops
@@ -539,405 +491,7 @@ class InplaceNet(nn.Module):
 
 def make_inplace() -> tuple[nn.Module, Inputs]:
     torch.manual_seed(0)
-    return _finish(InplaceNet(), _img())
+    return finish(InplaceNet(), img())
 
 
 # --------------------------------------------------------------------------- ViT
-
-
-class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
-
-
-class ViT(nn.Module):
-    """Patch embedding, class token, learned position embedding, MHA blocks, stored hidden size."""
-
-    def __init__(
-        self, img: int = 16, patch: int = 4, dim: int = 32, depth: int = 2, heads: int = 4, mlp: int = 64
-    ) -> None:
-        super().__init__()
-        self.hidden_size = dim  # stored size used in a reshape below
-        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
-        n = (img // patch) ** 2
-        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
-        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, n + 1, dim))
-        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b = x.shape[0]
-        x = self.patch_embed(x)  # (B, D, h, w)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1) + self.pos_embed
-        x = self.norm(self.blocks(x))
-        cls = x[:, 0].reshape(b, self.hidden_size)
-        return self.head(cls)
-
-
-def make_vit() -> tuple[nn.Module, Inputs]:
-    torch.manual_seed(0)
-    return _finish(ViT(), _img())
-
-
-# --------------------------------------------------------------------------- Swin-like
-
-
-def window_partition(x: Tensor, ws: int) -> Tensor:
-    b, h, w, c = x.shape
-    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
-    return x.view(-1, ws * ws, c)  # (B*nW, ws*ws, C)
-
-
-def window_reverse(windows: Tensor, ws: int, h: int, w: int) -> Tensor:
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // ws) * (w // ws))
-    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).contiguous()
-    return x.view(b, h, w, c)
-
-
-class WindowAttention(nn.Module):
-    def __init__(self, dim: int, ws: int, heads: int) -> None:
-        super().__init__()
-        self.ws, self.heads = ws, heads
-        self.scale = (dim // heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(0.02 * torch.randn((2 * ws - 1) ** 2, heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
-        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
-        self.register_buffer("relative_position_index", rel[..., 0] * (2 * ws - 1) + rel[..., 1])
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, hd)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
-        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(out)
-
-
-class SwinBlock(nn.Module):
-    def __init__(self, dim: int, ws: int, heads: int, shift: int) -> None:
-        super().__init__()
-        self.ws, self.shift = ws, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, ws, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, H, W, C) channel-last
-        b, h, w, c = x.shape
-        y = self.norm1(x)
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = window_reverse(self.attn(window_partition(y, self.ws)), self.ws, h, w)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + y
-        return x + self.mlp(self.norm2(x))
-
-
-class PatchMerging(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x0, x1 = x[:, 0::2, 0::2], x[:, 1::2, 0::2]
-        x2, x3 = x[:, 0::2, 1::2], x[:, 1::2, 1::2]
-        return self.reduction(self.norm(torch.cat([x0, x1, x2, x3], -1)))  # last-dim concat
-
-
-class SwinLike(nn.Module):
-    def __init__(self, dim: int = 16, ws: int = 4, heads: int = 2) -> None:
-        super().__init__()
-        self.patch_embed = nn.Conv2d(3, dim, 2, 2)
-        self.norm0 = nn.LayerNorm(dim)
-        self.blocks = nn.Sequential(SwinBlock(dim, ws, heads, 0), SwinBlock(dim, ws, heads, ws // 2))
-        self.merge = PatchMerging(dim)
-        self.block2 = SwinBlock(2 * dim, ws, 2 * heads, 0)
-        self.norm = nn.LayerNorm(2 * dim)
-        self.head = nn.Linear(2 * dim, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.norm0(self.patch_embed(x).permute(0, 2, 3, 1))  # (B, H, W, C)
-        x = self.block2(self.merge(self.blocks(x)))
-        return self.head(self.norm(x).mean((1, 2)))
-
-
-def make_swin() -> tuple[nn.Module, Inputs]:
-    torch.manual_seed(0)
-    return _finish(SwinLike(), _img(hw=16))
-
-
-# --------------------------------------------------------------------------- custom autograd Function
-
-
-class ScaledTanh(torch.autograd.Function):
-    """A custom op the tracer cannot see through: its channels must be frozen, with a warning."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        y = torch.tanh(x) * 1.5
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return grad * (1.5 - y * y / 1.5)
-
-
-class CustomFunctionNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = conv_bn(3, 16)
-        self.conv_a = nn.Conv2d(16, 16, 3, 1, 1)  # goes through ScaledTanh: frozen
-        self.conv_b = nn.Conv2d(16, 24, 3, 1, 1)  # ordinary path: prunable
-        self.conv_b2 = nn.Conv2d(24, 16, 1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.conv1(x))
-        a = ScaledTanh.apply(self.conv_a(x))
-        b = self.conv_b2(F.relu(self.conv_b(x)))
-        return self.fc((a + b).mean((2, 3)))
-
-
-def make_custom_function() -> tuple[nn.Module, Inputs]:
-    torch.manual_seed(0)
-    return _finish(CustomFunctionNet(), _img())
-
-
-# --------------------------------------------------------------------------- data-dependent branch + MoE
-
-
-class Expert(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class MoENet(nn.Module):
-    """Top-1 routed experts (expert 3 never chosen: its router bias is -1e4) and a data-dependent branch."""
-
-    def __init__(self, dim: int = 16, hidden: int = 32, n_experts: int = 4) -> None:
-        super().__init__()
-        self.embed = nn.Linear(8, dim)
-        self.router = nn.Linear(dim, n_experts)
-        with torch.no_grad():
-            self.router.bias[-1] = -1e4
-        self.experts = nn.ModuleList([Expert(dim, hidden) for _ in range(n_experts)])
-        self.pos_branch = nn.Linear(dim, dim)  # taken when the mean is positive
-        self.neg_branch = nn.Linear(dim, dim)  # never taken by the example inputs
-        self.out = nn.Linear(dim, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x)  # (T, D)
-        choice = self.router(h).argmax(-1)
-        y = torch.zeros_like(h)
-        for i, expert in enumerate(self.experts):
-            sel = choice == i
-            if sel.any():
-                y[sel] = expert(h[sel])
-        h = h + y
-        h = self.pos_branch(h) if bool(x.mean() > -10.0) else self.neg_branch(h)
-        return self.out(F.relu(h))
-
-
-def make_moe() -> tuple[nn.Module, Inputs]:
-    torch.manual_seed(0)
-    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(5))
-    return _finish(MoENet(), x)
-
-
-# --------------------------------------------------------------------------- frozen
-
-
-def make_frozen() -> tuple[nn.Module, Inputs]:
-    """ResNet basic with every parameter ``requires_grad=False`` (autograd-walk tools see nothing)."""
-    model, inputs = make_resnet_basic()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, inputs
-
-
-# --------------------------------------------------------------------------- Hugging Face
-
-VOCAB = 96
-
-
-def _tokens(b: int = 2, t: int = 8, seed: int = 7) -> Tensor:
-    return torch.randint(0, VOCAB, (b, t), generator=torch.Generator().manual_seed(seed))
-
-
-def make_bert(attn: str = "eager") -> tuple[nn.Module, Inputs]:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        attn_implementation=attn,
-    )
-    model = BertModel(cfg, add_pooling_layer=False)
-    return _finish(model, _tokens())
-
-
-def make_gpt2(attn: str = "eager") -> tuple[nn.Module, Inputs]:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation=attn,
-    )
-    model = GPT2LMHeadModel(cfg)
-    assert model.lm_head.weight is model.transformer.wte.weight  # tied
-    return _finish(model, _tokens())
-
-
-def make_llama(attn: str = "eager") -> tuple[nn.Module, Inputs]:
-    """LLaMA with grouped-query attention: 8 query heads share 2 KV heads (SwiGLU, RMSNorm, RoPE)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=96,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        attn_implementation=attn,
-    )
-    model = LlamaForCausalLM(cfg)
-    _randomize_rmsnorm(model)
-    return _finish(model, _tokens())
-
-
-def _randomize_rmsnorm(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(2)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            with torch.no_grad():
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-
-
-def small_cnn() -> nn.Sequential:
-    """A seeded Conv-BN-ReLU / Linear chain on (N, 1, H, W) inputs, 3 classes (schedule and pruner tests)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 12, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(12 * 4, 16),
-        nn.ReLU(),
-        nn.Linear(16, 3),
-    )
-
-
-ZOO: dict[str, Factory] = {
-    "resnet_basic": make_resnet_basic,
-    "resnet_bottleneck": make_resnet_bottleneck,
-    "mobilenet_v2": make_mobilenet_v2,
-    "mobilenet_v3": make_mobilenet_v3,
-    "densenet": make_densenet,
-    "efficientnet": make_efficientnet,
-    "inception": make_inception,
-    "unet": make_unet,
-    "shufflenet": make_shufflenet,
-    "grouped_conv": make_grouped_conv,
-    "flatten_linear": make_flatten_linear,
-    "conv_classifier": make_conv_classifier,
-    "inplace": make_inplace,
-    "vit": make_vit,
-    "swin": make_swin,
-    "custom_function": make_custom_function,
-    "moe": make_moe,
-    "frozen": make_frozen,
-}
-
-HF_ZOO: dict[str, Factory] = {
-    "bert_eager": lambda: make_bert("eager"),
-    "bert_sdpa": lambda: make_bert("sdpa"),
-    "gpt2_eager": lambda: make_gpt2("eager"),
-    "gpt2_sdpa": lambda: make_gpt2("sdpa"),
-    "llama_gqa_eager": lambda: make_llama("eager"),
-    "llama_gqa_sdpa": lambda: make_llama("sdpa"),
-}
-
-
-def random_inputs(example_inputs: Inputs, seed: int) -> Inputs:
-    """Fresh inputs shaped like ``example_inputs``: normal floats, token ids within the vocabulary."""
-    g = torch.Generator().manual_seed(seed)
-    out: list[Any] = []
-    for x in example_inputs:
-        if isinstance(x, Tensor) and x.is_floating_point():
-            out.append(torch.randn(x.shape, generator=g, dtype=x.dtype))
-        elif isinstance(x, Tensor):
-            out.append(torch.randint(0, max(1, int(x.max()) + 1), x.shape, generator=g, dtype=x.dtype))
-        else:
-            out.append(x)
-    return tuple(out)
-
-
-def output_tensors(y: Any) -> list[Tensor]:
-    """Flatten a model output (tensor, tuple, dict or Hugging Face ModelOutput) to its tensors."""
-    if isinstance(y, Tensor):
-        return [y]
-    if isinstance(y, dict):  # ModelOutput is a dict subclass
-        return [t for v in y.values() for t in output_tensors(v)]
-    if isinstance(y, (list, tuple)):
-        return [t for v in y for t in output_tensors(v)]
-    return []
-
-
-def n_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-__all__ = [
-    "HF_ZOO",
-    "ZOO",
-    "n_parameters",
-    "output_tensors",
-    "random_inputs",
-]
