@@ -16,7 +16,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from prunekit import compat as compat
-
 from prunekit.version import __version__ as __version__
 
 # public name -> the package that exports it (each package's __init__ is its API)
