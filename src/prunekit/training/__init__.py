@@ -15,6 +15,7 @@ from prunekit.training.pruner import (
     Pruner,
     PrunerConfig,
     RegrowthConfig,
+    broadcast_masks,
     mask_sparsity,
 )
 from prunekit.training.results import ResultsTable, RunResult
@@ -29,6 +30,7 @@ from prunekit.training.schedules import (
 
 __all__ = [
     "atomic_save_tensors",
+    "broadcast_masks",
     "ChannelPruner",
     "ChannelPrunerConfig",
     "ConstantSchedule",
