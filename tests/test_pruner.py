@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,20 @@ def test_structured_finalize_through_the_dependency_graph_for_non_chains() -> No
     ]
     assert torch.equal(model[0].weight.detach(), w0) and torch.equal(model[5].weight.detach(), w5)
     torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_finalize_cuts_through_surgery_keeping_identities_and_a_reloadable_plan(tmp_path: Path) -> None:
+    model = small_cnn()
+    cp = pk.ChannelPruner(model, schedule=pk.ConstantSchedule(target=0.5))
+    cp.step()
+    ids = [id(p) for p in model.parameters()]
+    model.eval()
+    x = torch.randn(4, 1, 6, 6)
+    ref = model(x)
+    cp.finalize()
+    assert [id(p) for p in model.parameters()] == ids  # sliced in place, as prune_channels does
+    torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)
+    assert len(model._prunekit_plan) == 1
+    fresh = pk.load(pk.save(model, tmp_path / "m.safetensors"), small_cnn())
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in model.parameters()]
+    torch.testing.assert_close(fresh.eval()(x), model(x))

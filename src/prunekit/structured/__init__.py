@@ -21,10 +21,21 @@ from prunekit.structured.layers import (
     skip_blocks,
 )
 from prunekit.structured.optim_state import reset_grad_accumulators, resize_optimizer
-from prunekit.structured.surgery import apply_plan, get_tensor, masked_reference
+from prunekit.structured.surgery import (
+    AttrUpdate,
+    Plan,
+    PlanEntry,
+    apply_plan,
+    get_tensor,
+    masked_reference,
+    record_plan,
+)
+from prunekit.structured.surgery import apply as apply_surgery
 
 __all__ = [
     "apply_plan",
+    "apply_surgery",
+    "AttrUpdate",
     "block_influence",
     "ChannelCriterion",
     "ChannelPruneConfig",
@@ -35,8 +46,11 @@ __all__ = [
     "LayerPruningResult",
     "masked_reference",
     "ModelSummary",
+    "Plan",
+    "PlanEntry",
     "prune_channels",
     "prune_layers",
+    "record_plan",
     "reduce_members",
     "reset_grad_accumulators",
     "resize_optimizer",

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,9 @@ from torch import nn
 from prunekit.core import get_mask, masked_parameters, set_mask
 from prunekit.errors import ConfigError, PlanError
 from prunekit.training.schedules import Schedule
+
+if TYPE_CHECKING:
+    from prunekit.structured import Plan
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +518,41 @@ class ChannelPruner:
             "channel pruner step %d: removed channels physically to fraction %.4f", self.step_count, fraction
         )
 
+    def _cut_chain(
+        self,
+        model: nn.Module,
+        modules: dict[str, nn.Module],
+        chain: list[tuple[str, nn.Module, nn.Module, torch.Tensor, int]],
+    ) -> None:
+        """Remove the masked channels of a plain chain through :mod:`prunekit.structured` surgery.
+
+        Parameters keep their identity (their ``.data`` is sliced, as ``prune_channels`` does), the plan is
+        recorded in ``model._prunekit_plan`` (so ``pk.save`` / ``pk.load`` re-apply it), and the weight masks
+        are sliced with the same indices.
+        """
+        from prunekit.core import remove_mask
+        from prunekit.structured import apply_surgery, record_plan, reset_grad_accumulators
+
+        plan = _chain_plan(modules, chain)
+        masks = {}
+        for entry in plan.entries:
+            module_name, _, pname = entry.fqn.rpartition(".")
+            mask = get_mask(modules[module_name], pname)
+            if mask is not None:
+                masks[entry.fqn] = (modules[module_name], pname, mask)
+        apply_surgery(model, plan)
+        record_plan(model, plan)
+        reset_grad_accumulators(model)  # autograd caches the old shapes of the sliced parameters
+        for entry in plan.entries:
+            if entry.fqn in masks:
+                module, pname, mask = masks[entry.fqn]
+                idx = torch.as_tensor(entry.kept, dtype=torch.long)
+                mask = mask.index_select(entry.dim, idx)
+                masks[entry.fqn] = (module, pname, mask)
+        for module, pname, mask in masks.values():
+            remove_mask(module, pname)
+            set_mask(module, pname, mask)
+
     def _finalize_with_graph(self, example_inputs: Any, keep: dict[str, torch.Tensor]) -> nn.Module:
         return _finalize_with_graph_impl(self, example_inputs, keep)
 
@@ -561,25 +599,7 @@ class ChannelPruner:
                     "finalize can use pk.prune_channels' dependency graph."
                 )
             plan.append((name, producer, consumer, keep[name], cin // c))
-        for name, producer, consumer, kept, per in plan:
-            norm = _following_norm(modules, list(modules), name, producer.weight.shape[0])
-            rows = kept.nonzero().view(-1)
-            # a Linear after flatten(C, H*W) sees channel c as columns [c*HW, (c+1)*HW)
-            cols = (rows.view(-1, 1) * per + torch.arange(per).view(1, -1)).view(-1)
-            _slice_param(producer, "weight", 0, rows)
-            if producer.bias is not None:
-                _slice_param(producer, "bias", 0, rows)
-            _set_width(producer, out=len(rows))
-            if norm is not None:
-                for pname in ("weight", "bias"):
-                    _slice_param(norm, pname, 0, rows)
-                for bname in ("running_mean", "running_var"):
-                    buf = getattr(norm, bname, None)
-                    if buf is not None:
-                        setattr(norm, bname, buf[rows].clone())
-                norm.num_features = len(rows)  # type: ignore[assignment]
-            _slice_param(consumer, "weight", 1, cols)
-            _set_width(consumer, inp=len(cols))
+        self._cut_chain(model, modules, plan)
         from prunekit.core import remove_mask
 
         for mp in list(masked_parameters(model)):  # the masks of removed channels are all-True now
@@ -587,6 +607,42 @@ class ChannelPruner:
                 remove_mask(mp.module, mp.name)
         self.layers_finalized = True
         return self.model
+
+
+def _chain_plan(
+    modules: dict[str, nn.Module], chain: list[tuple[str, nn.Module, nn.Module, torch.Tensor, int]]
+) -> Plan:
+    """The surgery plan of a plain chain: each producer's kept rows, its BatchNorm, the consumer's columns."""
+    from prunekit.structured import AttrUpdate, Plan, PlanEntry
+
+    entries: list[PlanEntry] = []
+    attrs: list[AttrUpdate] = []
+    order = list(modules)
+    names = {id(m): n for n, m in modules.items()}
+
+    def keep(module: nn.Module, tensors: tuple[str, ...], dim: int, idx: list[int]) -> None:
+        for tname in tensors:
+            tensor = getattr(module, tname, None)
+            if isinstance(tensor, torch.Tensor):
+                fqn = f"{names[id(module)]}.{tname}"
+                entries.append(PlanEntry(fqn=fqn, dim=dim, size=tensor.shape[dim], kept=tuple(idx)))
+
+    def width(module: nn.Module, attr: str, new: int) -> None:
+        attrs.append(AttrUpdate(module=names[id(module)], name=attr, old=getattr(module, attr), new=new))
+
+    for name, producer, consumer, kept, per in chain:
+        rows = kept.nonzero().view(-1)
+        # a Linear after flatten(C, H*W) sees channel c as columns [c*HW, (c+1)*HW)
+        cols = (rows.view(-1, 1) * per + torch.arange(per).view(1, -1)).view(-1).tolist()
+        keep(producer, ("weight", "bias"), 0, rows.tolist())
+        width(producer, "out_features" if isinstance(producer, nn.Linear) else "out_channels", len(rows))
+        norm = _following_norm(modules, order, name, kept.numel())
+        if norm is not None:
+            keep(norm, ("weight", "bias", "running_mean", "running_var"), 0, rows.tolist())
+            width(norm, "num_features", len(rows))
+        keep(consumer, ("weight",), 1, cols)
+        width(consumer, "in_features" if isinstance(consumer, nn.Linear) else "in_channels", len(cols))
+    return Plan(entries=tuple(entries), attributes=tuple(attrs))
 
 
 class _KeepMaskCriterion:
@@ -649,31 +705,6 @@ def _following_norm(modules: dict[str, nn.Module], order: list[str], name: str, 
         if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == c and nxt.affine:
             return nxt
     return None
-
-
-def _slice_param(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
-    from prunekit.core import remove_mask
-
-    old = getattr(module, name)
-    mask = get_mask(module, name)
-    remove_mask(module, name)
-    new = nn.Parameter(old.detach().index_select(dim, idx).clone(), requires_grad=old.requires_grad)
-    setattr(module, name, new)
-    if mask is not None:
-        set_mask(module, name, mask.index_select(dim, idx))
-
-
-def _set_width(module: nn.Module, *, out: int | None = None, inp: int | None = None) -> None:
-    if isinstance(module, nn.Linear):
-        if out is not None:
-            module.out_features = out
-        if inp is not None:
-            module.in_features = inp
-    else:
-        if out is not None:
-            module.out_channels = out  # type: ignore[assignment]
-        if inp is not None:
-            module.in_channels = inp  # type: ignore[assignment]
 
 
 __all__ = [
