@@ -42,6 +42,7 @@ from .hf import *  # noqa: F403
 from .hf import make_bert, make_gpt2, make_llama
 from .misc import *  # noqa: F403
 from .misc import Branches, make_custom_function, make_frozen, make_moe, small_cnn
+from .torchvision_like import make_tv_maxvit, make_tv_swin
 
 ZOO: dict[str, Factory] = {
     "resnet_basic": make_resnet_basic,
@@ -59,6 +60,8 @@ ZOO: dict[str, Factory] = {
     "inplace": make_inplace,
     "vit": make_vit,
     "swin": make_swin,
+    "tv_swin_t": make_tv_swin,
+    "tv_maxvit": make_tv_maxvit,
     "custom_function": make_custom_function,
     "moe": make_moe,
     "frozen": make_frozen,

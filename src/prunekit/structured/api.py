@@ -283,8 +283,10 @@ def prune_channels(
         grads_ready = True
     auto_kept: list[Skipped] = []
     auto_names: set[str] = set()
+    modules = dict(model.named_modules())
+    max_attempts = 8 + len(trace.modules_run)  # each failed attempt keeps at least one more module
     try:
-        for _attempt in range(8):
+        for _attempt in range(max_attempts):
             graph, removed, plan, cands, sel = build_plan(model, trace, cfg, crit, frozen_names, params, ignored)
             mask = sel.removed_labels(removed)
             failure, applied = apply_checked(model, example_inputs, trace, plan, cands, check, graph, mask)
@@ -297,10 +299,16 @@ def prune_channels(
                     f"the pruned model {why} in module '{where or '<root>'}'; the model was restored unchanged. "
                     f"A size is probably held outside the weights there: pass ignore=['{where or '...'}'] to keep it"
                 )
-            logger.info("pruning changed module %s in a way it does not support (%s): keeping it", where, why)
-            auto_names.add(where)
-            auto_kept.append(Skipped(where, f"kept at full width: pruning it made the model fail ({why})"))
-            frozen_names = {**frozen_names, **resolve_ignore(model, [where], all_dims=True)}
+            # modules of the same class as the failing one (repeated blocks: swin_t has 12 attention modules) are
+            # kept in the same retry: they hold their sizes the same way. The check still proves the result.
+            kind = type(modules[where]) if where in modules else None
+            twins = [n for n, m in modules.items() if kind is not None and type(m) is kind and n not in auto_names]
+            for name in [where] + [n for n in twins if n != where]:
+                logger.info("pruning changed module %s in a way it does not support (%s): keeping it", name, why)
+                auto_names.add(name)
+                reason = why if name == where else f"like {where} ({kind.__name__ if kind else ''}): {why}"
+                auto_kept.append(Skipped(name, f"kept at full width: pruning it made the model fail ({reason})"))
+            frozen_names = {**frozen_names, **resolve_ignore(model, [where, *twins], all_dims=True)}
         else:
             raise PlanError(
                 f"pruning kept failing ({why}); the model was restored unchanged. Use ignore= on '{where}'"

@@ -57,8 +57,8 @@ class GraphBuilder(LayerRules, ShapeRules, AttentionRules, BuilderBase):
         name = node.name
         if not node.outputs:
             return
-        if name in IGNORE_OPS and not any(self.st(v) for v in node.inputs):
-            return
+        if name in IGNORE_OPS and (name.startswith("new_") or not any(self.st(v) for v in node.inputs)):
+            return  # x.new_zeros(size) reads only x's dtype and device: a fresh tensor, like torch.zeros
         try:
             if name in POINTWISE_OPS:
                 self.r_pointwise(node)
