@@ -390,7 +390,7 @@ def apply_allocation(
     include=[name])`` once per layer with the plan's criterion. Channel plans zero each layer's
     lowest-scoring output channels (weight rows and bias) with masks, or, with ``physical=True``,
     remove them: one ``prune_channels(model, example_inputs, ratio=r, scope="layer",
-    ignore=<every other Linear/Conv>)`` call per layer (coupled slices go with them).
+    exclude=<every other Linear/Conv>)`` call per layer (coupled slices go with them).
 
     Args:
         model: the model the sensitivity analysis ran on.
@@ -427,7 +427,7 @@ def apply_allocation(
             for name, ratio in applied.items():  # one traced call per layer: its own ratio, others kept
                 others = [n for n in prunable if n != name]
                 prune_channels(
-                    model, example_inputs, ratio=ratio, scope="layer", criterion=crit, ignore=others or None
+                    model, example_inputs, ratio=ratio, scope="layer", criterion=crit, exclude=others or None
                 )
         else:
             _mask_channels(modules, applied, str(criterion))

@@ -26,6 +26,14 @@ from prunekit.core.batches import (
     to_device,
     weight_of,
 )
+from prunekit.core.config import (
+    UNSET,
+    ConfigMixin,
+    config_from_dict,
+    config_to_dict,
+    merge_config,
+    register_config,
+)
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
 from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes
 from prunekit.core.masks import (
@@ -52,6 +60,12 @@ from prunekit.core.metrics import (
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
 
 __all__ = [
+    "UNSET",
+    "ConfigMixin",
+    "config_from_dict",
+    "config_to_dict",
+    "merge_config",
+    "register_config",
     "atomic_dir",
     "atomic_write",
     "atomic_write_bytes",
