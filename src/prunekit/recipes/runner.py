@@ -267,7 +267,7 @@ def _apply_layers(
         return
     blocks = list(st.blocks) if isinstance(st.blocks, tuple) else st.blocks
     prune_layers(
-        model, example_inputs, n=n, data=calib, loss_fn=loss_fn, criterion=cast(Any, st.criterion), blocks=blocks
+        model, example_inputs, n=n, data=calib, loss_fn=loss_fn, criterion=cast(Any, st.criterion), include=blocks
     )
 
 
