@@ -34,6 +34,7 @@ from prunekit.core.config import (
     merge_config,
     register_config,
 )
+from prunekit.core.registry import Registry, criterion_registry, register_criterion
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
 from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes
 from prunekit.core.masks import (
@@ -60,6 +61,9 @@ from prunekit.core.metrics import (
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
 
 __all__ = [
+    "Registry",
+    "criterion_registry",
+    "register_criterion",
     "UNSET",
     "ConfigMixin",
     "config_from_dict",
