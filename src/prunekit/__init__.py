@@ -39,6 +39,11 @@ _API: dict[str, str] = {
         [
             "EvalResult",
             "HardwareInfo",
+            "Registry",
+            "UNSET",
+            "config_from_dict",
+            "config_to_dict",
+            "criterion_registry",
             "LatencyResult",
             "evaluate",
             "forward_peak_memory",
@@ -65,6 +70,7 @@ _API: dict[str, str] = {
         [
             "ChannelPruneConfig",
             "ChannelPruneResult",
+            "LayerPruningConfig",
             "LayerPruningResult",
             "ModelSummary",
             "prune_channels",
@@ -79,6 +85,7 @@ _API: dict[str, str] = {
     ),
     **dict.fromkeys(
         [
+            "AllocationConfig",
             "AllocationPlan",
             "LayerSensitivity",
             "SensitivityConfig",
@@ -96,8 +103,10 @@ _API: dict[str, str] = {
             "ChannelPrunerConfig",
             "ConstantSchedule",
             "CubicSchedule",
+            "IterativePruneConfig",
             "IterativeSchedule",
             "LotteryConfig",
+            "OneShotConfig",
             "Pruner",
             "PrunerConfig",
             "RegrowthConfig",
@@ -117,6 +126,7 @@ _API: dict[str, str] = {
 }
 
 __all__ = [
+    "AllocationConfig",
     "AllocationPlan",
     "ChannelPruneConfig",
     "ChannelPruneResult",
@@ -129,12 +139,15 @@ __all__ = [
     "EvalResult",
     "FormatError",
     "HardwareInfo",
+    "IterativePruneConfig",
     "IterativeSchedule",
     "LatencyResult",
+    "LayerPruningConfig",
     "LayerPruningResult",
     "LayerSensitivity",
     "LotteryConfig",
     "ModelSummary",
+    "OneShotConfig",
     "PatternError",
     "PlanError",
     "PrunekitError",
@@ -142,11 +155,13 @@ __all__ = [
     "PrunerConfig",
     "Recipe",
     "RecipeResult",
+    "Registry",
     "RegrowthConfig",
     "Schedule",
     "SensitivityConfig",
     "SensitivityResult",
     "SparsityReport",
+    "UNSET",
     "UnknownModuleError",
     "UnsupportedOpError",
     "WeightCriterion",
@@ -155,6 +170,9 @@ __all__ = [
     "__version__",
     "allocate",
     "apply_allocation",
+    "config_from_dict",
+    "config_to_dict",
+    "criterion_registry",
     "evaluate",
     "fit",
     "forward_peak_memory",
@@ -223,6 +241,7 @@ sys.modules[__name__].__class__ = compat.Package
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
     from prunekit.analysis import (
+        AllocationConfig,
         AllocationPlan,
         LayerSensitivity,
         SensitivityConfig,
@@ -233,9 +252,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         sensitivity,
     )
     from prunekit.core import (
+        UNSET,
         EvalResult,
         HardwareInfo,
         LatencyResult,
+        Registry,
+        config_from_dict,
+        config_to_dict,
+        criterion_registry,
         evaluate,
         forward_peak_memory,
         hardware_info,
@@ -257,6 +281,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
     from prunekit.structured import (
         ChannelPruneConfig,
         ChannelPruneResult,
+        LayerPruningConfig,
         LayerPruningResult,
         ModelSummary,
         prune_channels,
@@ -269,8 +294,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         ChannelPrunerConfig,
         ConstantSchedule,
         CubicSchedule,
+        IterativePruneConfig,
         IterativeSchedule,
         LotteryConfig,
+        OneShotConfig,
         Pruner,
         PrunerConfig,
         RegrowthConfig,

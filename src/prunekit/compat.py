@@ -16,12 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import sys
 import warnings
-import functools
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, TypeVar

@@ -31,7 +31,16 @@ from prunekit.analysis.estimates import CRITERIA, ESTIMATORS
 from prunekit.analysis.layers import keep_mask, select_layers
 from prunekit.analysis.result import SensitivityResult
 from prunekit.analysis.sweep import iter_curve
-from prunekit.core import UNSET, ConfigMixin, EvalMode, call_model, merge_config, register_config, to_device, weight_of
+from prunekit.core import (
+    UNSET,
+    ConfigMixin,
+    EvalMode,
+    call_model,
+    merge_config,
+    register_config,
+    to_device,
+    weight_of,
+)
 from prunekit.errors import ConfigError, PlanError, UnknownModuleError
 
 TargetKind = Literal["sparsity", "params", "macs", "latency"]

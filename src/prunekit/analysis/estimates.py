@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from prunekit.core import (
-    criterion_registry,
     batch_size,
     call_model,
+    criterion_registry,
     model_device,
     to_device,
     weight_of,

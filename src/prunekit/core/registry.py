@@ -4,10 +4,11 @@ Every place that takes a criterion *name* (Python verbs, YAML recipes, the CLI) 
 the registry of its granularity, so a criterion registered once is usable everywhere::
 
     >>> import prunekit as pk
-    >>> from prunekit.weights import Magnitude
+    >>> from prunekit.weights.criteria import Magnitude
     >>> pk.register_criterion("my_magnitude", Magnitude)
     >>> "my_magnitude" in criterion_registry("weight")
     True
+    >>> _ = criterion_registry("weight").pop("my_magnitude")
 
 Granularities: ``"weight"`` (factories of :class:`prunekit.weights.WeightCriterion`), ``"channel"``
 (factories of :class:`prunekit.structured.ChannelCriterion`), ``"sensitivity"`` (callables

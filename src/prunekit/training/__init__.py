@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prunekit.training.basic import forward, make_optimizer, num_threads, train
 from prunekit.training.checkpoint import atomic_save_tensors, load_checkpoint, load_tensors, save_checkpoint
-from prunekit.training.finetune import one_shot_then_finetune
-from prunekit.training.iterative import iterative_prune
+from prunekit.training.finetune import OneShotConfig, one_shot_then_finetune
+from prunekit.training.iterative import IterativePruneConfig, iterative_prune
 from prunekit.training.loop import FitResult, fit, train_epoch, train_step
 from prunekit.training.lottery import LotteryConfig, lottery_ticket
 from prunekit.training.pruner import (
@@ -37,6 +37,7 @@ __all__ = [
     "FitResult",
     "forward",
     "iterative_prune",
+    "IterativePruneConfig",
     "IterativeSchedule",
     "load_checkpoint",
     "load_tensors",
@@ -47,6 +48,7 @@ __all__ = [
     "mask_sparsity",
     "num_threads",
     "one_shot_then_finetune",
+    "OneShotConfig",
     "Pruner",
     "PrunerConfig",
     "RegrowthConfig",

@@ -39,7 +39,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prunekit.core import UNSET, ConfigMixin, get_mask, masked_parameters, merge_config, register_config, set_mask
+from prunekit.core import (
+    UNSET,
+    ConfigMixin,
+    get_mask,
+    masked_parameters,
+    merge_config,
+    register_config,
+    set_mask,
+)
 from prunekit.errors import ConfigError, PlanError
 from prunekit.training.schedules import Schedule
 
