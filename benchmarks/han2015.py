@@ -49,7 +49,7 @@ def main() -> None:
     res = pk.iterative_prune(
         model,
         data["train"],
-        target=args.target,
+        sparsity=args.target,
         rate=args.rate,
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-4),
         epochs_per_round=args.finetune_epochs,

@@ -251,7 +251,7 @@ def _uniform_matching_macs(model: nn.Module, example: torch.Tensor, macs: int) -
     for step in range(1, 20):
         r = step / 20
         m = copy.deepcopy(model)
-        pk.prune_channels(m, example, ratio=r, scope="layer", criterion="l2", ignore=["fc2"])
+        pk.prune_channels(m, example, ratio=r, scope="layer", criterion="l2", exclude=["fc2"])
         gap = abs(count_macs(m, example) - macs)
         if best is None or gap < best[0]:
             best = (gap, m, r)

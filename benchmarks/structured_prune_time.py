@@ -46,7 +46,7 @@ def _prune(tool: str, model: nn.Module, x: torch.Tensor, ignore: list[nn.Module]
             **kw,
         ).step()
     else:
-        pk.prune_channels(model, x, ratio=0.5, ignore=ignore, check=(tool == "pk"))
+        pk.prune_channels(model, x, ratio=0.5, exclude=ignore, check=(tool == "pk"))
 
 
 def main() -> None:

@@ -225,7 +225,7 @@ def _bad_recipes(tmp: Path) -> dict[str, Path]:
         "good": "prune:\n  - {what: weights, sparsity: 0.5}\nmeasure: {latency: false}\n",
         "with_data": "data: {source: digits}\nprune:\n  - {what: weights, sparsity: 0.5, criterion: wanda}\n"
         "measure: {latency: false}\n",
-        "bad_ignore": "data: {source: digits}\nprune:\n  - {what: channels, ratio: 0.5, ignore: [nope]}\n"
+        "bad_ignore": "data: {source: digits}\nprune:\n  - {what: channels, ratio: 0.5, exclude: [nope]}\n"
         "measure: {latency: false}\n",
     }
     out = {}
@@ -245,7 +245,7 @@ def _bad_recipes(tmp: Path) -> dict[str, Path]:
         ("wrong_factory", "cannot import module 'examples.nothing'"),
         ("missing_attr", "module 'examples.models' has no 'nope'"),
         ("data_does_not_fit", "data 'digits' does not fit the model"),
-        ("bad_ignore", "ignore: no module named 'nope'"),
+        ("bad_ignore", "exclude: no module named 'nope'"),
         ("bad_data_name", "unknown data 'cifar'"),
         ("out_exists", "already exists"),
     ],

@@ -363,14 +363,14 @@ def test_on_unknown_raise_names_op_and_module_and_ignore_is_the_way_out() -> Non
 
     m = WithOpaque()
     state = {k: v.clone() for k, v in m.state_dict().items()}
-    with pytest.raises(UnsupportedOpError, match=r"Opaque.*ignore="):
+    with pytest.raises(UnsupportedOpError, match=r"Opaque.*exclude="):
         pk.prune_channels(m, torch.randn(2, 3), ratio=0.5, on_unknown="raise")
     assert all(torch.equal(state[k], v) for k, v in m.state_dict().items())
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = pk.prune_channels(m, torch.randn(2, 3), ratio=0.5, on_unknown="raise", ignore=[m])
+        res = pk.prune_channels(m, torch.randn(2, 3), ratio=0.5, on_unknown="raise", exclude=[m])
     assert res.params_after <= res.params_before
 
 

@@ -136,11 +136,11 @@ def test_resnet_blocks_across_stages_and_shape_changing_blocks_refused() -> None
     assert not infos["2.0"].removable and "(2, 8, 16, 16)" in infos["2.0"].reason
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(pk.PlanError, match=r"'2\.0'.*hidden state changes across it"):
-        pk.prune_layers(model, x, n=1, blocks=["2.0"])
+        pk.prune_layers(model, x, n=1, include=["2.0"])
     with pytest.raises(pk.PlanError, match="only 2 removable"):
-        pk.prune_layers(model, x, n=3, blocks="2")
+        pk.prune_layers(model, x, n=3, include="2")
     with pytest.raises(pk.UnknownModuleError):
-        pk.prune_layers(model, x, n=1, blocks="nope")
+        pk.prune_layers(model, x, n=1, include="nope")
     with pytest.raises(pk.ConfigError):
         pk.prune_layers(model, x, n=0)
     assert list(model.state_dict()) == list(before)

@@ -50,7 +50,7 @@ def test_iterative_prune_reaches_target_and_recovers(loaders) -> None:  # type: 
     res = pk.iterative_prune(
         model,
         loaders[0],
-        target=0.8,
+        sparsity=0.8,
         rate=0.5,
         optimizer=lambda p: torch.optim.Adam(p, lr=1e-3),
         epochs_per_round=1,
@@ -94,7 +94,7 @@ def test_methods_validate_before_touching_the_model(loaders) -> None:  # type: i
     model = _mlp()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(pk.ConfigError):
-        pk.iterative_prune(model, loaders[0], target=1.2, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+        pk.iterative_prune(model, loaders[0], sparsity=1.2, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with pytest.raises(pk.ConfigError):
         pk.one_shot_then_finetune(model, loaders[0], sparsity=0.5, optimizer="adam", epochs=1)  # type: ignore[arg-type]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

@@ -171,7 +171,7 @@ _weights = st.fixed_dictionaries(
 )
 _channels = st.fixed_dictionaries(
     {"what": st.just("channels"), "ratio": st.floats(0.0, 0.9)},
-    optional={"round_to": st.integers(1, 16), "ignore": st.lists(st.just("fc"), max_size=1)},
+    optional={"round_to": st.integers(1, 16), "exclude": st.lists(st.just("fc"), max_size=1)},
 )
 
 
@@ -249,5 +249,5 @@ def test_recipe_is_exported() -> None:
         "what": "layers",
         "n": 1,
         "criterion": "block_influence",
-        "blocks": None,
+        "include": None,
     }

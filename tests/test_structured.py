@@ -173,12 +173,12 @@ def test_grouped_conv_equal_counts_per_group() -> None:
 
 def test_ignore_and_round_to() -> None:
     model = _randomize_bn(ResNetish())
-    pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.6, ignore=[model.l1.c1], round_to=4)
+    pk.prune_channels(model, torch.randn(1, 3, 8, 8), ratio=0.6, exclude=[model.l1.c1], round_to=4)
     assert model.l1.c1.out_channels == 16
     for m in (model.stem[0], model.l2.c1, model.l2.c2):
         assert m.out_channels % 4 == 0
     model2 = _randomize_bn(ResNetish())
-    pk.prune_channels(model2, torch.randn(1, 3, 8, 8), ratio=0.5, ignore="l2.*")
+    pk.prune_channels(model2, torch.randn(1, 3, 8, 8), ratio=0.5, exclude="l2.*")
     assert model2.l2.c1.out_channels == 32 and model2.l2.c2.out_channels == 32
 
 
@@ -237,7 +237,7 @@ def test_bad_input_leaves_model_untouched() -> None:
         ({"ratio": -0.1}, ConfigError),
         ({"criterion": "nope"}, ConfigError),
         ({"scope": "all"}, ConfigError),
-        ({"ignore": ["nothing.*"]}, UnknownModuleError),
+        ({"exclude": ["nothing.*"]}, UnknownModuleError),
         ({"target_macs": 0.5, "target_params": 0.5}, ConfigError),
         ({"round_to": 0}, ConfigError),
     ]:
@@ -272,7 +272,7 @@ def test_failure_rolls_back_exactly() -> None:
     assert all(p is params[n] for n, p in model.named_parameters())
     assert model.a.out_channels == 8 and model.b.in_features == 32
     assert not hasattr(model, "_prunekit_plan")
-    pk.prune_channels(model, torch.randn(1, 3, 2, 2), ratio=0.5, ignore=[model.a])  # the way out
+    pk.prune_channels(model, torch.randn(1, 3, 2, 2), ratio=0.5, exclude=[model.a])  # the way out
     assert model.a.out_channels == 8
 
 

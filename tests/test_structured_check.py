@@ -57,7 +57,7 @@ def test_check_matches_oracle_with_mixed_swaps(ratio: float) -> None:
     x = torch.randn(5, 8)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     refs = m.state_dict()  # the original tensors: the check must never write them
-    res = pk.prune_channels(m, x, ratio=ratio, ignore=[m.d])
+    res = pk.prune_channels(m, x, ratio=ratio, exclude=[m.d])
     assert res.params_after < res.params_before
     assert m.a.out_features < 32 and m.c.out_features < 24
     ref = masked_reference(orig, m._prunekit_plan)

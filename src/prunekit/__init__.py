@@ -38,6 +38,11 @@ _API: dict[str, str] = {
         [
             "EvalResult",
             "HardwareInfo",
+            "Registry",
+            "UNSET",
+            "config_from_dict",
+            "config_to_dict",
+            "criterion_registry",
             "LatencyResult",
             "evaluate",
             "forward_peak_memory",
@@ -64,6 +69,7 @@ _API: dict[str, str] = {
         [
             "ChannelPruneConfig",
             "ChannelPruneResult",
+            "LayerPruningConfig",
             "LayerPruningResult",
             "ModelSummary",
             "prune_channels",
@@ -78,6 +84,7 @@ _API: dict[str, str] = {
     ),
     **dict.fromkeys(
         [
+            "AllocationConfig",
             "AllocationPlan",
             "LayerSensitivity",
             "SensitivityConfig",
@@ -95,8 +102,10 @@ _API: dict[str, str] = {
             "ChannelPrunerConfig",
             "ConstantSchedule",
             "CubicSchedule",
+            "IterativePruneConfig",
             "IterativeSchedule",
             "LotteryConfig",
+            "OneShotConfig",
             "Pruner",
             "PrunerConfig",
             "RegrowthConfig",
@@ -116,6 +125,7 @@ _API: dict[str, str] = {
 }
 
 __all__ = [
+    "AllocationConfig",
     "AllocationPlan",
     "ChannelPruneConfig",
     "ChannelPruneResult",
@@ -128,12 +138,15 @@ __all__ = [
     "EvalResult",
     "FormatError",
     "HardwareInfo",
+    "IterativePruneConfig",
     "IterativeSchedule",
     "LatencyResult",
+    "LayerPruningConfig",
     "LayerPruningResult",
     "LayerSensitivity",
     "LotteryConfig",
     "ModelSummary",
+    "OneShotConfig",
     "PatternError",
     "PlanError",
     "PrunekitError",
@@ -141,11 +154,13 @@ __all__ = [
     "PrunerConfig",
     "Recipe",
     "RecipeResult",
+    "Registry",
     "RegrowthConfig",
     "Schedule",
     "SensitivityConfig",
     "SensitivityResult",
     "SparsityReport",
+    "UNSET",
     "UnknownModuleError",
     "UnsupportedOpError",
     "WeightCriterion",
@@ -154,6 +169,9 @@ __all__ = [
     "__version__",
     "allocate",
     "apply_allocation",
+    "config_from_dict",
+    "config_to_dict",
+    "criterion_registry",
     "evaluate",
     "fit",
     "forward_peak_memory",
@@ -222,6 +240,7 @@ sys.modules[__name__].__class__ = compat.Package
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
     from prunekit.analysis import (
+        AllocationConfig,
         AllocationPlan,
         LayerSensitivity,
         SensitivityConfig,
@@ -232,9 +251,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         sensitivity,
     )
     from prunekit.core import (
+        UNSET,
         EvalResult,
         HardwareInfo,
         LatencyResult,
+        Registry,
+        config_from_dict,
+        config_to_dict,
+        criterion_registry,
         evaluate,
         forward_peak_memory,
         hardware_info,
@@ -256,6 +280,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
     from prunekit.structured import (
         ChannelPruneConfig,
         ChannelPruneResult,
+        LayerPruningConfig,
         LayerPruningResult,
         ModelSummary,
         prune_channels,
@@ -268,8 +293,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         ChannelPrunerConfig,
         ConstantSchedule,
         CubicSchedule,
+        IterativePruneConfig,
         IterativeSchedule,
         LotteryConfig,
+        OneShotConfig,
         Pruner,
         PrunerConfig,
         RegrowthConfig,

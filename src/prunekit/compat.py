@@ -16,14 +16,17 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 REMOVED_IN = "0.3"
 
@@ -112,6 +115,45 @@ def deprecated_attribute(name: str) -> Any:
     return moved_name("prunekit", name)
 
 
+def renamed_kwargs(verb: str | None = None, /, **renames: str) -> Callable[[F], F]:
+    """Decorator: old keyword names keep working for one release, each with a ``DeprecationWarning``.
+
+    ``@renamed_kwargs(ignore="exclude")`` makes ``f(ignore=x)`` call ``f(exclude=x)`` and warn
+    ``"prune_channels(ignore=) is deprecated ...; use prune_channels(exclude=)"``. Giving both spellings
+    raises :class:`~prunekit.errors.ConfigError`.
+
+    Example:
+        >>> import warnings
+        >>> @renamed_kwargs(blocks="include")
+        ... def f(*, include=None):
+        ...     return include
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     f(blocks=["a"]), "use f(include=)" in str(w[0].message)
+        (['a'], True)
+    """
+
+    def decorate(fn: F) -> F:
+        name = verb or fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        from prunekit.errors import ConfigError
+
+                        raise ConfigError(f"{name}: give {new}= (the new name of {old}=), not both")
+                    warn(f"{name}({old}=)", f"{name}({new}=)", stacklevel=3)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        wrapper.__dict__["renamed_kwargs"] = dict(renames)
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Import hook: an old module path imports the module that now holds its code, with a warning."""
 
@@ -159,5 +201,6 @@ __all__ = [
     "deprecated_attribute",
     "install",
     "moved_name",
+    "renamed_kwargs",
     "warn",
 ]

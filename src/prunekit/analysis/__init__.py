@@ -3,7 +3,13 @@ allocation of a global target from the measured curves."""
 
 from __future__ import annotations
 
-from prunekit.analysis.allocation import AllocationPlan, allocate, apply_allocation, layer_latency
+from prunekit.analysis.allocation import (
+    AllocationConfig,
+    AllocationPlan,
+    allocate,
+    apply_allocation,
+    layer_latency,
+)
 from prunekit.analysis.heads import head_units
 from prunekit.analysis.layers import keep_mask, layer_macs
 from prunekit.analysis.result import LayerSensitivity, SensitivityResult, spearman
@@ -11,6 +17,7 @@ from prunekit.analysis.sweep import SensitivityConfig, iter_curve, sensitivity
 
 __all__ = [
     "allocate",
+    "AllocationConfig",
     "AllocationPlan",
     "apply_allocation",
     "head_units",

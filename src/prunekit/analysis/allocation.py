@@ -31,7 +31,16 @@ from prunekit.analysis.estimates import CRITERIA, ESTIMATORS
 from prunekit.analysis.layers import keep_mask, select_layers
 from prunekit.analysis.result import SensitivityResult
 from prunekit.analysis.sweep import iter_curve
-from prunekit.core import EvalMode, call_model, to_device, weight_of
+from prunekit.core import (
+    UNSET,
+    ConfigMixin,
+    EvalMode,
+    call_model,
+    merge_config,
+    register_config,
+    to_device,
+    weight_of,
+)
 from prunekit.errors import ConfigError, PlanError, UnknownModuleError
 
 TargetKind = Literal["sparsity", "params", "macs", "latency"]
@@ -175,17 +184,57 @@ def _costs(result: SensitivityResult, by: str, latency: Mapping[str, float] | No
     return costs
 
 
+@register_config
+@dataclass(frozen=True, kw_only=True)
+class AllocationConfig(ConfigMixin):
+    """Every option of :func:`allocate` (the sensitivity result is its argument).
+
+    Attributes:
+        target: fraction of ``by`` to remove over the analysed layers, in (0, 1).
+        by: ``"sparsity"``, ``"params"``, ``"macs"`` or ``"latency"``.
+        source: ``"measured"`` curves or a one-pass estimate (``"taylor"``, ``"fisher"``).
+        max_ratio: largest ratio any layer may get (default: the largest measured ratio).
+        exclude: layer names to keep at ratio 0.
+        latency: module name -> measured latency (seconds), for ``by="latency"``.
+        costs: module name -> cost, overriding the cost of those layers for ``by``.
+        tolerance: accepted relative error of the achieved target.
+    """
+
+    target: float
+    by: TargetKind = "sparsity"
+    source: str = "measured"
+    max_ratio: float | None = None
+    exclude: tuple[str, ...] = ()
+    latency: Mapping[str, float] | None = None
+    costs: Mapping[str, float] | None = None
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+        )
+        if self.by not in TARGET_KINDS:
+            raise ConfigError(f"by must be one of {', '.join(TARGET_KINDS)}, got {self.by!r}")
+        if self.source not in SOURCES:
+            raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or not 0.0 < float(self.target) < 1.0:
+            raise ConfigError(f"target must be a fraction to remove in (0, 1), got {self.target!r}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance}")
+
+
 def allocate(
     result: SensitivityResult,
-    target: float,
+    target: float = UNSET,
     *,
-    by: TargetKind = "sparsity",
-    source: str = "measured",
-    max_ratio: float | None = None,
-    exclude: Sequence[str] = (),
-    latency: Mapping[str, float] | None = None,
-    costs: Mapping[str, float] | None = None,
-    tolerance: float = 0.01,
+    by: TargetKind = UNSET,
+    source: str = UNSET,
+    max_ratio: float | None = UNSET,
+    exclude: Sequence[str] = UNSET,
+    latency: Mapping[str, float] | None = UNSET,
+    costs: Mapping[str, float] | None = UNSET,
+    tolerance: float = UNSET,
+    config: AllocationConfig | None = None,
 ) -> AllocationPlan:
     """Choose per-layer ratios that hit a global target with the least predicted loss increase.
 
@@ -205,6 +254,8 @@ def allocate(
         costs: module name -> cost, overriding the cost of those layers for ``by`` (e.g. for channel
             plans, a layer's own MACs plus the MACs of the next layer's input slice it takes away).
         tolerance: accepted relative error of the achieved target (0.01 = 1%).
+        config: an :class:`AllocationConfig` holding every option above; a keyword that sets the same
+            option as ``config`` raises ``ConfigError``.
 
     Returns:
         An :class:`AllocationPlan` (a ``{module_name: ratio}`` mapping with the prediction).
@@ -228,14 +279,23 @@ def allocate(
             "allocate needs per-layer curves over ratios; a granularity='head' result holds one point per head. "
             "Rank heads with result.ranking(), or run sensitivity(..., granularity='layer' or 'channel')"
         )
-    if by not in TARGET_KINDS:
-        raise ConfigError(f"by must be one of {', '.join(TARGET_KINDS)}, got {by!r}")
-    if source not in SOURCES:
-        raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
-        raise ConfigError(f"target must be a fraction to remove in (0, 1), got {target!r}")
-    if not 0.0 <= tolerance < 1.0:
-        raise ConfigError(f"tolerance must be in [0, 1), got {tolerance}")
+    if config is None and target is UNSET:
+        raise ConfigError("allocate needs target= (the fraction to remove, in (0, 1)) or config=")
+    cfg = merge_config(
+        AllocationConfig,
+        config,
+        verb="allocate",
+        target=target,
+        by=by,
+        source=source,
+        max_ratio=max_ratio,
+        exclude=exclude,
+        latency=latency,
+        costs=costs,
+        tolerance=tolerance,
+    )
+    target, by, source, max_ratio, exclude = cfg.target, cfg.by, cfg.source, cfg.max_ratio, cfg.exclude
+    latency, costs, tolerance = cfg.latency, cfg.costs, cfg.tolerance
     if not result.layers:
         raise ConfigError("the sensitivity result has no layers to allocate over")
     top = min(la.ratios[-1] for la in result.layers)
@@ -390,7 +450,7 @@ def apply_allocation(
     include=[name])`` once per layer with the plan's criterion. Channel plans zero each layer's
     lowest-scoring output channels (weight rows and bias) with masks, or, with ``physical=True``,
     remove them: one ``prune_channels(model, example_inputs, ratio=r, scope="layer",
-    ignore=<every other Linear/Conv>)`` call per layer (coupled slices go with them).
+    exclude=<every other Linear/Conv>)`` call per layer (coupled slices go with them).
 
     Args:
         model: the model the sensitivity analysis ran on.
@@ -427,7 +487,7 @@ def apply_allocation(
             for name, ratio in applied.items():  # one traced call per layer: its own ratio, others kept
                 others = [n for n in prunable if n != name]
                 prune_channels(
-                    model, example_inputs, ratio=ratio, scope="layer", criterion=crit, ignore=others or None
+                    model, example_inputs, ratio=ratio, scope="layer", criterion=crit, exclude=others or None
                 )
         else:
             _mask_channels(modules, applied, str(criterion))

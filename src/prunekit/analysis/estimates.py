@@ -22,6 +22,7 @@ from torch import nn
 from prunekit.core import (
     batch_size,
     call_model,
+    criterion_registry,
     model_device,
     to_device,
     weight_of,
@@ -64,23 +65,21 @@ def _fisher(weight: torch.Tensor, *, name: str, grad: torch.Tensor, fisher: torc
     return 0.5 * fisher * weight.square()
 
 
-CRITERIA: dict[str, SensitivityCriterion] = {
-    "fisher": _fisher,
-    "l2": _l2,
-    "magnitude": _magnitude,
-    "random": _random,
-    "taylor": _taylor,
-}
+CRITERIA = criterion_registry("sensitivity")
+for _name, _fn in (
+    ("fisher", _fisher),
+    ("l2", _l2),
+    ("magnitude", _magnitude),
+    ("random", _random),
+    ("taylor", _taylor),
+):
+    CRITERIA.register(_name, _fn, overwrite=False)
 
 
 def resolve_criterion(criterion: str | SensitivityCriterion) -> tuple[str, SensitivityCriterion]:
     """``(name, callable)`` for a registry name or a user callable."""
     if isinstance(criterion, str):
-        if criterion not in CRITERIA:
-            raise ConfigError(
-                f"unknown criterion {criterion!r}; valid names are {', '.join(sorted(CRITERIA))}"
-            )
-        return criterion, CRITERIA[criterion]
+        return criterion, CRITERIA.lookup(criterion)
     if callable(criterion):
         return getattr(criterion, "__name__", type(criterion).__name__), criterion
     raise ConfigError(

@@ -51,10 +51,15 @@ from prunekit.analysis.result import (
     SensitivityResult,
     spearman,
 )
+from prunekit.compat import renamed_kwargs
 from prunekit.core import (
+    UNSET,
+    ConfigMixin,
     EvalMode,
     evaluate,
     loss_and_metric,
+    merge_config,
+    register_config,
     take_batches,
     weight_of,
 )
@@ -63,8 +68,9 @@ from prunekit.errors import ConfigError, UnknownModuleError
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+@register_config
 @dataclass(frozen=True, kw_only=True)
-class SensitivityConfig:
+class SensitivityConfig(ConfigMixin):
     """Settings of :func:`sensitivity` (every keyword of the function, validated).
 
     Attributes:
@@ -90,6 +96,10 @@ class SensitivityConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value) if not isinstance(value, (str, type)) else (value,))
         ratios = tuple(float(r) for r in self.ratios)
         if not ratios:
             raise ConfigError("ratios must hold at least one pruning ratio in (0, 1), e.g. (0.1, 0.5, 0.9)")
@@ -107,20 +117,21 @@ class SensitivityConfig:
         resolve_criterion(self.criterion)
 
 
+@renamed_kwargs(data="eval_data")
 def sensitivity(
     model: nn.Module,
-    data: Iterable[Any],
+    eval_data: Iterable[Any],
     loss_fn: Callable[[Any, Any], Any],
     *,
-    ratios: Sequence[float] = DEFAULT_RATIOS,
-    criterion: str | SensitivityCriterion = "magnitude",
-    granularity: Granularity = "layer",
+    ratios: Sequence[float] = UNSET,
+    criterion: str | SensitivityCriterion = UNSET,
+    granularity: Granularity = UNSET,
     metric: Callable[[Any, Any], Any] | None = None,
-    max_batches: int | None = None,
-    estimate: bool = True,
-    include: Iterable[Any] | None = None,
-    exclude: Iterable[Any] | None = None,
-    progress: bool = True,
+    max_batches: int | None = UNSET,
+    estimate: bool = UNSET,
+    include: Iterable[Any] | None = UNSET,
+    exclude: Iterable[Any] | None = UNSET,
+    progress: bool = UNSET,
     config: SensitivityConfig | None = None,
 ) -> SensitivityResult:
     """Measure how the loss grows when each prunable layer alone is pruned; the model ends bit-identical.
@@ -131,8 +142,9 @@ def sensitivity(
 
     Args:
         model: the model to analyse (not modified).
-        data: a DataLoader or any iterable of ``(inputs, targets)``; ``inputs`` may be a tensor,
-            a tuple of positional arguments or a dict of keyword arguments.
+        eval_data: evaluation data (``data=`` is the deprecated spelling): a DataLoader or any iterable
+            of ``(inputs, targets)``; ``inputs`` may be a tensor, a tuple of positional arguments or a
+            dict of keyword arguments.
         loss_fn: ``loss_fn(outputs, targets)`` -> scalar mean loss of a batch.
         ratios: pruning ratios in (0, 1) to measure.
         criterion: ``magnitude`` (default), ``l2``, ``random``, ``taylor``, ``fisher`` or a callable.
@@ -147,7 +159,8 @@ def sensitivity(
         include: module names/globs/types to analyse (default: every Linear/Conv layer).
         exclude: module names/globs/types to skip.
         progress: show a tqdm progress bar over layers.
-        config: a :class:`SensitivityConfig`; when given it replaces every keyword above.
+        config: a :class:`SensitivityConfig` holding every option above but ``metric``; a keyword that
+            sets the same option as ``config`` raises ``ConfigError``.
 
     Returns:
         A :class:`SensitivityResult` (``to_dict``, ``to_csv``, ``plot``, ``ranking``).
@@ -165,14 +178,18 @@ def sensitivity(
         >>> res.names
         ['0', '2']
     """
-    cfg = config or SensitivityConfig(
-        ratios=tuple(ratios),
+    data = eval_data
+    cfg = merge_config(
+        SensitivityConfig,
+        config,
+        verb="sensitivity",
+        ratios=ratios if ratios is UNSET else tuple(ratios),
         criterion=criterion,
         granularity=granularity,
         max_batches=max_batches,
         estimate=estimate,
-        include=None if include is None else tuple(include),
-        exclude=None if exclude is None else tuple(exclude),
+        include=include,
+        exclude=exclude,
         progress=progress,
     )
     crit_name, crit = resolve_criterion(cfg.criterion)

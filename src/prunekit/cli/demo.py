@@ -278,7 +278,7 @@ def _run(cfg: DemoConfig, progress: bool, out_dir: str | Path | None) -> DemoRes
             bar.describe(f"channels l2 {r:.0%}")
             torch.manual_seed(cfg.seed)
             model = copy.deepcopy(dense)
-            prune_channels(model, example, ratio=r, criterion="l2", ignore=[model.fc])
+            prune_channels(model, example, ratio=r, criterion="l2", exclude=[model.fc])
             acc_pruned = _accuracy(model, test)
             train_model(model, train, epochs=cfg.finetune_epochs, lr=cfg.lr / 3)
             lat = measure_latency(model, batch, repeats=cfg.latency_repeats, warmup=3)

@@ -26,6 +26,14 @@ from prunekit.core.batches import (
     to_device,
     weight_of,
 )
+from prunekit.core.config import (
+    UNSET,
+    ConfigMixin,
+    config_from_dict,
+    config_to_dict,
+    merge_config,
+    register_config,
+)
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
 from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes
 from prunekit.core.masks import (
@@ -49,6 +57,7 @@ from prunekit.core.metrics import (
     measure_latency,
     param_bytes,
 )
+from prunekit.core.registry import Registry, criterion_registry, register_criterion
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
 
 __all__ = [
@@ -58,9 +67,13 @@ __all__ = [
     "batch_size",
     "BUILTIN",
     "call_model",
+    "config_from_dict",
+    "config_to_dict",
+    "ConfigMixin",
     "count_macs",
     "count_nonzeros",
     "count_params",
+    "criterion_registry",
     "default_data_dir",
     "digits",
     "EvalMode",
@@ -83,10 +96,14 @@ __all__ = [
     "MASK_SUFFIX",
     "masked_parameters",
     "measure_latency",
+    "merge_config",
     "model_device",
     "model_output",
     "param_bytes",
     "refresh",
+    "register_config",
+    "register_criterion",
+    "Registry",
     "remove_mask",
     "resolve_targets",
     "set_mask",
@@ -97,5 +114,6 @@ __all__ = [
     "take_inputs",
     "Target",
     "to_device",
+    "UNSET",
     "weight_of",
 ]

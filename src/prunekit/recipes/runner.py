@@ -193,7 +193,7 @@ def _modules(model: nn.Module, names: Iterable[str] | None) -> list[nn.Module] |
             out.append(model.get_submodule(name))
         except AttributeError:
             raise UnknownModuleError(
-                f"ignore: no module named {name!r} in the model; module names are e.g. {', '.join(known[:8])}"
+                f"exclude: no module named {name!r} in the model; module names are e.g. {', '.join(known[:8])}"
             ) from None
     return out
 
@@ -239,9 +239,9 @@ def _apply_channels(
             "channel pruning traces the model: give example inputs (a factory returning (model, inputs))"
         )
     kwargs: dict[str, Any] = {"criterion": st.criterion, "scope": st.scope, "round_to": st.round_to}
-    ignore = _modules(model, st.ignore)
-    if ignore is not None:
-        kwargs["ignore"] = ignore
+    exclude = _modules(model, st.exclude)
+    if exclude is not None:
+        kwargs["exclude"] = exclude
     if _accepts(prune_channels, "prune_heads"):
         kwargs["prune_heads"] = st.prune_heads
     if calib is not None and _accepts(prune_channels, "data"):
@@ -265,9 +265,9 @@ def _apply_layers(
 
     if n <= 0:
         return
-    blocks = list(st.blocks) if isinstance(st.blocks, tuple) else st.blocks
+    blocks = list(st.include) if isinstance(st.include, tuple) else st.include
     prune_layers(
-        model, example_inputs, n=n, data=calib, loss_fn=loss_fn, criterion=cast(Any, st.criterion), blocks=blocks
+        model, example_inputs, n=n, data=calib, loss_fn=loss_fn, criterion=cast(Any, st.criterion), include=blocks
     )
 
 

@@ -37,14 +37,39 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 
-WEIGHT_CRITERIA = ("magnitude", "random", "taylor", "snip", "wanda")
-CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
 DATA_AWARE = {"weights": ("taylor", "snip", "wanda"), "channels": ("taylor",), "layers": ("loss",)}
 _PATTERN = re.compile(r"^\d+:\d+$")
 
 # ----------------------------------------------------------------------------------------------
 # Schema (pydantic): the YAML boundary. Unknown keys are errors.
 # ----------------------------------------------------------------------------------------------
+
+
+def check_criterion(granularity: str, name: str) -> str:
+    """``name`` if it is registered for ``granularity`` (looked up at run time, so user criteria work)."""
+    import prunekit.analysis  # noqa: F401  (registers the built-in criteria of every granularity)
+    import prunekit.structured  # noqa: F401
+    import prunekit.weights  # noqa: F401
+    from prunekit.core import criterion_registry
+
+    registry = criterion_registry(granularity)
+    if name.lower() not in registry:
+        valid = ", ".join(repr(n) for n in registry.names())
+        raise ValueError(f"unknown {registry.what} {name!r}; valid names are {valid}")
+    return name
+
+
+def renamed_step_keys(step: Any, renames: Mapping[str, str], where: str) -> Any:
+    """Map a deprecated step key onto its new name (with a DeprecationWarning naming it)."""
+    if not isinstance(step, dict):
+        return step
+    from prunekit.compat import warn
+
+    for old, new in renames.items():
+        if old in step and new not in step:
+            warn(f"the recipe key {where}.{old}", f"{new}", stacklevel=4)
+            step = {**{k: v for k, v in step.items() if k != old}, new: step[old]}
+    return step
 
 
 class _Strict(BaseModel):
@@ -56,11 +81,16 @@ class _WeightsSchema(_Strict):
     sparsity: float | None = Field(
         default=None, ge=0.0, lt=1.0, description="total fraction of zeros, in [0, 1)"
     )
-    criterion: Literal["magnitude", "random", "taylor", "snip", "wanda"] = "magnitude"
+    criterion: str = "magnitude"
     scope: Literal["global", "layer"] = "global"
     pattern: str | None = Field(default=None, description="N:M pattern such as '2:4'")
     include: list[str] | None = None
     exclude: list[str] | None = None
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str) -> str:
+        return check_criterion("weight", v)
 
     @field_validator("pattern")
     @classmethod
@@ -86,11 +116,21 @@ class _ChannelsSchema(_Strict):
     ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     target_macs: float | None = Field(default=None, gt=0.0, le=1.0)
     target_params: float | None = Field(default=None, gt=0.0, le=1.0)
-    criterion: Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "random"] = "l2"
+    criterion: str = "l2"
     scope: Literal["layer", "global"] = "layer"
-    ignore: list[str] | None = None
+    exclude: list[str] | None = None
     round_to: int | None = Field(default=None, ge=1)
     prune_heads: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_step_keys(data, {"ignore": "exclude"}, "channels")
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v: str) -> str:
+        return check_criterion("channel", v)
 
     @model_validator(mode="after")
     def _one_amount(self) -> _ChannelsSchema:
@@ -104,9 +144,14 @@ class _LayersSchema(_Strict):
     what: Literal["layers"]
     n: int = Field(ge=1, description="how many blocks to remove")
     criterion: Literal["block_influence", "loss", "position"] = "block_influence"
-    blocks: str | list[str] | None = Field(
+    include: str | list[str] | None = Field(
         default=None, description="container name or block names to choose from"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_step_keys(data, {"blocks": "include"}, "layers")
 
 
 _StepSchema = Annotated[_WeightsSchema | _ChannelsSchema | _LayersSchema, Field(discriminator="what")]
@@ -227,7 +272,7 @@ class ChannelsStep:
     target_params: float | None = None
     criterion: str = "l2"
     scope: str = "layer"
-    ignore: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
     round_to: int | None = None
     prune_heads: bool = True
     what: Literal["channels"] = "channels"
@@ -242,7 +287,7 @@ class LayersStep:
 
     n: int
     criterion: str = "block_influence"
-    blocks: str | tuple[str, ...] | None = None
+    include: str | tuple[str, ...] | None = None
     what: Literal["layers"] = "layers"
 
     def __post_init__(self) -> None:
@@ -421,14 +466,14 @@ class Recipe:
                         target_params=st.target_params,
                         criterion=st.criterion,
                         scope=st.scope,
-                        ignore=_tuple_or_none(st.ignore),
+                        exclude=_tuple_or_none(st.exclude),
                         round_to=st.round_to,
                         prune_heads=st.prune_heads,
                     )
                 )
             else:
-                blocks = st.blocks if isinstance(st.blocks, str) or st.blocks is None else tuple(st.blocks)
-                steps.append(LayersStep(n=st.n, criterion=st.criterion, blocks=blocks))
+                blocks = st.include if isinstance(st.include, str) or st.include is None else tuple(st.include)
+                steps.append(LayersStep(n=st.n, criterion=st.criterion, include=blocks))
         return cls(
             steps=tuple(steps),
             name=s.name,
@@ -660,8 +705,7 @@ def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
 
 
 __all__ = [
-    "CHANNEL_CRITERIA",
-    "WEIGHT_CRITERIA",
+    "check_criterion",
     "ChannelsStep",
     "DataSpec",
     "Finetune",

@@ -14,6 +14,7 @@ from prunekit.structured.api import (
 )
 from prunekit.structured.criteria import ChannelCriterion, get_criterion, reduce_members
 from prunekit.structured.layers import (
+    LayerPruningConfig,
     LayerPruningResult,
     block_influence,
     find_blocks,
@@ -43,6 +44,7 @@ __all__ = [
     "find_blocks",
     "get_criterion",
     "get_tensor",
+    "LayerPruningConfig",
     "LayerPruningResult",
     "masked_reference",
     "ModelSummary",

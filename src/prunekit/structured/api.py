@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.core import count_macs, count_params
+from prunekit.compat import renamed_kwargs
+from prunekit.core import UNSET, ConfigMixin, count_macs, count_params, merge_config, register_config
 from prunekit.errors import ConfigError, DataRequiredError, PlanError
 from prunekit.graph import record
 from prunekit.structured.check import apply_checked
@@ -42,9 +43,10 @@ from prunekit.structured.surgery import masked_reference
 logger = logging.getLogger(__name__)
 
 
+@register_config
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ChannelPruneConfig:
-    """Everything ``prune_channels`` accepts besides the model and inputs.
+class ChannelPruneConfig(ConfigMixin):
+    """Every option of ``prune_channels`` (the model, inputs and data are arguments of the verb).
 
     Attributes:
         ratio: Fraction of units (channels, neurons, heads) to remove in every group (``scope="layer"``) or
@@ -66,6 +68,9 @@ class ChannelPruneConfig:
         gqa: Grouped-query attention units: ``"kv_groups"`` (a KV head with all its query heads) or
             ``"query_heads"`` (KV heads kept, the same query position removed in every group; needs SDPA
             ``enable_gqa``, otherwise whole KV groups are used).
+        exclude: Modules (objects, name globs, or types) whose output width is kept (was ``ignore``).
+        check: Compare the pruned model's outputs with the masked original's (one extra forward); a
+            mismatch restores the model and raises.
     """
 
     ratio: float | Mapping[str, float] = 0.5
@@ -78,8 +83,12 @@ class ChannelPruneConfig:
     prune_normalized: bool = False
     on_unknown: Literal["keep", "raise"] = "keep"
     gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
+    exclude: Any = None
+    check: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.exclude, (list, set, frozenset)):
+            object.__setattr__(self, "exclude", tuple(self.exclude))
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
         for r in ratios:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
@@ -181,25 +190,26 @@ class ChannelPruneResult:
         return "\n".join(lines)
 
 
+@renamed_kwargs(ignore="exclude")
 def prune_channels(
     model: nn.Module,
     example_inputs: Any,
-    ratio: float | Mapping[str, float] = 0.5,
+    ratio: float | Mapping[str, float] = UNSET,
     *,
-    target_macs: float | None = None,
-    target_params: float | None = None,
-    criterion: str | ChannelCriterion = "l2",
-    scope: Literal["layer", "global"] = "layer",
-    ignore: Iterable[IgnoreSpec] | IgnoreSpec | None = None,
-    round_to: int | None = None,
-    prune_heads: bool = True,
-    prune_normalized: bool = False,
-    on_unknown: Literal["keep", "raise"] = "keep",
-    gqa: Literal["kv_groups", "query_heads"] = "kv_groups",
+    target_macs: float | None = UNSET,
+    target_params: float | None = UNSET,
+    criterion: str | ChannelCriterion = UNSET,
+    scope: Literal["layer", "global"] = UNSET,
+    exclude: Iterable[IgnoreSpec] | IgnoreSpec | None = UNSET,
+    round_to: int | None = UNSET,
+    prune_heads: bool = UNSET,
+    prune_normalized: bool = UNSET,
+    on_unknown: Literal["keep", "raise"] = UNSET,
+    gqa: Literal["kv_groups", "query_heads"] = UNSET,
     data: Iterable[Any] | None = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
-    check: bool = True,
+    check: bool = UNSET,
 ) -> ChannelPruneResult:
     """Physically remove channels, neurons and attention heads of ``model``, in place.
 
@@ -218,7 +228,8 @@ def prune_channels(
         criterion: Importance of units: ``"l2"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``,
             ``"random"`` or a :class:`~prunekit.structured.criteria.ChannelCriterion`.
         scope: ``"layer"`` or ``"global"``.
-        ignore: Modules (objects, name globs, or types) whose output width is kept.
+        exclude: Modules (objects, name globs, or types) whose output width is kept (``ignore=`` is the
+            deprecated spelling).
         round_to: Keep a multiple of this many channels per channel group.
         prune_heads: Allow removing whole attention heads.
         prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
@@ -226,7 +237,8 @@ def prune_channels(
         gqa: ``"kv_groups"`` or ``"query_heads"`` (see :class:`ChannelPruneConfig`).
         data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
-        config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
+        config: A :class:`ChannelPruneConfig` holding every option above (all but ``data``/``loss_fn``);
+            a keyword that sets the same option as ``config`` raises ``ConfigError``.
         check: Compare the pruned model's outputs on ``example_inputs`` with the original's with the
             removed slices zeroed (one extra forward); a mismatch restores the model and raises.
 
@@ -240,7 +252,10 @@ def prune_channels(
         PlanError: the pruned model could not be built or run (the model is restored).
     """
     t0 = time.perf_counter()
-    cfg = config or ChannelPruneConfig(
+    cfg = merge_config(
+        ChannelPruneConfig,
+        config,
+        verb="prune_channels",
         ratio=ratio,
         target_macs=target_macs,
         target_params=target_params,
@@ -251,7 +266,10 @@ def prune_channels(
         prune_normalized=prune_normalized,
         on_unknown=on_unknown,
         gqa=gqa,
+        exclude=exclude,
+        check=check,
     )
+    ignore, check = cfg.exclude, cfg.check
     crit = get_criterion(cfg.criterion)
     frozen_names = resolve_ignore(model, ignore)
     ignored = frozenset(match_modules(model, ignore))
@@ -297,7 +315,7 @@ def prune_channels(
             if not where or where in auto_names or where == "<root>":
                 raise PlanError(
                     f"the pruned model {why} in module '{where or '<root>'}'; the model was restored unchanged. "
-                    f"A size is probably held outside the weights there: pass ignore=['{where or '...'}'] to keep it"
+                    f"A size is probably held outside the weights there: pass exclude=['{where or '...'}'] to keep it"
                 )
             # modules of the same class as the failing one (repeated blocks: swin_t has 12 attention modules) are
             # kept in the same retry: they hold their sizes the same way. The check still proves the result.
@@ -311,7 +329,7 @@ def prune_channels(
             frozen_names = {**frozen_names, **resolve_ignore(model, [where, *twins], all_dims=True)}
         else:
             raise PlanError(
-                f"pruning kept failing ({why}); the model was restored unchanged. Use ignore= on '{where}'"
+                f"pruning kept failing ({why}); the model was restored unchanged. Use exclude= on '{where}'"
             )
     finally:
         if grads_ready:
@@ -336,7 +354,7 @@ def prune_channels(
     if unknown:
         warnings.warn(
             f"prune_channels cannot see through {', '.join(unknown)}; the channels they touch were kept at full "
-            "width (see result.skipped). Pass those modules in ignore=[...] to keep them without this warning",
+            "width (see result.skipped). Pass those modules in exclude=[...] to keep them without this warning",
             UserWarning,
             stacklevel=2,
         )

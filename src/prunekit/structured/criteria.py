@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from prunekit.core import criterion_registry
 from prunekit.errors import ConfigError
 from prunekit.graph import Group, Member
 
@@ -198,14 +199,16 @@ class Random:
         return torch.rand(group.n_units, dtype=torch.float64)
 
 
-CRITERIA: dict[str, type] = {
-    "bn_scale": BNScale,
-    "fpgm": FPGM,
-    "l1": L1,
-    "l2": L2,
-    "random": Random,
-    "taylor": Taylor,
-}
+CRITERIA = criterion_registry("channel")
+for _name, _cls in (
+    ("bn_scale", BNScale),
+    ("fpgm", FPGM),
+    ("l1", L1),
+    ("l2", L2),
+    ("random", Random),
+    ("taylor", Taylor),
+):
+    CRITERIA.register(_name, _cls, overwrite=False)
 
 
 def get_criterion(criterion: str | ChannelCriterion) -> ChannelCriterion:
@@ -222,7 +225,8 @@ def get_criterion(criterion: str | ChannelCriterion) -> ChannelCriterion:
         cls = CRITERIA.get(criterion.lower())
         if cls is None:
             raise ConfigError(
-                f"unknown channel criterion {criterion!r}; valid: {', '.join(sorted(CRITERIA))}, or an object with a score(group, params, module_types) method"
+                CRITERIA.unknown_message(criterion)
+                + ", or an object with a score(group, params, module_types) method"
             )
         obj: ChannelCriterion = cls()
         return obj

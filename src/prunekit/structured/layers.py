@@ -25,6 +25,7 @@ Removal deletes the blocks from their container (re-indexed), and for Hugging Fa
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +34,60 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from prunekit.core import EvalMode, call_model, evaluate, model_device, take_batches, to_device
+from prunekit.compat import renamed_kwargs
+from prunekit.core import (
+    UNSET,
+    ConfigMixin,
+    EvalMode,
+    call_model,
+    evaluate,
+    merge_config,
+    model_device,
+    register_config,
+    take_batches,
+    to_device,
+)
 from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
 
 LayerCriterion = Literal["block_influence", "loss", "position"]
 LAYER_CRITERIA: tuple[str, ...] = ("block_influence", "loss", "position")
+
+
+@register_config
+@dataclass(frozen=True, kw_only=True)
+class LayerPruningConfig(ConfigMixin):
+    """Every option of :func:`prune_layers` (the model, inputs and data are arguments of the verb).
+
+    Attributes:
+        n: number of blocks to remove (at least 1; at least one block of each container stays).
+        criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
+        include: candidate blocks: one container (its qualified name, e.g. ``"model.layers"``) or a
+            list of block names (was ``blocks``); by default every removable block found.
+        exclude: block names or fnmatch globs never removed.
+        max_batches: use at most this many batches of ``data``.
+    """
+
+    n: int = 1
+    criterion: LayerCriterion = "block_influence"
+    include: str | tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    max_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, (list, set, frozenset)):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
+        if self.criterion not in LAYER_CRITERIA:
+            raise ConfigError(
+                f"unknown layer criterion {self.criterion!r}; valid names are {', '.join(LAYER_CRITERIA)}"
+            )
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"n must be a positive integer number of blocks to remove, got {self.n!r}")
+        if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
+            raise ConfigError(f"max_batches must be a positive integer or None, got {self.max_batches!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -383,16 +433,19 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
     return tuple(updated)
 
 
+@renamed_kwargs(blocks="include")
 def prune_layers(
     model: nn.Module,
     example_inputs: Any,
-    n: int = 1,
+    n: int = UNSET,
     *,
     data: Iterable[Any] | None = None,
     loss_fn: Callable[[Any, Any], Any] | None = None,
-    criterion: LayerCriterion = "block_influence",
-    blocks: str | Sequence[str] | None = None,
-    max_batches: int | None = None,
+    criterion: LayerCriterion = UNSET,
+    include: str | Sequence[str] | None = UNSET,
+    exclude: Sequence[str] | None = UNSET,
+    max_batches: int | None = UNSET,
+    config: LayerPruningConfig | None = None,
 ) -> LayerPruningResult:
     """Remove the ``n`` least important blocks of ``model`` in place; the model gets shallower.
 
@@ -405,9 +458,13 @@ def prune_layers(
             ``block_influence`` (which then averages over these batches' inputs).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="loss"``.
         criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
-        blocks: restrict candidates to one container (its qualified name, e.g. ``"model.layers"``)
-            or to a list of block names; by default every removable block found.
+        include: restrict candidates to one container (its qualified name, e.g. ``"model.layers"``)
+            or to a list of block names; by default every removable block found (``blocks=`` is the
+            deprecated spelling).
+        exclude: block names or fnmatch globs never removed.
         max_batches: use at most this many batches of ``data``.
+        config: a :class:`LayerPruningConfig` holding every option above but ``data``/``loss_fn``;
+            a keyword that sets the same option as ``config`` raises ``ConfigError``.
 
     Returns:
         A :class:`LayerPruningResult` with the removed names and every candidate's score.
@@ -431,16 +488,23 @@ def prune_layers(
         >>> len(model), res.removed
         (3, ('3',))
     """
-    if criterion not in LAYER_CRITERIA:
-        raise ConfigError(
-            f"unknown layer criterion {criterion!r}; valid names are {', '.join(LAYER_CRITERIA)}"
-        )
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive integer number of blocks to remove, got {n!r}")
+    cfg = merge_config(
+        LayerPruningConfig,
+        config,
+        verb="prune_layers",
+        n=n,
+        criterion=criterion,
+        include=include,
+        exclude=exclude,
+        max_batches=max_batches,
+    )
+    n, criterion, blocks, max_batches = cfg.n, cfg.criterion, cfg.include, cfg.max_batches
     if criterion == "loss" and (data is None or loss_fn is None):
         raise DataRequiredError("criterion='loss' needs data= (iterable of (inputs, targets)) and loss_fn=")
     infos = find_blocks(model, example_inputs)
     candidates = _candidates(model, infos, blocks)
+    if cfg.exclude:
+        candidates = [b for b in candidates if not any(fnmatch.fnmatchcase(b.name, p) for p in cfg.exclude)]
     if len(candidates) < n:
         pool = [b for b in infos if blocks is None or b.container == blocks or b.name in blocks]
         not_removable = [f"{b.name}: {b.reason}" for b in pool if not b.removable][:8]
@@ -519,12 +583,13 @@ def _candidates(
             "cannot remove "
             + "; ".join(f"{b.name!r}: {b.reason}" for b in bad[:5])
             + ". Only blocks whose output has the input's shape, in a chain of blocks, can be removed; "
-            "leave these out of blocks="
+            "leave these out of include="
         )
     return chosen
 
 
 __all__ = [
+    "LayerPruningConfig",
     "BlockInfo",
     "LayerPruningResult",
     "block_influence",

@@ -47,7 +47,7 @@ def match_modules(model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | 
         if isinstance(spec, nn.Module):
             if id(spec) not in by_id:
                 raise UnknownModuleError(
-                    f"ignore= has a {type(spec).__name__} module that is not part of the model; pass a submodule of the model, its name, or a type"
+                    f"exclude= has a {type(spec).__name__} module that is not part of the model; pass a submodule of the model, its name, or a type"
                 )
             matched.add(by_id[id(spec)])
         elif isinstance(spec, str):
@@ -55,17 +55,17 @@ def match_modules(model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | 
             if not hits:
                 sample = ", ".join(n for n in list(names)[1:8])
                 raise UnknownModuleError(
-                    f"ignore= pattern {spec!r} matches no module; module names look like: {sample}"
+                    f"exclude= pattern {spec!r} matches no module; module names look like: {sample}"
                 )
             matched.update(hits)
         elif isinstance(spec, type):
             hits = [n for n, m in names.items() if isinstance(m, spec)]
             if not hits:
-                raise UnknownModuleError(f"ignore= type {spec.__name__} matches no module of the model")
+                raise UnknownModuleError(f"exclude= type {spec.__name__} matches no module of the model")
             matched.update(hits)
         else:
             raise ConfigError(
-                f"ignore= entries must be modules, name globs or types, got {type(spec).__name__}"
+                f"exclude= entries must be modules, name globs or types, got {type(spec).__name__}"
             )
     return matched
 
@@ -339,7 +339,7 @@ def build_plan(
         r = unknown[0]
         raise UnsupportedOpError(
             f"prune_channels cannot see through {r.op!r} in module '{r.where}' ({r.reason}); the model is unchanged. "
-            f"Pass ignore=['{r.where}'] to keep that module at full width, or on_unknown='keep'"
+            f"Pass exclude=['{r.where}'] to keep that module at full width, or on_unknown='keep'"
         )
     scores = [np.asarray(crit.score(g, params, trace.module_types), dtype=np.float64) for g in graph.groups]
     for g, sc in zip(graph.groups, scores, strict=True):

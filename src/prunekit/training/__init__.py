@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prunekit.training.basic import forward, make_optimizer, num_threads, train
 from prunekit.training.checkpoint import atomic_save_tensors, load_checkpoint, load_tensors, save_checkpoint
-from prunekit.training.finetune import one_shot_then_finetune
-from prunekit.training.iterative import iterative_prune
+from prunekit.training.finetune import OneShotConfig, one_shot_then_finetune
+from prunekit.training.iterative import IterativePruneConfig, iterative_prune
 from prunekit.training.loop import FitResult, fit, train_epoch, train_step
 from prunekit.training.lottery import LotteryConfig, lottery_ticket
 from prunekit.training.pruner import (
@@ -39,6 +39,7 @@ __all__ = [
     "FitResult",
     "forward",
     "iterative_prune",
+    "IterativePruneConfig",
     "IterativeSchedule",
     "load_checkpoint",
     "load_tensors",
@@ -49,6 +50,7 @@ __all__ = [
     "mask_sparsity",
     "num_threads",
     "one_shot_then_finetune",
+    "OneShotConfig",
     "Pruner",
     "PrunerConfig",
     "RegrowthConfig",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
 
-from prunekit.core import LossFn, evaluate
+from prunekit.compat import renamed_kwargs
+from prunekit.core import UNSET, ConfigMixin, LossFn, evaluate, merge_config, register_config
 from prunekit.errors import ConfigError
 from prunekit.training.common import OptimizerLike, check_optimizer, make_optimizer, weight_sparsity
 from prunekit.training.loop import fit
@@ -16,22 +18,58 @@ from prunekit.training.results import ResultsTable, RunResult
 from prunekit.training.schedules import IterativeSchedule
 
 
+@register_config
+@dataclass(frozen=True, kw_only=True)
+class IterativePruneConfig(ConfigMixin):
+    """Every option of :func:`iterative_prune` (model, data, optimizer and loss are arguments of the verb).
+
+    Attributes:
+        sparsity: final sparsity (fraction of weights removed) in [0, 1) (was ``target``).
+        rate: fraction of surviving weights removed per round.
+        epochs_per_round: fine-tuning epochs per round (or give ``steps_per_round``).
+        steps_per_round: fine-tuning steps per round (overrides ``epochs_per_round``).
+        criterion: weight criterion name or object, passed to :func:`prunekit.prune_weights`.
+        scope: ``"global"`` or ``"layer"``.
+        include: module names/globs/types to prune.
+        exclude: module names/globs/types to leave dense.
+    """
+
+    sparsity: float
+    rate: float = 0.5
+    epochs_per_round: int | None = 1
+    steps_per_round: int | None = None
+    criterion: Any = "magnitude"
+    scope: Literal["global", "layer"] = "global"
+    include: Any = None
+    exclude: Any = None
+
+    def __post_init__(self) -> None:
+        IterativeSchedule(target=self.sparsity, rate=self.rate, every=1)  # validates both
+        if self.steps_per_round is None and self.epochs_per_round is None:
+            raise ConfigError("iterative_prune needs epochs_per_round=... or steps_per_round=...")
+        for name in ("include", "exclude"):
+            if isinstance(getattr(self, name), (list, set)):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+@renamed_kwargs(target="sparsity")
 def iterative_prune(
     model: nn.Module,
     train_loader: Any,
     *,
-    target: float,
-    rate: float = 0.5,
+    sparsity: float = UNSET,
+    rate: float = UNSET,
     optimizer: OptimizerLike,
-    epochs_per_round: int | None = 1,
-    steps_per_round: int | None = None,
-    criterion: Any = "magnitude",
-    scope: Literal["global", "layer"] = "global",
-    include: Sequence[Any] | None = None,
-    exclude: Sequence[Any] | None = None,
+    epochs_per_round: int | None = UNSET,
+    steps_per_round: int | None = UNSET,
+    criterion: Any = UNSET,
+    scope: Literal["global", "layer"] = UNSET,
+    include: Sequence[Any] | None = UNSET,
+    exclude: Sequence[Any] | None = UNSET,
     val_loader: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
     checkpoint_dir: str | Path | None = None,
+    config: IterativePruneConfig | None = None,
 ) -> RunResult:
     """Prune ``model`` in place in rounds: remove ``rate`` of the surviving weights, fine-tune, repeat.
 
@@ -41,7 +79,7 @@ def iterative_prune(
     Args:
         model: a trained model, pruned in place.
         train_loader: fine-tuning data.
-        target: final sparsity in [0, 1).
+        sparsity: final sparsity in [0, 1) (``target=`` is the deprecated spelling).
         rate: fraction of surviving weights removed per round.
         optimizer: an optimizer (kept across rounds) or a factory ``f(params)`` (fresh each round).
         epochs_per_round: fine-tuning epochs per round (or give ``steps_per_round``).
@@ -50,6 +88,8 @@ def iterative_prune(
         val_loader: evaluated before pruning (round 0) and after each round.
         loss_fn: default cross-entropy.
         checkpoint_dir: makes the run resumable (one checkpoint per round).
+        config: an :class:`IterativePruneConfig` holding every option above; a keyword that sets the
+            same option as ``config`` raises ``ConfigError``.
 
     Returns:
         A :class:`RunResult` whose table has one row per round: round, sparsity, loss, accuracy.
@@ -60,9 +100,24 @@ def iterative_prune(
     from prunekit.weights import prune_weights
 
     check_optimizer(optimizer)
-    schedule = IterativeSchedule(target=target, rate=rate, every=1)
-    if steps_per_round is None and epochs_per_round is None:
-        raise ConfigError("iterative_prune needs epochs_per_round=... or steps_per_round=...")
+    if config is None and sparsity is UNSET:
+        raise ConfigError("iterative_prune needs sparsity= (the final sparsity) or config=")
+    cfg = merge_config(
+        IterativePruneConfig,
+        config,
+        verb="iterative_prune",
+        sparsity=sparsity,
+        rate=rate,
+        epochs_per_round=epochs_per_round,
+        steps_per_round=steps_per_round,
+        criterion=criterion,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+    )
+    epochs_per_round, steps_per_round = cfg.epochs_per_round, cfg.steps_per_round
+    criterion, scope, include, exclude = cfg.criterion, cfg.scope, cfg.include, cfg.exclude
+    schedule = IterativeSchedule(target=cfg.sparsity, rate=cfg.rate, every=1)
     steps = steps_per_round if steps_per_round is not None else epochs_per_round * len(train_loader)  # type: ignore[operator]
     table = ResultsTable("iterative")
     if val_loader is not None:
@@ -90,4 +145,4 @@ def iterative_prune(
     )
 
 
-__all__ = ["iterative_prune"]
+__all__ = ["IterativePruneConfig", "iterative_prune"]

@@ -17,6 +17,7 @@ test accuracy at that step (the paper's protocol). Every level is checkpointed w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from prunekit.core import MASK_SUFFIX, LossFn, masked_parameters
+from prunekit.core import MASK_SUFFIX, ConfigMixin, LossFn, masked_parameters, merge_config, register_config
 from prunekit.errors import ConfigError
 from prunekit.training.checkpoint import atomic_save_tensors, load_tensors
 from prunekit.training.common import (
@@ -46,8 +47,9 @@ CONTROLS = ("random_mask", "reinit")
 _DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+@register_config
 @dataclass(frozen=True, kw_only=True)
-class LotteryConfig:
+class LotteryConfig(ConfigMixin):
     """Settings of a lottery-ticket run.
 
     Args:
@@ -195,10 +197,11 @@ def lottery_ticket(
     from prunekit.weights import prune_weights
 
     check_optimizer(optimizer)
-    if config is None:
-        config = LotteryConfig(**kwargs)
-    elif kwargs:
-        raise ConfigError(f"give config= or keyword settings, not both (got {sorted(kwargs)})")
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(LotteryConfig)})
+    if unknown:
+        raise ConfigError(f"lottery_ticket: unknown option(s) {unknown}; LotteryConfig fields are "
+                          f"{', '.join(f.name for f in dataclasses.fields(LotteryConfig))}")
+    config = merge_config(LotteryConfig, config, verb="lottery_ticket", **kwargs)
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(
             "lottery_ticket starts every level with a fresh optimizer: pass a factory such as "

@@ -39,7 +39,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prunekit.core import get_mask, masked_parameters, set_mask
+from prunekit.core import (
+    UNSET,
+    ConfigMixin,
+    get_mask,
+    masked_parameters,
+    merge_config,
+    register_config,
+    set_mask,
+)
 from prunekit.errors import ConfigError, PlanError
 from prunekit.training.schedules import Schedule
 
@@ -88,8 +96,9 @@ def mask_sparsity(model: nn.Module) -> float:
     return pruned / total if total else 0.0
 
 
+@register_config
 @dataclass(frozen=True, kw_only=True)
-class RegrowthConfig:
+class RegrowthConfig(ConfigMixin):
     """Prune-and-regrow at constant sparsity (SET: Mocanu et al. 2018; RigL: Evci et al. 2020).
 
     Args:
@@ -133,8 +142,9 @@ class RegrowthConfig:
         return self.start_step <= step < self.end_step and step % self.every == 0
 
 
+@register_config
 @dataclass(frozen=True, kw_only=True)
-class PrunerConfig:
+class PrunerConfig(ConfigMixin):
     """How a :class:`Pruner` prunes during training.
 
     Args:
@@ -175,7 +185,9 @@ class Pruner:
 
     Args:
         model: the model (or its DDP wrapper); pruned in place.
-        config: a :class:`PrunerConfig`; or give ``schedule`` for the defaults.
+        config: a :class:`PrunerConfig`; or give its fields (``schedule``, ``criterion``, ``scope``,
+            ``include``, ``exclude``, ``regrowth``, ``seed``, ``sync_distributed``) as keywords. A keyword
+            that sets the same option as ``config`` raises ``ConfigError``.
         schedule: shortcut for ``PrunerConfig(schedule=schedule)``.
         optimizer: needed for regrowth (to reset the optimizer state of regrown weights).
 
@@ -196,15 +208,31 @@ class Pruner:
         model: nn.Module,
         config: PrunerConfig | None = None,
         *,
-        schedule: Schedule | None = None,
+        schedule: Schedule = UNSET,
         optimizer: torch.optim.Optimizer | None = None,
+        criterion: Any = UNSET,
+        scope: Literal["global", "layer"] = UNSET,
+        include: Any = UNSET,
+        exclude: Any = UNSET,
+        regrowth: RegrowthConfig | None = UNSET,
+        seed: int = UNSET,
+        sync_distributed: bool = UNSET,
     ) -> None:
-        if config is None:
-            if schedule is None:
-                raise ConfigError("Pruner needs config=PrunerConfig(...) or schedule=...")
-            config = PrunerConfig(schedule=schedule)
-        elif schedule is not None:
-            raise ConfigError("give either config= or schedule=, not both")
+        if config is None and schedule is UNSET:
+            raise ConfigError("Pruner needs config=PrunerConfig(...) or schedule=...")
+        config = merge_config(
+            PrunerConfig,
+            config,
+            verb="Pruner",
+            schedule=schedule,
+            criterion=criterion,
+            scope=scope,
+            include=include,
+            exclude=exclude,
+            regrowth=regrowth,
+            seed=seed,
+            sync_distributed=sync_distributed,
+        )
         if config.regrowth is not None and optimizer is None:
             raise ConfigError("regrowth resets the optimizer state of regrown weights: pass optimizer=")
         self.model = model
@@ -337,8 +365,9 @@ class Pruner:
 # --------------------------------------------------------------------------- structured (channels)
 
 
+@register_config
 @dataclass(frozen=True, kw_only=True)
-class ChannelPrunerConfig:
+class ChannelPrunerConfig(ConfigMixin):
     """Gradual channel pruning: mask whole output channels on a schedule, remove them at the end.
 
     Args:
@@ -376,7 +405,9 @@ class ChannelPruner:
 
     Args:
         model: the model to prune in place.
-        config: a :class:`ChannelPrunerConfig`; or give ``schedule``.
+        config: a :class:`ChannelPrunerConfig`; or give its fields (``schedule``, ``include``,
+            ``criterion``, ``physical``) as keywords. A keyword that sets the same option as ``config``
+            raises ``ConfigError`` (``schedule=`` was silently dropped before 0.2).
         schedule: shortcut for ``ChannelPrunerConfig(schedule=schedule)``.
         example_inputs: inputs to trace the model with (``physical="each_step"``; also used by
             :meth:`finalize` for non-chain models).
@@ -394,14 +425,24 @@ class ChannelPruner:
         model: nn.Module,
         config: ChannelPrunerConfig | None = None,
         *,
-        schedule: Schedule | None = None,
+        schedule: Schedule = UNSET,
         example_inputs: Any = None,
         optimizer: torch.optim.Optimizer | None = None,
+        include: Any = UNSET,
+        criterion: Literal["l1", "l2"] = UNSET,
+        physical: Literal["end", "each_step"] = UNSET,
     ) -> None:
-        if config is None:
-            if schedule is None:
-                raise ConfigError("ChannelPruner needs config=ChannelPrunerConfig(...) or schedule=...")
-            config = ChannelPrunerConfig(schedule=schedule)
+        if config is None and schedule is UNSET:
+            raise ConfigError("ChannelPruner needs config=ChannelPrunerConfig(...) or schedule=...")
+        config = merge_config(
+            ChannelPrunerConfig,
+            config,
+            verb="ChannelPruner",
+            schedule=schedule,
+            include=include,
+            criterion=criterion,
+            physical=physical,
+        )
         if config.physical == "each_step" and example_inputs is None:
             raise ConfigError(
                 "ChannelPrunerConfig(physical='each_step') removes channels with pk.prune_channels, which traces "

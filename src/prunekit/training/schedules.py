@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+from prunekit.core import register_config
 from prunekit.errors import ConfigError
 
 
@@ -258,6 +259,9 @@ def schedule_from_dict(data: dict[str, Any]) -> Schedule:
         raise ConfigError(f"schedule dict needs a 'kind' among {sorted(SCHEDULES)}, got {kind!r}")
     return make_schedule(kind, **data)
 
+
+for _cls in (ConstantSchedule, IterativeSchedule, CubicSchedule):
+    register_config(_cls)
 
 __all__ = [
     "SCHEDULES",

@@ -35,11 +35,15 @@ import torch
 from torch import nn
 
 from prunekit.core import (
+    UNSET,
+    ConfigMixin,
     Skipped,
     Target,
     get_mask,
     is_default_type,
     masked_parameters,
+    merge_config,
+    register_config,
     resolve_targets,
     set_mask,
 )
@@ -70,9 +74,15 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
     return n, m
 
 
+def as_selection(value: Any) -> Any:
+    """A list/set of module specs as a tuple (hashable, round-trips through a dict); others unchanged."""
+    return tuple(value) if isinstance(value, (list, set, frozenset)) else value
+
+
+@register_config
 @dataclass(frozen=True, kw_only=True)
-class WeightPruningConfig:
-    """Everything ``prune_weights`` needs besides the model, criterion and data (validated).
+class WeightPruningConfig(ConfigMixin):
+    """Every option of ``prune_weights`` (validated); the model and data are arguments of the verb.
 
     Attributes:
         sparsity: total fraction of the selected weights to prune, in [0, 1). ``None`` is allowed
@@ -83,6 +93,10 @@ class WeightPruningConfig:
             pruned on top of the pattern by ``scope``.
         max_batches: at most this many batches of ``data`` are used by data-aware criteria.
         chunk_elements: scores computed at a time (bounds the extra memory of global scope).
+        criterion: a registered weight criterion name (``"magnitude"``, ``"random"``, ``"taylor"``,
+            ``"snip"``, ``"wanda"``, ...) or a WeightCriterion object.
+        include: module names, fnmatch globs or types to prune (default: every Linear/Conv weight).
+        exclude: module names, globs or types to leave dense.
     """
 
     sparsity: float | None = None
@@ -90,8 +104,14 @@ class WeightPruningConfig:
     pattern: str | None = None
     max_batches: int = 8
     chunk_elements: int = 1 << 18
+    criterion: str | WeightCriterion = "magnitude"
+    include: Any = None
+    exclude: Any = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "include", as_selection(self.include))
+        object.__setattr__(self, "exclude", as_selection(self.exclude))
+        get_criterion(self.criterion)
         nm = parse_pattern(self.pattern)
         if self.sparsity is None:
             if nm is None:
@@ -422,17 +442,17 @@ def _check_pattern(targets: Sequence[Target], pattern: str, nm: tuple[int, int])
 
 def prune_weights(
     model: nn.Module,
-    sparsity: float | None = None,
+    sparsity: float | None = UNSET,
     *,
-    criterion: str | WeightCriterion = "magnitude",
-    scope: Scope = "global",
-    pattern: str | None = None,
-    include: Any = None,
-    exclude: Any = None,
+    criterion: str | WeightCriterion = UNSET,
+    scope: Scope = UNSET,
+    pattern: str | None = UNSET,
+    include: Any = UNSET,
+    exclude: Any = UNSET,
     data: Any = None,
     loss_fn: LossFn | None = None,
-    max_batches: int = 8,
-    chunk_elements: int = 1 << 18,
+    max_batches: int = UNSET,
+    chunk_elements: int = UNSET,
     config: WeightPruningConfig | None = None,
 ) -> WeightPruningResult:
     """Prune individual weights in place with bool masks; return what was pruned per layer.
@@ -452,8 +472,8 @@ def prune_weights(
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria (taylor, snip).
         max_batches: at most this many batches of ``data`` are used.
         chunk_elements: scores held in memory at a time.
-        config: a :class:`WeightPruningConfig` instead of ``sparsity``, ``scope``, ``pattern``,
-            ``max_batches`` and ``chunk_elements`` (pass one or the other).
+        config: a :class:`WeightPruningConfig` holding every option above (all but ``data`` and
+            ``loss_fn``); a keyword that sets the same option as ``config`` raises ``ConfigError``.
 
     Returns:
         A :class:`WeightPruningResult` (per-layer pruned counts, skipped modules).
@@ -476,24 +496,21 @@ def prune_weights(
         >>> int(model[0].weight.reshape(32, 4, 4).ne(0).sum(-1).max())
         2
     """
-    if config is None:
-        cfg = WeightPruningConfig(
-            sparsity=sparsity,
-            scope=scope,
-            pattern=pattern,
-            max_batches=max_batches,
-            chunk_elements=chunk_elements,
-        )
-    elif not isinstance(config, WeightPruningConfig):
-        raise ConfigError(f"config must be a WeightPruningConfig, got {type(config).__name__}")
-    elif (sparsity, scope, pattern, max_batches, chunk_elements) != (None, "global", None, 8, 1 << 18):
-        raise ConfigError(
-            "pass either config= or sparsity/scope/pattern/max_batches/chunk_elements, not both; "
-            "use dataclasses.replace(config, ...) for a variant"
-        )
-    else:
-        cfg = config
-    crit = get_criterion(criterion)
+    cfg = merge_config(
+        WeightPruningConfig,
+        config,
+        verb="prune_weights",
+        sparsity=sparsity,
+        scope=scope,
+        pattern=pattern,
+        max_batches=max_batches,
+        chunk_elements=chunk_elements,
+        criterion=criterion,
+        include=include,
+        exclude=exclude,
+    )
+    include, exclude = cfg.include, cfg.exclude
+    crit = get_criterion(cfg.criterion)
     targets, skipped = resolve_targets(model, include, exclude)
     if not targets:
         raise ConfigError(
@@ -638,6 +655,7 @@ __all__ = [
     "SparsityReport",
     "WeightPruningConfig",
     "WeightPruningResult",
+    "as_selection",
     "parse_pattern",
     "prune_weights",
     "sparsity",

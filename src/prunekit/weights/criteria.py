@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from prunekit.core import Target, is_hf_conv1d
+from prunekit.core import Target, criterion_registry, is_hf_conv1d, register_criterion
 from prunekit.errors import ConfigError, DataRequiredError
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -319,26 +319,21 @@ class Wanda(WeightCriterion):
         self._norms = {}
 
 
-_REGISTRY: dict[str, Callable[[], WeightCriterion]] = {
-    "magnitude": Magnitude,
-    "l1": Magnitude,
-    "random": RandomScore,
-    "taylor": Taylor,
-    "snip": Snip,
-    "wanda": Wanda,
-}
-
-
-def register_criterion(name: str, factory: Callable[[], WeightCriterion]) -> None:
-    """Make ``criterion=name`` a shortcut for ``factory()``."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"criterion name must be a non-empty string, got {name!r}")
-    _REGISTRY[name.lower()] = factory
+_REGISTRY = criterion_registry("weight")
+for _name, _factory in (
+    ("magnitude", Magnitude),
+    ("l1", Magnitude),
+    ("random", RandomScore),
+    ("taylor", Taylor),
+    ("snip", Snip),
+    ("wanda", Wanda),
+):
+    _REGISTRY.register(_name, _factory, overwrite=False)
 
 
 def criterion_names() -> list[str]:
-    """The registered criterion names, sorted."""
-    return sorted(_REGISTRY)
+    """The registered weight criterion names, sorted."""
+    return _REGISTRY.names()
 
 
 def get_criterion(spec: str | WeightCriterion) -> WeightCriterion:
@@ -350,13 +345,14 @@ def get_criterion(spec: str | WeightCriterion) -> WeightCriterion:
     if isinstance(spec, WeightCriterion):
         return spec
     if isinstance(spec, str):
-        factory = _REGISTRY.get(spec.lower())
-        if factory is None:
+        if spec.lower() not in _REGISTRY:
+            raise ConfigError(_REGISTRY.unknown_message(spec) + ", or pass a WeightCriterion object")
+        made = _REGISTRY[spec.lower()]()
+        if not isinstance(made, WeightCriterion):
             raise ConfigError(
-                f"unknown criterion {spec!r}; valid names: {', '.join(criterion_names())}, "
-                "or pass a WeightCriterion object"
+                f"the factory registered as criterion {spec!r} made a {type(made).__name__}, not a WeightCriterion"
             )
-        return factory()
+        return made
     raise ConfigError(
         f"criterion must be a name ({', '.join(criterion_names())}) or a WeightCriterion, got {type(spec).__name__}"
     )
