@@ -119,7 +119,7 @@ CONFLICTS: dict[str, tuple[Any, str]] = {
     ),
     "one_shot_then_finetune": (
         lambda: pk.one_shot_then_finetune(
-            _mlp(), _data(), optimizer=ADAM, config=pk.OneShotConfig(sparsity=0.5), sparsity=0.6
+            _mlp(), _data(), optimizer=ADAM, config=pk.FinetuneConfig(sparsity=0.5), sparsity=0.6
         ),
         "sparsity",
     ),
@@ -179,7 +179,7 @@ CONFIGS = [
     pk.ChannelPrunerConfig(schedule=pk.IterativeSchedule(target=0.5, rate=0.2, every=3), include=("0",)),
     pk.LotteryConfig(rounds=2, steps_per_round=10, controls=("reinit",)),
     pk.IterativePruneConfig(sparsity=0.9, rate=0.3, steps_per_round=5),
-    pk.OneShotConfig(sparsity=0.5, steps=3, eval_every=1),
+    pk.FinetuneConfig(sparsity=0.5, steps=3, eval_every=1),
 ]
 
 

@@ -319,7 +319,10 @@ def prune_channels(
                 )
             # modules of the same class as the failing one (repeated blocks: swin_t has 12 attention modules) are
             # kept in the same retry: they hold their sizes the same way. The check still proves the result.
+            # (only for classes defined outside torch.nn: a built-in layer fails for reasons of its own instance)
             kind = type(modules[where]) if where in modules else None
+            if kind is not None and kind.__module__.startswith("torch.nn"):
+                kind = None
             twins = [n for n, m in modules.items() if kind is not None and type(m) is kind and n not in auto_names]
             for name in [where] + [n for n in twins if n != where]:
                 logger.info("pruning changed module %s in a way it does not support (%s): keeping it", name, why)

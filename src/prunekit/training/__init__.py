@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prunekit.training.basic import forward, make_optimizer, num_threads, train
 from prunekit.training.checkpoint import atomic_save_tensors, load_checkpoint, load_tensors, save_checkpoint
-from prunekit.training.finetune import OneShotConfig, one_shot_then_finetune
+from prunekit.training.finetune import FinetuneConfig, one_shot_then_finetune
 from prunekit.training.iterative import IterativePruneConfig, iterative_prune
 from prunekit.training.loop import FitResult, fit, train_epoch, train_step
 from prunekit.training.lottery import LotteryConfig, lottery_ticket
@@ -35,6 +35,7 @@ __all__ = [
     "ChannelPrunerConfig",
     "ConstantSchedule",
     "CubicSchedule",
+    "FinetuneConfig",
     "fit",
     "FitResult",
     "forward",
@@ -50,7 +51,6 @@ __all__ = [
     "mask_sparsity",
     "num_threads",
     "one_shot_then_finetune",
-    "OneShotConfig",
     "Pruner",
     "PrunerConfig",
     "RegrowthConfig",

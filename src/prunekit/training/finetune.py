@@ -18,7 +18,7 @@ from prunekit.training.results import ResultsTable, RunResult
 
 @register_config
 @dataclass(frozen=True, kw_only=True)
-class OneShotConfig(ConfigMixin):
+class FinetuneConfig(ConfigMixin):
     """Every option of :func:`one_shot_then_finetune` (model, data, optimizer, loss are arguments).
 
     Attributes:
@@ -66,7 +66,7 @@ def one_shot_then_finetune(
     eval_every: int | None = UNSET,
     loss_fn: LossFn | None = None,
     checkpoint: str | Path | None = None,
-    config: OneShotConfig | None = None,
+    config: FinetuneConfig | None = None,
 ) -> RunResult:
     """Prune ``model`` in place to ``sparsity`` at once, then fine-tune it with the masks in force.
 
@@ -83,7 +83,7 @@ def one_shot_then_finetune(
         eval_every: evaluate every this many fine-tuning steps (history rows in the table).
         loss_fn: default cross-entropy.
         checkpoint: a checkpoint file making the fine-tuning resumable.
-        config: a :class:`OneShotConfig` holding every option above but the data, optimizer, loss and
+        config: a :class:`FinetuneConfig` holding every option above but the data, optimizer, loss and
             checkpoint; a keyword that sets the same option as ``config`` raises ``ConfigError``.
 
     Returns:
@@ -96,7 +96,7 @@ def one_shot_then_finetune(
     if config is None and sparsity is UNSET:
         raise ConfigError("one_shot_then_finetune needs sparsity= or config=")
     cfg = merge_config(
-        OneShotConfig,
+        FinetuneConfig,
         config,
         verb="one_shot_then_finetune",
         sparsity=sparsity,
@@ -164,4 +164,4 @@ def one_shot_then_finetune(
     )
 
 
-__all__ = ["OneShotConfig", "one_shot_then_finetune"]
+__all__ = ["FinetuneConfig", "one_shot_then_finetune"]
