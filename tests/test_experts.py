@@ -377,3 +377,64 @@ def test_zero_removal_is_the_identity() -> None:
     result = prune_experts(model, batches(), ratio=0.0)
     assert result.experts_after == 16 and not hasattr(model, "_prunekit_plan")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+class FusedExperts(nn.Module):
+    """A hand-written experts container: per-expert biases and a per-expert buffer (leading dim E)."""
+
+    def __init__(self, e: int, h: int, i: int) -> None:
+        super().__init__()
+        self.num_experts = e
+        self.w1 = nn.Parameter(torch.randn(e, i, h) * 0.3)
+        self.b1 = nn.Parameter(torch.randn(e, i) * 0.3)
+        self.w2 = nn.Parameter(torch.randn(e, h, i) * 0.3)
+        self.register_buffer("scale", torch.rand(e) + 0.5)
+
+    def forward(
+        self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        out = torch.zeros_like(hidden)
+        for e in range(self.num_experts):
+            tok, slot = torch.nonzero(top_k_index == e, as_tuple=True)
+            y = (
+                F.linear(torch.relu(F.linear(hidden[tok], self.w1[e], self.b1[e])), self.w2[e])
+                * self.scale[e]
+            )
+            out.index_add_(0, tok, y * top_k_weights[tok, slot, None])
+        return out
+
+
+class LinearRouterMoE(nn.Module):
+    def __init__(self, e: int = 6, h: int = 8) -> None:
+        super().__init__()
+        self.top_k = 2
+        self.gate = nn.Linear(h, e, bias=True)
+        self.experts = FusedExperts(e, h, 12)
+        self.head = nn.Linear(h, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.gate(h), dim=-1)
+        w, idx = torch.topk(probs, self.top_k, dim=-1)
+        return self.head(self.experts(h, idx, w)).reshape(*x.shape[:-1], 3)
+
+
+def test_custom_block_with_linear_router_biases_and_buffers(tmp_path: Path) -> None:
+    model = LinearRouterMoE().eval()
+    original = copy.deepcopy(model)
+    data = [torch.randn(4, 5, 8) for _ in range(2)]
+    result = prune_experts(model, data, n=2)
+    (removed,) = result.removed.values()
+    assert (
+        model.gate.out_features == 4 and model.gate.bias.shape == (4,) and model.experts.scale.shape == (4,)
+    )
+    kept = torch.tensor(result.kept[""])
+    assert torch.equal(model.experts.b1, original.experts.b1[kept])
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad(), MaskedRouter({id(original.gate.weight): removed}):
+        want = original(x)
+    torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
+    pk.save(model, tmp_path / "m.safetensors")
+    fresh = LinearRouterMoE()
+    pk.load(tmp_path / "m.safetensors", fresh)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)

@@ -333,17 +333,15 @@ def prune_experts(
     written: tuple[str, ...] = ()
     if plan.entries:
         snap = apply_surgery(model, plan)
+        hf_config = getattr(model, "config", None)
+        saved = dict(vars(hf_config)) if hf_config is not None and hasattr(hf_config, "__dict__") else None
         try:
-            after_counts = {b.num_experts for b in find_moe_blocks(model)}
-            if len(after_counts) == 1:
-                old_cfg = dict(vars(getattr(model, "config", object())))
-                try:
-                    written = sync_expert_config(model)
-                except Exception:
-                    if old_cfg:
-                        vars(model.config).update(old_cfg)
-                    raise
+            if len({b.num_experts for b in find_moe_blocks(model)}) == 1:
+                written = sync_expert_config(model)
         except Exception:
+            if saved is not None:
+                vars(hf_config).clear()
+                vars(hf_config).update(saved)
             snap.restore()
             raise
         record_plan(model, plan)
