@@ -55,6 +55,10 @@ class ExpertPruneConfig:
             blocks together (scores divided by their block's mean), so counts may differ per block.
         max_batches: use at most this many calibration batches.
         seed: seed of ``criterion="random"``.
+
+    Example:
+        >>> ExpertPruneConfig(ratio=0.5).count(8), ExpertPruneConfig(n=3).count(8)
+        (4, 3)
     """
 
     ratio: float | None = None
