@@ -200,7 +200,6 @@ def test_pk_save_load_into_fresh_model(tmp_path: Path) -> None:
 
 def test_per_layer_removal_is_non_uniform_and_refuses_hf_export(tmp_path: Path) -> None:
     model = make_mixtral()
-    original = copy.deepcopy(model)
     # Layer 1's experts all score 0 except two: a global ranking takes every removal there it can.
     with torch.no_grad():
         model.model.layers[1].mlp.experts.down_proj[2:] = 0
@@ -215,6 +214,7 @@ def test_per_layer_removal_is_non_uniform_and_refuses_hf_export(tmp_path: Path) 
     )
     with pytest.raises(pk.PlanError):
         pk.save_pretrained(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
     with pytest.raises(pk.PlanError, match="per-block expert counts"):
         sync_expert_config(model)
     pk.save(model, tmp_path / "m.safetensors")
