@@ -70,9 +70,12 @@ _API: dict[str, str] = {
             "ChannelPruneConfig",
             "ChannelPruneResult",
             "LayerPruningConfig",
+            "ExpertPruneConfig",
+            "ExpertPruningResult",
             "LayerPruningResult",
             "ModelSummary",
             "prune_channels",
+            "prune_experts",
             "prune_layers",
             "resize_optimizer",
             "summary",
@@ -136,6 +139,8 @@ __all__ = [
     "CubicSchedule",
     "DataRequiredError",
     "EvalResult",
+    "ExpertPruneConfig",
+    "ExpertPruningResult",
     "FinetuneConfig",
     "FormatError",
     "HardwareInfo",
@@ -187,6 +192,7 @@ __all__ = [
     "measure_latency",
     "one_shot_then_finetune",
     "prune_channels",
+    "prune_experts",
     "prune_layers",
     "prune_weights",
     "register_criterion",
@@ -275,15 +281,27 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         UnknownModuleError,
         UnsupportedOpError,
     )
-    from prunekit.io import information_limit_bits, load, save, save_pretrained, sync_hf_config
-    from prunekit.recipes import Recipe, RecipeResult
+    from prunekit.io import (
+        information_limit_bits,
+        load,
+        save,
+        save_pretrained,
+        sync_hf_config,
+    )
+    from prunekit.recipes import (
+        Recipe,
+        RecipeResult,
+    )
     from prunekit.structured import (
         ChannelPruneConfig,
         ChannelPruneResult,
+        ExpertPruneConfig,
+        ExpertPruningResult,
         LayerPruningConfig,
         LayerPruningResult,
         ModelSummary,
         prune_channels,
+        prune_experts,
         prune_layers,
         resize_optimizer,
         summary,

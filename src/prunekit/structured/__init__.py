@@ -13,6 +13,12 @@ from prunekit.structured.api import (
     summary,
 )
 from prunekit.structured.criteria import ChannelCriterion, get_criterion, reduce_members
+from prunekit.structured.experts import (
+    ExpertPruneConfig,
+    ExpertPruningResult,
+    prune_experts,
+    sync_expert_config,
+)
 from prunekit.structured.layers import (
     LayerPruningConfig,
     LayerPruningResult,
@@ -41,6 +47,8 @@ __all__ = [
     "ChannelCriterion",
     "ChannelPruneConfig",
     "ChannelPruneResult",
+    "ExpertPruneConfig",
+    "ExpertPruningResult",
     "find_blocks",
     "get_criterion",
     "get_tensor",
@@ -51,6 +59,7 @@ __all__ = [
     "Plan",
     "PlanEntry",
     "prune_channels",
+    "prune_experts",
     "prune_layers",
     "record_plan",
     "reduce_members",
@@ -58,4 +67,5 @@ __all__ = [
     "resize_optimizer",
     "skip_blocks",
     "summary",
+    "sync_expert_config",
 ]
