@@ -49,6 +49,7 @@ from prunekit.core.metrics import (
     measure_latency,
     param_bytes,
 )
+from prunekit.core.tensorfile import SealedFile, TensorInfo, canonical_json, open_sealed, write_sealed
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "batch_size",
     "BUILTIN",
     "call_model",
+    "canonical_json",
     "count_macs",
     "count_nonzeros",
     "count_params",
@@ -83,12 +85,14 @@ __all__ = [
     "MASK_SUFFIX",
     "masked_parameters",
     "measure_latency",
+    "open_sealed",
     "model_device",
     "model_output",
     "param_bytes",
     "refresh",
     "remove_mask",
     "resolve_targets",
+    "SealedFile",
     "set_mask",
     "Skipped",
     "Split",
@@ -96,6 +100,8 @@ __all__ = [
     "take_batches",
     "take_inputs",
     "Target",
+    "TensorInfo",
     "to_device",
     "weight_of",
+    "write_sealed",
 ]
