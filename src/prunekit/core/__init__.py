@@ -49,8 +49,8 @@ from prunekit.core.metrics import (
     measure_latency,
     param_bytes,
 )
-from prunekit.core.tensorfile import SealedFile, TensorInfo, canonical_json, open_sealed, write_sealed
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
+from prunekit.core.tensorfile import SealedFile, TensorInfo, canonical_json, open_sealed, write_sealed
 
 __all__ = [
     "atomic_dir",

@@ -120,7 +120,9 @@ class SealedFile:
         self._data_start = data_start
         self._digests = digests or {}
 
-    def fail(self, what: str, fix: str = "the file is corrupted or truncated; restore it or save again") -> FormatError:
+    def fail(
+        self, what: str, fix: str = "the file is corrupted or truncated; restore it or save again"
+    ) -> FormatError:
         """A FormatError naming this file, the damaged part and the fix."""
         return FormatError(f"{self.path}: {what}; {fix}")
 
@@ -187,7 +189,9 @@ def _table(path: Path, raw: bytes, data_len: int) -> tuple[dict[str, TensorInfo]
             nbytes = math.prod(shape) * (torch.finfo(dtype).bits if dtype.is_floating_point else
                                          (8 if dtype == torch.bool else torch.iinfo(dtype).bits)) // 8  # fmt: skip
             if end - begin != nbytes:
-                raise ValueError(f"shape {list(shape)} {spec['dtype']} needs {nbytes} bytes, offsets give {end - begin}")
+                raise ValueError(
+                    f"shape {list(shape)} {spec['dtype']} needs {nbytes} bytes, offsets give {end - begin}"
+                )
             if end > data_len:
                 raise ValueError(f"its bytes end at {end}, past the {data_len} data bytes of the file")
         except ValueError as e:
@@ -219,7 +223,9 @@ def open_sealed(path: str | os.PathLike[str], key: str, what: str) -> SealedFile
     with open(path, "rb") as fh:
         first = fh.read(8)
         if len(first) < 8:
-            raise FormatError(f"{path}: {size} bytes is too short for a safetensors file; expected {what} (truncated?)")
+            raise FormatError(
+                f"{path}: {size} bytes is too short for a safetensors file; expected {what} (truncated?)"
+            )
         (n,) = struct.unpack("<Q", first)
         if n > min(size - 8, MAX_HEADER_BYTES):
             raise FormatError(f"{path}: header length {n} does not fit a file of {size} bytes; "
@@ -227,7 +233,9 @@ def open_sealed(path: str | os.PathLike[str], key: str, what: str) -> SealedFile
         raw = fh.read(n)
     entries, metadata = _table(path, raw, size - 8 - n)
     if key not in metadata:
-        raise FormatError(f"{path}: a safetensors file without the {key!r} header; expected {what}")
+        raise FormatError(
+            f"{path}: a safetensors file without the {key!r} header, so not {what}; pass a file prunekit wrote"
+        )
     try:
         header = json.loads(metadata[key])
     except json.JSONDecodeError as e:
@@ -248,7 +256,11 @@ def _check_digest(
     if DIGEST not in header:
         return None
     digest = header[DIGEST]
-    if not isinstance(digest, dict) or digest.get("algo") != "sha256" or not isinstance(digest.get("header"), str):
+    if (
+        not isinstance(digest, dict)
+        or digest.get("algo") != "sha256"
+        or not isinstance(digest.get("header"), str)
+    ):
         raise fail("the header's digest record is damaged")
     try:
         expected = hashlib.sha256(canonical_json(_without_header_digest(header))).hexdigest()

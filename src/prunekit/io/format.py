@@ -38,7 +38,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.core import MASK_SUFFIX, SealedFile, masked_parameters, open_sealed, remove_mask, set_mask, write_sealed
+from prunekit.core import (
+    MASK_SUFFIX,
+    SealedFile,
+    masked_parameters,
+    open_sealed,
+    remove_mask,
+    set_mask,
+    write_sealed,
+)
 from prunekit.errors import FormatError
 
 FORMAT = "prunekit.model"
@@ -323,7 +331,12 @@ def _entry_layout(f: SealedFile) -> dict[str, tuple[tuple[int, ...], torch.dtype
                 assert values is not None and q is not None and r is not None
                 if values.dtype != dtype or values.numel != nnz:
                     raise ValueError(f"{values.numel} {values.dtype} values, header says {nnz} {dtype}")
-                if q.dtype != torch.uint8 or r.dtype != torch.uint8 or q.numel * 8 < qbits or r.numel * 8 < nnz * k:
+                if (
+                    q.dtype != torch.uint8
+                    or r.dtype != torch.uint8
+                    or q.numel * 8 < qbits
+                    or r.numel * 8 < nnz * k
+                ):
                     raise ValueError("bit streams are shorter than their header says")
                 owner = entry.get("mask")
                 if owner is not None and not isinstance(owner, str):
@@ -340,14 +353,18 @@ def _entry_layout(f: SealedFile) -> dict[str, tuple[tuple[int, ...], torch.dtype
         raise _fail(f.path, f"holds tensors the header does not list: {extra[:5]}", "the file is corrupted")
     for alias, target in f.header.get("aliases", {}).items():
         if not isinstance(target, str) or target not in out:
-            raise _fail(f.path, f"alias {alias!r} points at missing tensor {target!r}", "the file is corrupted")
+            raise _fail(
+                f.path, f"alias {alias!r} points at missing tensor {target!r}", "the file is corrupted"
+            )
         out[alias] = out[target]
     return out
 
 
 def _mask_owners(f: SealedFile) -> dict[str, str]:
     """``owner parameter -> header key`` for every stored mask."""
-    return {e["mask"]: key for key, e in f.header["tensors"].items() if e.get("enc") == "rice" and e.get("mask")}
+    return {
+        e["mask"]: key for key, e in f.header["tensors"].items() if e.get("enc") == "rice" and e.get("mask")
+    }
 
 
 def _decode(f: SealedFile) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -402,7 +419,9 @@ def _check_fits(
     fix = "build the same architecture (and config) as the saved model before calling load(path, model)"
     for owner, key in owners.items():
         if owner not in params:
-            raise _fail(path, f"holds a mask for {owner!r}, which is not a parameter of {type(model).__name__}", fix)
+            raise _fail(
+                path, f"holds a mask for {owner!r}, which is not a parameter of {type(model).__name__}", fix
+            )
         if tuple(params[owner].shape) != layout[key][0]:
             raise _fail(path, f"mask of {owner!r} is {list(layout[key][0])} in the file but the parameter is "
                               f"{list(params[owner].shape)}", fix)  # fmt: skip
@@ -473,6 +492,7 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
             module_name, _, name = owner.rpartition(".")
             set_mask(model.get_submodule(module_name), name, mask.to(target[owner].device))
     return model
+
 
 __all__ = [
     "FORMAT",
