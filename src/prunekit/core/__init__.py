@@ -27,7 +27,7 @@ from prunekit.core.batches import (
     weight_of,
 )
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
-from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes
+from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes, check_output_dir
 from prunekit.core.masks import (
     MASK_SUFFIX,
     get_mask,
@@ -50,7 +50,15 @@ from prunekit.core.metrics import (
     param_bytes,
 )
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
-from prunekit.core.tensorfile import SealedFile, TensorInfo, canonical_json, open_sealed, write_sealed
+from prunekit.core.tensorfile import (
+    SealedFile,
+    TensorInfo,
+    canonical_json,
+    check_json_digest,
+    open_sealed,
+    seal_json,
+    write_sealed,
+)
 
 __all__ = [
     "atomic_dir",
@@ -59,7 +67,9 @@ __all__ = [
     "batch_size",
     "BUILTIN",
     "call_model",
+    "check_output_dir",
     "canonical_json",
+    "check_json_digest",
     "count_macs",
     "count_nonzeros",
     "count_params",
@@ -92,6 +102,7 @@ __all__ = [
     "refresh",
     "remove_mask",
     "resolve_targets",
+    "seal_json",
     "SealedFile",
     "set_mask",
     "Skipped",

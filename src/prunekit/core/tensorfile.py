@@ -281,12 +281,44 @@ def _check_digest(
     return table
 
 
+def seal_json(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` with a ``"digest"`` field: the SHA-256 of its canonical JSON (run-directory JSON files)."""
+    out = {k: v for k, v in doc.items() if k != DIGEST}
+    out[DIGEST] = {"algo": "sha256", "header": hashlib.sha256(canonical_json(out)).hexdigest()}
+    return out
+
+
+def check_json_digest(doc: dict[str, Any], path: str | os.PathLike[str]) -> bool:
+    """Check and remove the digest :func:`seal_json` added; False for a document without one (older files).
+
+    Raises:
+        FormatError: the document does not match its digest.
+    """
+    if DIGEST not in doc:
+        return False
+    digest = doc.pop(DIGEST)
+    try:
+        ok = (
+            isinstance(digest, dict)
+            and digest.get("header") == hashlib.sha256(canonical_json(doc)).hexdigest()
+        )
+    except ValueError:
+        ok = False
+    if not ok:
+        raise FormatError(
+            f"{path}: the JSON does not match its sha256 digest; the file is corrupted (write it again)"
+        )
+    return True
+
+
 __all__ = [
+    "check_json_digest",
     "SealedFile",
     "TensorInfo",
     "canonical_json",
     "open_sealed",
     "seal",
+    "seal_json",
     "tensor_sha256",
     "write_sealed",
 ]
