@@ -248,7 +248,9 @@ def allocate(
     names = result.names
     for name in exclude:
         if name not in names:
-            raise UnknownModuleError(f"exclude entry {name!r} is not an analysed layer; analysed layers: {names}")
+            raise UnknownModuleError(
+                f"exclude entry {name!r} is not an analysed layer; analysed layers: {names}"
+            )
     if by == "latency":
         if latency is None:
             raise ConfigError(
@@ -416,6 +418,22 @@ def apply_allocation(
     granularity = getattr(plan, "granularity", "layer")
     criterion = getattr(plan, "criterion", "magnitude")
     applied = {n: float(r) for n, r in plan.items() if float(r) > 0}
+    prunable_names = [n for n, _ in select_layers(model)]
+    not_prunable = [n for n in applied if n not in prunable_names]
+    if not_prunable:  # checked before anything is pruned, so a bad plan never half-applies
+        raise ConfigError(
+            f"plan names modules that are not prunable layers (Linear/Conv weights): {not_prunable}; "
+            f"prunable layers of {type(model).__name__}: {prunable_names[:8]}"
+            f"{' ...' if len(prunable_names) > 8 else ''}. Remove them from the plan"
+        )
+    from prunekit.core import restored_on_error
+
+    covered = [
+        (modules[n], p)
+        for n in applied
+        for p in ("weight", "bias")
+        if isinstance(getattr(modules[n], p, None), nn.Parameter)
+    ]
     if granularity == "channel":
         if physical:
             from prunekit.structured import prune_channels
@@ -430,14 +448,16 @@ def apply_allocation(
                     model, example_inputs, ratio=ratio, scope="layer", criterion=crit, ignore=others or None
                 )
         else:
-            _mask_channels(modules, applied, str(criterion))
+            with restored_on_error(covered):
+                _mask_channels(modules, applied, str(criterion))
         return applied
     if criterion == "l2":  # same order as |w| for single weights
         criterion = "magnitude"
-    for name, ratio in applied.items():
-        prune_weights(
-            model, ratio, criterion=criterion, scope="layer", include=[name], data=data, loss_fn=loss_fn
-        )
+    with restored_on_error(covered):
+        for name, ratio in applied.items():
+            prune_weights(
+                model, ratio, criterion=criterion, scope="layer", include=[name], data=data, loss_fn=loss_fn
+            )
     return applied
 
 

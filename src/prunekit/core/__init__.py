@@ -50,6 +50,7 @@ from prunekit.core.metrics import (
     param_bytes,
 )
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
+from prunekit.core.snapshot import ParamSnapshot, exclusive, restored_on_error
 from prunekit.core.tensorfile import (
     SealedFile,
     TensorInfo,
@@ -78,6 +79,7 @@ __all__ = [
     "EvalMode",
     "EvalResult",
     "evaluate",
+    "exclusive",
     "forward_peak_memory",
     "get_mask",
     "hardware_info",
@@ -99,9 +101,11 @@ __all__ = [
     "model_device",
     "model_output",
     "param_bytes",
+    "ParamSnapshot",
     "refresh",
     "remove_mask",
     "resolve_targets",
+    "restored_on_error",
     "seal_json",
     "SealedFile",
     "set_mask",
