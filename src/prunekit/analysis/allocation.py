@@ -232,8 +232,22 @@ def allocate(
         raise ConfigError(f"by must be one of {', '.join(TARGET_KINDS)}, got {by!r}")
     if source not in SOURCES:
         raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
-        raise ConfigError(f"target must be a fraction to remove in (0, 1), got {target!r}")
+    from prunekit.core.checks import check_finite_values, check_real
+
+    check_real(
+        "allocate", "target (the fraction to remove)", target, low=0, high=1, low_open=True, high_open=True
+    )
+    check_real("allocate", "tolerance", tolerance, low=0, high=1, high_open=True)
+    check_real("allocate", "max_ratio", max_ratio, low=0, high=1, low_open=True, optional=True)
+    for la in result.layers:  # NaN/inf in a curve would give a plan that means nothing
+        used = {"loss": la.loss, source: getattr(la, source, None) if source != "measured" else la.loss}
+        check_finite_values(
+            "allocate",
+            "sensitivity curve",
+            [(f"{la.name}.{k}", list(v)) for k, v in used.items() if v is not None],
+        )
+    check_finite_values("allocate", "cost", costs or {})
+    check_finite_values("allocate", "latency", latency or {})
     if not 0.0 <= tolerance < 1.0:
         raise ConfigError(f"tolerance must be in [0, 1), got {tolerance}")
     if not result.layers:

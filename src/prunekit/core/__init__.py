@@ -50,7 +50,7 @@ from prunekit.core.metrics import (
     param_bytes,
 )
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
-from prunekit.core.snapshot import ParamSnapshot, exclusive, restored_on_error
+from prunekit.core.snapshot import ParamSnapshot, exclusive, exclusive_verb, restored_on_error
 from prunekit.core.tensorfile import (
     SealedFile,
     TensorInfo,
@@ -80,6 +80,7 @@ __all__ = [
     "EvalResult",
     "evaluate",
     "exclusive",
+    "exclusive_verb",
     "forward_peak_memory",
     "get_mask",
     "hardware_info",

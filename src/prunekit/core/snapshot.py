@@ -18,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -103,4 +105,38 @@ def exclusive(model: nn.Module, verb: str) -> Iterator[None]:
             _BUSY.pop(id(model), None)
 
 
-__all__ = ["ParamSnapshot", "exclusive", "restored_on_error"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exclusive_verb(verb: str) -> Callable[[F], F]:
+    """Decorate a verb whose first argument is the model: :func:`exclusive`, and while it runs a forward
+    of that model from ANOTHER thread raises a clear ``ConfigError`` instead of failing on half-changed
+    shapes. (A forward already running when the verb starts cannot be stopped: do not prune a model
+    that another thread is using.)"""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            owner = threading.get_ident()
+
+            def refuse(module: nn.Module, inputs: Any) -> None:
+                if threading.get_ident() != owner:
+                    raise ConfigError(
+                        f"{type(module).__name__} is being changed by {verb} in another thread; "
+                        "run its forward before or after pruning, not during"
+                    )
+
+            with exclusive(model, verb):
+                handle = model.register_forward_pre_hook(refuse) if isinstance(model, nn.Module) else None
+                try:
+                    return fn(model, *args, **kwargs)
+                finally:
+                    if handle is not None:
+                        handle.remove()
+
+        return cast(F, run)
+
+    return wrap
+
+
+__all__ = ["ParamSnapshot", "exclusive", "exclusive_verb", "restored_on_error"]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.core import count_macs, count_params
+from prunekit.core import count_macs, count_params, exclusive_verb
 from prunekit.errors import ConfigError, DataRequiredError, PlanError
 from prunekit.graph import record
 from prunekit.structured.check import apply_checked
@@ -66,6 +66,8 @@ class ChannelPruneConfig:
         gqa: Grouped-query attention units: ``"kv_groups"`` (a KV head with all its query heads) or
             ``"query_heads"`` (KV heads kept, the same query position removed in every group; needs SDPA
             ``enable_gqa``, otherwise whole KV groups are used).
+        allow_partial: With ``target_macs``/``target_params`` that cannot be reached, prune as much as
+            allowed instead of raising ``PlanError``.
     """
 
     ratio: float | Mapping[str, float] = 0.5
@@ -78,6 +80,7 @@ class ChannelPruneConfig:
     prune_normalized: bool = False
     on_unknown: Literal["keep", "raise"] = "keep"
     gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
@@ -96,7 +99,7 @@ class ChannelPruneConfig:
             raise ConfigError("give at most one of target_macs and target_params")
         for name in ("target_macs", "target_params"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
                 raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
@@ -104,7 +107,9 @@ class ChannelPruneConfig:
             raise ConfigError(f"gqa must be 'kv_groups' or 'query_heads', got {self.gqa!r}")
         if self.on_unknown not in ("keep", "raise"):
             raise ConfigError(f"on_unknown must be 'keep' or 'raise', got {self.on_unknown!r}")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
             raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
         get_criterion(self.criterion)
 
@@ -181,6 +186,7 @@ class ChannelPruneResult:
         return "\n".join(lines)
 
 
+@exclusive_verb("prune_channels")
 def prune_channels(
     model: nn.Module,
     example_inputs: Any,
@@ -200,6 +206,7 @@ def prune_channels(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
     check: bool = True,
+    allow_partial: bool = False,
 ) -> ChannelPruneResult:
     """Physically remove channels, neurons and attention heads of ``model``, in place.
 
@@ -207,7 +214,8 @@ def prune_channels(
     convs, heads, tied weights, ...) are removed together, module attributes are updated, and the pruned
     model is run once to check it. On any failure the model is left exactly as it was. Optimizers and EMA
     copies built on the old parameters must be rebuilt (the parameter objects are the same, their
-    shapes are not).
+    shapes are not). Weight masks already on the model are re-sliced with their weights. Do not run
+    the model in another thread meanwhile: such a forward raises ``ConfigError`` while this runs.
 
     Args:
         model: Any ``nn.Module``.
@@ -227,6 +235,8 @@ def prune_channels(
         data: Batches ``(inputs, targets)`` for ``criterion="taylor"`` (at most 8 are used).
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` instead of the keyword arguments above.
+        allow_partial: An unreachable ``target_macs``/``target_params`` prunes as much as allowed
+            (with a warning) instead of raising ``PlanError``.
         check: Compare the pruned model's outputs on ``example_inputs`` with the original's with the
             removed slices zeroed (one extra forward); a mismatch restores the model and raises.
 
@@ -251,6 +261,7 @@ def prune_channels(
         prune_normalized=prune_normalized,
         on_unknown=on_unknown,
         gqa=gqa,
+        allow_partial=allow_partial,
     )
     crit = get_criterion(cfg.criterion)
     frozen_names = resolve_ignore(model, ignore)
@@ -266,6 +277,9 @@ def prune_channels(
         raise DataRequiredError("criterion 'taylor' with data= also needs loss_fn=(outputs, targets) -> loss")
 
     trace = record(model, example_inputs)
+    from prunekit.structured.guards import warn_unvisited
+
+    warn_unvisited(model, trace)
     params = dict(model.named_parameters())
     saved_grads: dict[int, torch.Tensor | None] = {}
     grads_ready = False

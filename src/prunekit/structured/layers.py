@@ -431,6 +431,9 @@ def prune_layers(
         >>> len(model), res.removed
         (3, ('3',))
     """
+    from prunekit.core.checks import check_count
+
+    check_count("prune_layers", "n", n, minimum=1)
     if criterion not in LAYER_CRITERIA:
         raise ConfigError(
             f"unknown layer criterion {criterion!r}; valid names are {', '.join(LAYER_CRITERIA)}"
