@@ -131,8 +131,8 @@ def _from_hf(path: Path) -> tuple[nn.Module, Any]:
         )
         if pickles:
             raise FormatError(
-                f"{path} holds only pickle weights ({', '.join(pickles[:3])}): pickle weights are not loaded "
-                "(loading a pickle can run code); convert to safetensors first, e.g. "
+                f"{path} holds only pickle weights ({', '.join(pickles[:3])}), and pickle weights are not loaded "
+                "(loading a pickle can run code); convert to safetensors where you trust the file, e.g. "
                 "model.save_pretrained(dir, safe_serialization=True) where you trust the file"
             )
     try:
@@ -178,13 +178,10 @@ def _load_inputs(path: Path, meta: dict[str, Any]) -> Any:
         return None
     try:
         tensors = open_sealed(path, _INPUTS_KEY, "example inputs written by prunekit").read_all()
-    except FormatError:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:  # written before inputs were sealed
-            if _INPUTS_KEY in (fh.metadata() or {}):
-                raise
-        tensors = load_file(str(path))
+    except FormatError as e:
+        if f"without the {_INPUTS_KEY!r} header" not in str(e):
+            raise
+        tensors = load_file(str(path))  # written before inputs were sealed (the table was checked above)
     keys = meta.get("keys", list(tensors))
     if kind == "tensor":
         return tensors[keys[0]]
