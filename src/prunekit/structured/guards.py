@@ -16,7 +16,9 @@ def warn_unvisited(model: nn.Module, trace: Trace, verb: str = "prune_channels")
     never called: their shapes are not followed, so running them after pruning may fail.
     """
     ran = trace.modules_run
-    used = set(trace.param_values)  # parameters read by the traced ops (also functionally, as MHA's out_proj)
+    consumed = {vid for node in trace.nodes for vid in node.inputs}
+    # parameters read by the traced ops (also functionally, as MultiheadAttention reads out_proj)
+    used = {name for name, vid in trace.param_values.items() if vid in consumed}
     unvisited = []
     for name, module in model.named_modules():
         own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
