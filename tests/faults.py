@@ -24,7 +24,11 @@ class ModelSnapshot:
 
 
 def _plain_attrs(m: nn.Module) -> dict[str, Any]:
-    return {k: v for k, v in vars(m).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool, tuple))}
+    return {
+        k: v
+        for k, v in vars(m).items()
+        if not k.startswith("_") and isinstance(v, (int, float, str, bool, tuple))
+    }
 
 
 def snapshot(model: nn.Module) -> ModelSnapshot:
@@ -34,8 +38,12 @@ def snapshot(model: nn.Module) -> ModelSnapshot:
         params={n: (id(p), p.requires_grad, tuple(p.shape)) for n, p in model.named_parameters()},
         buffers={n: tuple(b.shape) for n, b in model.named_buffers()},
         hooks={
-            n: (len(m._forward_pre_hooks), len(m._forward_hooks), len(m._backward_hooks),
-                len(m._load_state_dict_post_hooks))
+            n: (
+                len(m._forward_pre_hooks),
+                len(m._forward_hooks),
+                len(m._backward_hooks),
+                len(m._load_state_dict_post_hooks),
+            )
             for n, m in model.named_modules()
         },  # fmt: skip
         attrs={n: _plain_attrs(m) for n, m in model.named_modules()},
@@ -87,4 +95,12 @@ def header_span(path: Path) -> int:
         return 8 + int.from_bytes(fh.read(8), "little")
 
 
-__all__ = ["ModelSnapshot", "assert_model_unchanged", "flip_bit", "header_span", "listing", "snapshot", "truncate"]
+__all__ = [
+    "ModelSnapshot",
+    "assert_model_unchanged",
+    "flip_bit",
+    "header_span",
+    "listing",
+    "snapshot",
+    "truncate",
+]

@@ -70,7 +70,11 @@ REAL_PARAMS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Any],
     "prune_weights.sparsity": (_mlp, lambda m, v: pk.prune_weights(m, v), "sparsity"),
     "prune_channels.ratio": (_mlp, lambda m, v: pk.prune_channels(m, X, v), "ratio"),
     "prune_channels.target_macs": (_mlp, lambda m, v: pk.prune_channels(m, X, target_macs=v), "target_macs"),
-    "prune_channels.target_params": (_mlp, lambda m, v: pk.prune_channels(m, X, target_params=v), "target_params"),
+    "prune_channels.target_params": (
+        _mlp,
+        lambda m, v: pk.prune_channels(m, X, target_params=v),
+        "target_params",
+    ),
 }
 COUNT_PARAMS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Any], Any], str]] = {
     "prune_layers.n": (_deep, lambda m, v: pk.prune_layers(m, X, n=v, criterion="position"), "n"),
@@ -102,7 +106,9 @@ def test_bad_count_arguments_are_refused(case: str, value: Any) -> None:
 
 
 def test_prune_layers_refuses_a_bool_count() -> None:
-    _refused(_deep, lambda m: pk.prune_layers(m, X, n=True, criterion="position"), "n must be an integer", "bool")
+    _refused(
+        _deep, lambda m: pk.prune_layers(m, X, n=True, criterion="position"), "n must be an integer", "bool"
+    )
 
 
 # --- names and choices -------------------------------------------------------------------------
@@ -116,13 +122,22 @@ CHOICES: dict[str, tuple[Callable[[nn.Module], Any], str]] = {
     "channels.criterion": (lambda m: pk.prune_channels(m, X, 0.5, criterion="nope"), "nope"),
     "channels.scope": (lambda m: pk.prune_channels(m, X, 0.5, scope="nope"), "scope"),
     "channels.ignore": (lambda m: pk.prune_channels(m, X, 0.5, ignore=["nope"]), "nope"),
-    "channels.both_targets": (lambda m: pk.prune_channels(m, X, target_macs=0.5, target_params=0.5), "at most one"),
+    "channels.both_targets": (
+        lambda m: pk.prune_channels(m, X, target_macs=0.5, target_params=0.5),
+        "at most one",
+    ),
     "channels.unreachable_macs": (lambda m: pk.prune_channels(m, X, target_macs=0.01), "allow_partial=True"),
     "channels.unreachable_params": (lambda m: pk.prune_channels(m, X, target_params=0.001), "target_params"),
     "channels.taylor_no_data": (lambda m: pk.prune_channels(m, X, 0.5, criterion="taylor"), "taylor"),
     "sensitivity.ratios": (lambda m: pk.sensitivity(m, DATA, LOSS, ratios=[1.5], progress=False), "ratio"),
-    "sensitivity.criterion": (lambda m: pk.sensitivity(m, DATA, LOSS, criterion="nope", progress=False), "nope"),
-    "sensitivity.include": (lambda m: pk.sensitivity(m, DATA, LOSS, include=["nope"], progress=False), "nope"),
+    "sensitivity.criterion": (
+        lambda m: pk.sensitivity(m, DATA, LOSS, criterion="nope", progress=False),
+        "nope",
+    ),
+    "sensitivity.include": (
+        lambda m: pk.sensitivity(m, DATA, LOSS, include=["nope"], progress=False),
+        "nope",
+    ),
     "apply_allocation.unknown": (lambda m: pk.apply_allocation(m, {"0": 0.5, "nope": 0.5}), "nope"),
     "apply_allocation.not_prunable": (lambda m: pk.apply_allocation(m, {"0": 0.5, "1": 0.5}), "'1'"),
     "apply_allocation.ratio": (lambda m: pk.apply_allocation(m, {"0": 0.5, "2": 1.5}), "[0, 1)"),
@@ -190,8 +205,16 @@ def test_allocate_refuses_bad_numbers(target: Any, tolerance: Any) -> None:
 # --- recipes -----------------------------------------------------------------------------------
 
 RECIPES = {
-    "duplicate_key": ("prune:\n  - what: weights\n    sparsity: 0.5\n    sparsity: 0.9\n", "r.yaml:4", "twice"),
-    "duplicate_top": ("prune:\n  - {what: weights, sparsity: 0.5}\nprune:\n  - {what: weights}\n", "r.yaml:3", "twice"),
+    "duplicate_key": (
+        "prune:\n  - what: weights\n    sparsity: 0.5\n    sparsity: 0.9\n",
+        "r.yaml:4",
+        "twice",
+    ),
+    "duplicate_top": (
+        "prune:\n  - {what: weights, sparsity: 0.5}\nprune:\n  - {what: weights}\n",
+        "r.yaml:3",
+        "twice",
+    ),
     "deep_flow": ("prune: " + "[" * 3000 + "]" * 3000 + "\n", "r.yaml", "nested too deeply"),
     "not_mapping": ("- 1\n- 2\n", "r.yaml:1", "mapping"),
 }
@@ -280,7 +303,9 @@ def test_forward_from_another_thread_during_prune_channels_is_a_clear_error() ->
 # --- CLI output folders -----------------------------------------------------------------------
 
 
-def test_cli_out_cwd_or_file_is_refused_before_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_out_cwd_or_file_is_refused_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prunekit.cli.main import main
 
     monkeypatch.chdir(tmp_path)

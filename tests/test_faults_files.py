@@ -42,12 +42,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dense = _net()
     out["dense"] = pk.save(dense, root / "dense.safetensors")
     m, opt, gen = _trained()
-    pk.save_checkpoint(root / "ckpt.safetensors", model=m, optimizer=opt, generators=[gen], position={"step": 3})
+    pk.save_checkpoint(
+        root / "ckpt.safetensors", model=m, optimizer=opt, generators=[gen], position={"step": 3}
+    )
     out["ckpt"] = root / "ckpt.safetensors"
-    atomic_save_tensors(root / "rewind.safetensors", {"w": torch.randn(5, 3), "b": torch.arange(4)}, {"step": 2})
+    atomic_save_tensors(
+        root / "rewind.safetensors", {"w": torch.randn(5, 3), "b": torch.arange(4)}, {"step": 2}
+    )
     out["tensors"] = root / "rewind.safetensors"
     factory = root / "factory.py"
-    factory.write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n    return torch.nn.Linear(4, 2)\n")
+    factory.write_text(
+        "import torch\n\ndef build():\n    torch.manual_seed(0)\n    return torch.nn.Linear(4, 2)\n"
+    )
     loaded = LoadedModel(model=nn.Linear(4, 2), example_inputs=torch.zeros(1, 4),
                          source={"kind": "factory", "spec": f"{factory}:build"})  # fmt: skip
     out["rundir"] = save_model_dir(loaded, root / "run")
@@ -96,7 +102,11 @@ def _expect_checkpoint_fails(path: Path) -> None:
     assert_model_unchanged(before, model)
     assert json.dumps(_opt_summary(opt)) == opt_before
     now = _rng_state()
-    assert torch.equal(now[0], rng_before[0]) and np.array_equal(now[1], rng_before[1]) and now[2] == rng_before[2]
+    assert (
+        torch.equal(now[0], rng_before[0])
+        and np.array_equal(now[1], rng_before[1])
+        and now[2] == rng_before[2]
+    )
     assert torch.equal(gen.get_state(), gen_before)
     assert listing(path.parent) == files_before
 
@@ -115,7 +125,9 @@ def _opt_summary(opt: torch.optim.Optimizer) -> object:
 
 @FAST
 @given(data=st.data())
-def test_model_file_bit_flip_anywhere_is_refused(files: dict[str, Path], tmp_path: Path, data: st.DataObject) -> None:
+def test_model_file_bit_flip_anywhere_is_refused(
+    files: dict[str, Path], tmp_path: Path, data: st.DataObject
+) -> None:
     for kind in ("model", "dense"):
         src = files[kind]
         bit = data.draw(st.integers(0, src.stat().st_size * 8 - 1), label=f"{kind} bit")
@@ -127,7 +139,9 @@ def test_model_file_bit_flip_anywhere_is_refused(files: dict[str, Path], tmp_pat
 
 @FAST
 @given(data=st.data())
-def test_model_file_header_bit_flip_is_refused(files: dict[str, Path], tmp_path: Path, data: st.DataObject) -> None:
+def test_model_file_header_bit_flip_is_refused(
+    files: dict[str, Path], tmp_path: Path, data: st.DataObject
+) -> None:
     src = files["model"]
     bit = data.draw(st.integers(0, header_span(src) * 8 - 1))
     bad = tmp_path / "h.safetensors"
@@ -138,7 +152,9 @@ def test_model_file_header_bit_flip_is_refused(files: dict[str, Path], tmp_path:
 
 @FAST
 @given(data=st.data())
-def test_model_file_truncation_is_refused(files: dict[str, Path], tmp_path: Path, data: st.DataObject) -> None:
+def test_model_file_truncation_is_refused(
+    files: dict[str, Path], tmp_path: Path, data: st.DataObject
+) -> None:
     src = files["model"]
     size = data.draw(st.integers(0, src.stat().st_size - 1))
     bad = tmp_path / "t.safetensors"
@@ -218,7 +234,9 @@ def test_checkpoint_bit_flip_is_refused_and_nothing_changes(files: dict[str, Pat
 
 @FAST
 @given(data=st.data())
-def test_checkpoint_truncation_is_refused(files: dict[str, Path], tmp_path: Path, data: st.DataObject) -> None:
+def test_checkpoint_truncation_is_refused(
+    files: dict[str, Path], tmp_path: Path, data: st.DataObject
+) -> None:
     src = files["ckpt"]
     bad = tmp_path / "c.safetensors"
     truncate(src, bad, data.draw(st.integers(0, src.stat().st_size - 1)))
@@ -227,7 +245,9 @@ def test_checkpoint_truncation_is_refused(files: dict[str, Path], tmp_path: Path
 
 
 @pytest.mark.slow
-def test_every_single_bit_flip_in_checkpoint_tensors_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
+def test_every_single_bit_flip_in_checkpoint_tensors_is_refused(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
     src = files["ckpt"]
     start = header_span(src)
     model, opt, gen = _trained()
@@ -304,7 +324,9 @@ def test_model_dir_naming_code_is_refused_and_the_code_does_not_run(tmp_path: Pa
     evil = tmp_path / "evil.py"
     evil.write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
                     "import torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n")  # fmt: skip
-    loaded = LoadedModel(model=nn.Linear(2, 2), example_inputs=None, source={"kind": "factory", "spec": f"{evil}:build"})
+    loaded = LoadedModel(
+        model=nn.Linear(2, 2), example_inputs=None, source={"kind": "factory", "spec": f"{evil}:build"}
+    )
     run = save_model_dir(loaded, tmp_path / "downloaded")
     with pytest.raises(pk.ConfigError, match="trust_code=True.*--trust-code"):
         load_model(str(run))

@@ -12,7 +12,7 @@ import yaml
 MAX_DEPTH = 64
 
 
-class DuplicateKeyError(yaml.YAMLError):
+class DuplicateKeyError(yaml.YAMLError):  # type: ignore[misc]
     """A mapping holds the same key twice (``line`` is 1-based)."""
 
     def __init__(self, key: object, line: int, first: int) -> None:

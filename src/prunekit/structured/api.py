@@ -99,7 +99,9 @@ class ChannelPruneConfig:
             raise ConfigError("give at most one of target_macs and target_params")
         for name in ("target_macs", "target_params"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0
+            ):
                 raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
@@ -299,7 +301,9 @@ def prune_channels(
     auto_names: set[str] = set()
     try:
         for _attempt in range(8):
-            graph, removed, plan, cands, sel = build_plan(model, trace, cfg, crit, frozen_names, params, ignored)
+            graph, removed, plan, cands, sel = build_plan(
+                model, trace, cfg, crit, frozen_names, params, ignored
+            )
             mask = sel.removed_labels(removed)
             failure, applied = apply_checked(model, example_inputs, trace, plan, cands, check, graph, mask)
             if failure is None:

@@ -76,24 +76,6 @@ def _rng_state(generators: Sequence[torch.Generator]) -> tuple[dict[str, torch.T
     return tensors, meta
 
 
-def _restore_rng(
-    tensors: dict[str, torch.Tensor], meta: dict[str, Any], generators: Sequence[torch.Generator]
-) -> None:
-    torch.set_rng_state(tensors["rng/torch"])
-    if meta["loaders"] != len(generators):
-        raise FormatError(
-            f"checkpoint holds {meta['loaders']} DataLoader generator state(s), {len(generators)} generator(s) "
-            "were given; pass the same generators as when saving"
-        )
-    for i, gen in enumerate(generators):
-        gen.set_state(tensors[f"rng/loader/{i}"])
-    npm = meta["numpy"]
-    keys = tensors["rng/numpy"].numpy().astype(np.uint32)
-    np.random.set_state((npm["kind"], keys, npm["pos"], npm["has_gauss"], npm["cached"]))
-    py = meta["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-
-
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
