@@ -3,7 +3,7 @@
 Example:
     >>> check_count("prune_layers", "n", 2)
     2
-    >>> check_count("prune_layers", "n", True)
+    >>> check_count("prune_layers", "n", True, minimum=1)
     Traceback (most recent call last):
     ...
     prunekit.errors.ConfigError: prune_layers: n must be an integer >= 1, got True (bool); pass a number such as 1
