@@ -96,7 +96,7 @@ def test_prune_writes_a_model_directory_and_reports(nm_run: tuple[Path, dict]) -
     assert payload["after"] == report["after"]  # --json prints the same numbers
     assert report["after"]["sparsity"] == pytest.approx(0.5, abs=1e-6)  # 2:4 zeroes exactly half
     # the directory is a MODEL: rebuilt from its factory, weights loaded; 2:4 holds in every group
-    model = load_model(str(out)).model
+    model = load_model(str(out), trust_code=True).model  # our own directory
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     for lin in linears:
         assert int(lin.weight.reshape(lin.out_features, -1, 4).ne(0).sum(-1).max()) <= 2
@@ -110,14 +110,14 @@ def test_summary_and_compare_agree_with_the_report(nm_run: tuple[Path, dict], en
     out, _ = nm_run
     report = json.loads((out / "report.json").read_text())
     # from another folder: the directory remembers where its factory was imported from
-    summary = json.loads(run(["summary", str(out), "--json"], env, cwd=out.parent).stdout)
+    summary = json.loads(run(["summary", str(out), "--json", "--trust-code"], env, cwd=out.parent).stdout)
     assert summary["nonzeros"] == report["after"]["nonzeros"]
     assert summary["params"] == report["after"]["params"] == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
     assert summary["macs"] == 64 * 128 + 128 * 64 + 64 * 10
     assert [r["name"] for r in summary["layers"]] == ["1", "3", "5"]
     cmp = json.loads(
         run(
-            ["compare", "examples.models:trained_digits_mlp", str(out), "--json", "--repeats", "5"], env
+            ["compare", "examples.models:trained_digits_mlp", str(out), "--json", "--repeats", "5", "--trust-code"], env
         ).stdout
     )
     rows = {r["metric"]: r for r in cmp["rows"]}
@@ -165,6 +165,7 @@ def test_prune_with_finetuning_then_compare_with_data(tmp_path: Path, env: dict[
                 "--json",
                 "--repeats",
                 "3",
+                "--trust-code",
             ],
             env,
         ).stdout
@@ -346,7 +347,7 @@ def test_hugging_face_directory_prune_and_reload(tmp_path: Path, env: dict[str, 
     )
     assert report["after"]["params"] < 0.95 * report["before"]["params"]
     assert report["after"]["macs"] < 0.85 * report["before"]["macs"]
-    summary = json.loads(run(["summary", str(out), "--json"], env).stdout)
+    summary = json.loads(run(["summary", str(out), "--json", "--trust-code"], env).stdout)
     assert summary["type"] == "BertModel"
     assert summary["params"] == report["after"]["params"] and summary["macs"] == report["after"]["macs"]
 

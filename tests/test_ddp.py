@@ -1,9 +1,16 @@
-"""DistributedDataParallel (CPU gloo, 2 processes): masks and schedules identical on every rank."""
+"""DistributedDataParallel (CPU gloo, 2 processes): masks and schedules identical on every rank.
+
+Made deterministic (it aborted 1 run in 5 with "terminate called without an active exception"):
+rendezvous through a file store in the test's own folder (no port to race for), a barrier before
+``destroy_process_group`` in ``finally`` (a rank leaving while the other is still in a collective
+made gloo abort), a gloo timeout, the spawn start method, and a join with a deadline that kills
+the workers instead of hanging the suite.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
+import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -21,17 +28,18 @@ WORLD = 2
 STEPS = 12
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+DEADLINE_S = 240.0
 
 
-def _worker(rank: int, port: int, out_dir: str, sync: bool) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank: int, store: str, out_dir: str, sync: bool) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
         torch.manual_seed(0)  # same init on every rank (DDP would broadcast it anyway)
         model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
@@ -60,7 +68,10 @@ def _worker(rank: int, port: int, out_dir: str, sync: bool) -> None:
         tensors["sparsity"] = torch.tensor([pruner.sparsity()], dtype=torch.float64)
         save_file(tensors, str(Path(out_dir) / f"rank{rank}.safetensors"))
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.barrier()  # nobody leaves while the other rank is still in a collective
+        finally:
+            dist.destroy_process_group()
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -69,7 +80,20 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _run(tmp_path: Path, sync: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), sync), nprocs=WORLD, join=True)
+    store = tmp_path / "rendezvous"  # a fresh file per run: no port, no leftover state
+    ctx = mp.start_processes(
+        _worker, args=(str(store), str(tmp_path), sync), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"DDP workers did not finish within {DEADLINE_S:.0f} s")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=10)
     return _load(tmp_path / "rank0.safetensors"), _load(tmp_path / "rank1.safetensors")
 
 

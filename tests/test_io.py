@@ -90,7 +90,7 @@ def test_header_is_json_and_tied_weights_are_stored_once(tmp_path: Path) -> None
     with safe_open(str(path), framework="pt") as f:
         header = json.loads(f.metadata()["prunekit"])
         keys = set(f.keys())
-    assert header["format"] == "prunekit.model" and header["version"] == 1 and header["plan"] is None
+    assert header["format"] == "prunekit.model" and header["version"] == 2 and header["plan"] is None
     assert header["aliases"] == {"out.weight": "emb.weight"}
     assert (
         header["tensors"]["conv.weight"]["enc"] == "rice"

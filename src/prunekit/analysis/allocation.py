@@ -296,6 +296,24 @@ def allocate(
     )
     target, by, source, max_ratio, exclude = cfg.target, cfg.by, cfg.source, cfg.max_ratio, cfg.exclude
     latency, costs, tolerance = cfg.latency, cfg.costs, cfg.tolerance
+    from prunekit.core import check_finite_values, check_real
+
+    check_real(
+        "allocate", "target (the fraction to remove)", target, low=0, high=1, low_open=True, high_open=True
+    )
+    check_real("allocate", "tolerance", tolerance, low=0, high=1, high_open=True)
+    check_real("allocate", "max_ratio", max_ratio, low=0, high=1, low_open=True, optional=True)
+    for la in result.layers:  # NaN/inf in a curve would give a plan that means nothing
+        used = {"loss": la.loss, source: getattr(la, source, None) if source != "measured" else la.loss}
+        check_finite_values(
+            "allocate",
+            "sensitivity curve",
+            [(f"{la.name}.{k}", list(v)) for k, v in used.items() if v is not None],
+        )
+    check_finite_values("allocate", "cost", costs or {})
+    check_finite_values("allocate", "latency", latency or {})
+    if not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"tolerance must be in [0, 1), got {tolerance}")
     if not result.layers:
         raise ConfigError("the sensitivity result has no layers to allocate over")
     top = min(la.ratios[-1] for la in result.layers)
@@ -308,7 +326,9 @@ def allocate(
     names = result.names
     for name in exclude:
         if name not in names:
-            raise UnknownModuleError(f"exclude entry {name!r} is not an analysed layer; analysed layers: {names}")
+            raise UnknownModuleError(
+                f"exclude entry {name!r} is not an analysed layer; analysed layers: {names}"
+            )
     if by == "latency":
         if latency is None:
             raise ConfigError(
@@ -476,6 +496,22 @@ def apply_allocation(
     granularity = getattr(plan, "granularity", "layer")
     criterion = getattr(plan, "criterion", "magnitude")
     applied = {n: float(r) for n, r in plan.items() if float(r) > 0}
+    prunable_names = [n for n, _ in select_layers(model)]
+    not_prunable = [n for n in applied if n not in prunable_names]
+    if not_prunable:  # checked before anything is pruned, so a bad plan never half-applies
+        raise ConfigError(
+            f"plan names modules that are not prunable layers (Linear/Conv weights): {not_prunable}; "
+            f"prunable layers of {type(model).__name__}: {prunable_names[:8]}"
+            f"{' ...' if len(prunable_names) > 8 else ''}. Remove them from the plan"
+        )
+    from prunekit.core import restored_on_error
+
+    covered = [
+        (modules[n], p)
+        for n in applied
+        for p in ("weight", "bias")
+        if isinstance(getattr(modules[n], p, None), nn.Parameter)
+    ]
     if granularity == "channel":
         if physical:
             from prunekit.structured import prune_channels
@@ -490,14 +526,16 @@ def apply_allocation(
                     model, example_inputs, ratio=ratio, scope="layer", criterion=crit, exclude=others or None
                 )
         else:
-            _mask_channels(modules, applied, str(criterion))
+            with restored_on_error(covered):
+                _mask_channels(modules, applied, str(criterion))
         return applied
     if criterion == "l2":  # same order as |w| for single weights
         criterion = "magnitude"
-    for name, ratio in applied.items():
-        prune_weights(
-            model, ratio, criterion=criterion, scope="layer", include=[name], data=data, loss_fn=loss_fn
-        )
+    with restored_on_error(covered):
+        for name, ratio in applied.items():
+            prune_weights(
+                model, ratio, criterion=criterion, scope="layer", include=[name], data=data, loss_fn=loss_fn
+            )
     return applied
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -58,6 +59,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--quiet", "-q", action="store_true", help="print nothing but errors (files are still written)"
     )
     group.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a model directory or recipe written by someone else to name Python code that is imported",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,12 +280,12 @@ def _parse_shape(text: str | None) -> Any:
     return torch.zeros(*shape)
 
 
-def _load(spec: str, input_shape: str | None = None) -> Any:
+def _load(spec: str, input_shape: str | None = None, trust_code: bool = False) -> Any:
     from dataclasses import replace
 
     from prunekit.recipes import load_model
 
-    loaded = load_model(spec)
+    loaded = load_model(spec, trust_code=trust_code)
     shape = _parse_shape(input_shape)
     if shape is not None:
         loaded = replace(loaded, example_inputs=shape)
@@ -300,7 +306,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from prunekit.recipes import layer_rows
     from prunekit.weights import sparsity
 
-    loaded = _load(args.model, args.input_shape)
+    loaded = _load(args.model, args.input_shape, args.trust_code)
     model, example = loaded.model, loaded.example_inputs
     info: dict[str, Any] = {
         "model": args.model,
@@ -368,7 +374,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _check_out(args.out, args.overwrite)
     if args.no_latency:
         recipe = replace(recipe, measure=replace(recipe.measure, latency=False))
-    loaded = _load(spec)
+    if not args.model and not args.trust_code and not os.path.isdir(spec):
+        raise ConfigError(
+            f"the recipe {args.recipe} names Python code for its model ({spec!r}); give MODEL on the command "
+            "line, or pass --trust-code if you trust the recipe"
+        )
+    loaded = _load(spec, trust_code=args.trust_code)
     data = _data(args, recipe.seed)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
     result = recipe.run(loaded.model, loaded.example_inputs, data=data, progress=show_progress)
@@ -388,13 +399,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _check_out(out: str, overwrite: bool) -> None:
-    from pathlib import Path
+    from prunekit.core import check_output_dir
 
-    from prunekit.errors import ConfigError
-
-    path = Path(out)
-    if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
-        raise ConfigError(f"output {out} already exists; choose another --out or pass --overwrite")
+    check_output_dir(out, overwrite=overwrite)  # before the run, so a bad --out fails fast
 
 
 def _accuracy_metric(outputs: Any, targets: Any) -> float:
@@ -421,7 +428,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             f"--ratios must be comma-separated numbers in (0, 1); got {args.ratios!r}"
         ) from None
     _check_out(args.out, args.overwrite)
-    loaded = _load(args.model)
+    loaded = _load(args.model, trust_code=args.trust_code)
     data = _data(args)
     check_fits(loaded.model, data)
     model = loaded.model
@@ -508,7 +515,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     data = _data(args)
     columns = []
     for spec in (args.model_a, args.model_b):
-        loaded = _load(spec)
+        loaded = _load(spec, trust_code=args.trust_code)
         m = measure_model(
             loaded.model,
             loaded.example_inputs,

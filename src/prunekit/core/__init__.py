@@ -26,6 +26,7 @@ from prunekit.core.batches import (
     to_device,
     weight_of,
 )
+from prunekit.core.checks import check_count, check_finite_values, check_real
 from prunekit.core.config import (
     UNSET,
     ConfigMixin,
@@ -35,7 +36,7 @@ from prunekit.core.config import (
     register_config,
 )
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
-from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes
+from prunekit.core.files import atomic_dir, atomic_write, atomic_write_bytes, check_output_dir
 from prunekit.core.masks import (
     MASK_SUFFIX,
     get_mask,
@@ -59,6 +60,16 @@ from prunekit.core.metrics import (
 )
 from prunekit.core.registry import Registry, criterion_registry, register_criterion
 from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
+from prunekit.core.snapshot import ParamSnapshot, exclusive, exclusive_verb, restored_on_error
+from prunekit.core.tensorfile import (
+    SealedFile,
+    TensorInfo,
+    canonical_json,
+    check_json_digest,
+    open_sealed,
+    seal_json,
+    write_sealed,
+)
 
 __all__ = [
     "atomic_dir",
@@ -67,6 +78,12 @@ __all__ = [
     "batch_size",
     "BUILTIN",
     "call_model",
+    "canonical_json",
+    "check_count",
+    "check_finite_values",
+    "check_json_digest",
+    "check_output_dir",
+    "check_real",
     "config_from_dict",
     "config_to_dict",
     "ConfigMixin",
@@ -79,6 +96,8 @@ __all__ = [
     "EvalMode",
     "EvalResult",
     "evaluate",
+    "exclusive",
+    "exclusive_verb",
     "forward_peak_memory",
     "get_mask",
     "hardware_info",
@@ -99,13 +118,18 @@ __all__ = [
     "merge_config",
     "model_device",
     "model_output",
+    "open_sealed",
     "param_bytes",
+    "ParamSnapshot",
     "refresh",
     "register_config",
     "register_criterion",
     "Registry",
     "remove_mask",
     "resolve_targets",
+    "restored_on_error",
+    "seal_json",
+    "SealedFile",
     "set_mask",
     "Skipped",
     "Split",
@@ -113,7 +137,9 @@ __all__ = [
     "take_batches",
     "take_inputs",
     "Target",
+    "TensorInfo",
     "to_device",
     "UNSET",
     "weight_of",
+    "write_sealed",
 ]

@@ -65,6 +65,39 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, write)
 
 
+RUN_MARKERS = ("report.json", "prunekit-model.json")
+
+
+def check_output_dir(target: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse an output directory that cannot be written (or replaced) safely; change nothing.
+
+    Raises:
+        ConfigError: ``target`` is the current directory or one of its parents; it exists and
+            ``overwrite`` is False (an empty directory is fine); or ``overwrite`` would replace a file or a
+            directory prunekit did not write (no ``report.json`` / ``prunekit-model.json`` in it).
+    """
+    target = Path(target)
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(
+            f"output {target} is the current directory or one of its parents; choose a new directory for --out"
+        )
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"output {target} already exists; choose another --out or pass --overwrite")
+    if target.is_symlink() or not target.is_dir():
+        raise ConfigError(f"output {target} is a file; --overwrite only replaces a directory prunekit wrote")
+    if not any((target / m).is_file() for m in RUN_MARKERS):
+        raise ConfigError(
+            f"output {target} is a directory prunekit did not write (no {' or '.join(RUN_MARKERS)}); "
+            "--overwrite only replaces prunekit output: remove it yourself or choose another --out"
+        )
+
+
 @contextmanager
 def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary sibling of ``target``; rename it to ``target`` only if the block succeeds.
@@ -74,20 +107,12 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     replaced (moved aside under a unique name, then removed).
 
     Raises:
-        ConfigError: ``target`` exists (and is not an empty directory) and ``overwrite`` is False, or
-            ``target`` is the current directory or one of its parents.
+        ConfigError: see :func:`check_output_dir` (checked before anything is created).
     """
     target = Path(target)
-    resolved = target.resolve()
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-        raise ConfigError(
-            f"output {target} is the current directory or one of its parents; choose a new directory for --out"
-        )
-    if target.exists() and not overwrite:
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        else:
-            raise ConfigError(f"output {target} already exists; choose another --out or pass --overwrite")
+    check_output_dir(target, overwrite=overwrite)
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
@@ -108,13 +133,10 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
             old.rename(target)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(target)
     fsync_dir(target.parent)
 
 
-__all__ = ["atomic_dir", "atomic_write", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["RUN_MARKERS", "atomic_dir", "atomic_write", "atomic_write_bytes", "check_output_dir", "fsync_dir"]

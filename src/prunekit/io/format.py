@@ -28,6 +28,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,15 +36,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from prunekit.core import MASK_SUFFIX, atomic_write, masked_parameters, remove_mask, set_mask
+from prunekit.core import (
+    MASK_SUFFIX,
+    SealedFile,
+    masked_parameters,
+    open_sealed,
+    remove_mask,
+    set_mask,
+    write_sealed,
+)
 from prunekit.errors import FormatError
 
 FORMAT = "prunekit.model"
-VERSION = 1
+VERSION = 2  # 2: the header carries a sha256 digest of itself and of every tensor (prunekit.core.tensorfile)
 _VALUES, _Q, _R = ".__values__", ".__gaps_q__", ".__gaps_r__"
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -257,13 +264,13 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "plan": getattr(model, "_prunekit_plan", None),
     }
     try:
-        header_json = json.dumps(header)
+        json.dumps(header, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise FormatError(
             f"cannot save {type(model).__name__}: model._prunekit_plan is not JSON-serialisable ({e}); "
             "plans must be lists of dicts of numbers/strings, as prunekit.structured.surgery records them"
         ) from e
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"prunekit": header_json}))
+    return write_sealed(path, tensors, "prunekit", header)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,97 +281,152 @@ def _fail(path: Path, what: str, fix: str = "re-save it with prunekit.save(model
     return FormatError(f"{path}: {what}; {fix}")
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Decode the whole file (no model touched): header, state tensors by key, masks by param key."""
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file; pass the path written by prunekit.save(model, path)")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            stored = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for every kind of damage
-        raise _fail(
-            path, f"not a readable safetensors file ({e})", "the file is corrupted or truncated"
-        ) from e
-    if "prunekit" not in metadata:
-        raise _fail(path, "a safetensors file without a prunekit header (not written by prunekit.save)",
-                    "load it with safetensors directly, or save it with prunekit.save(model, path)")  # fmt: skip
-    try:
-        header = json.loads(metadata["prunekit"])
-    except json.JSONDecodeError as e:
-        raise _fail(path, f"the prunekit header is not valid JSON ({e})", "the file is corrupted") from e
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise _fail(path, f"header format is {header.get('format') if isinstance(header, dict) else header!r}, "
-                          f"expected {FORMAT!r}")  # fmt: skip
-    if header.get("version") != VERSION:
-        raise _fail(path, f"format version {header.get('version')!r}, this prunekit reads version {VERSION}",
+def _open(path: Path) -> SealedFile:
+    """Parse and check the header (digest included); no tensor read yet."""
+    f = open_sealed(path, "prunekit", "a file written by prunekit.save(model, path)")
+    header = f.header
+    if header.get("format") != FORMAT:
+        raise _fail(path, f"header format is {header.get('format')!r}, expected {FORMAT!r}")
+    version = header.get("version")
+    if version not in (1, VERSION) or type(version) is not int:
+        raise _fail(path, f"format version {version!r}, this prunekit reads versions 1 and {VERSION}",
                     "upgrade prunekit or re-save with this version")  # fmt: skip
-    entries = header.get("tensors")
-    if not isinstance(entries, dict) or not isinstance(header.get("aliases", {}), dict):
+    if version == VERSION and not f.sealed:
+        raise _fail(path, "the header's digest is missing", "the file is corrupted")
+    if version == 1:
+        warnings.warn(f"{path} was written by an older prunekit (format 1, no header digest); "
+                      "re-save it with prunekit.save to protect it end to end", UserWarning, stacklevel=3)  # fmt: skip
+    if not isinstance(header.get("tensors"), dict) or not isinstance(header.get("aliases", {}), dict):
         raise _fail(path, "header has no 'tensors' table", "the file is corrupted")
-    state: dict[str, torch.Tensor] = {}
-    masks: dict[str, torch.Tensor] = {}
-    for key, entry in entries.items():
+    return f
+
+
+def _entry_layout(f: SealedFile) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Check every header entry against the file's tensor table; return ``key -> (shape, dtype)``."""
+    out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    used: set[str] = set()
+    for key, entry in f.header["tensors"].items():
         try:
-            shape = [int(s) for s in entry["shape"]]
+            if not isinstance(entry, dict):
+                raise ValueError("entry is not a table")
+            shape = tuple(entry["shape"])
+            if not all(type(s) is int and s >= 0 for s in shape):
+                raise ValueError(f"shape {entry['shape']!r} is not a list of sizes")
             dtype = _DTYPES[entry["dtype"]]
             numel = math.prod(shape)
             if entry["enc"] == "dense":
-                t = stored[key]
+                info = f.entries.get(key)
+                if info is None or info.shape != shape or info.dtype != dtype:
+                    stored = None if info is None else f"{list(info.shape)} {info.dtype}"
+                    raise ValueError(f"stored {stored}, header says {list(shape)} {dtype}")
+                used.add(key)
+            elif entry["enc"] == "rice":
+                streams = {s: f.entries.get(key + s) for s in (_VALUES, _Q, _R)}
+                if any(v is None for v in streams.values()):
+                    raise ValueError("a value or position stream is missing")
+                nnz, k, qbits = (entry[n] for n in ("nnz", "k", "qbits"))
+                if not all(type(v) is int and v >= 0 for v in (nnz, k, qbits)) or k > 62 or nnz > numel:
+                    raise ValueError(f"nnz={nnz!r}, k={k!r}, qbits={qbits!r} do not fit {numel} elements")
+                values, q, r = (streams[s] for s in (_VALUES, _Q, _R))
+                assert values is not None and q is not None and r is not None
+                if values.dtype != dtype or values.numel != nnz:
+                    raise ValueError(f"{values.numel} {values.dtype} values, header says {nnz} {dtype}")
+                if (
+                    q.dtype != torch.uint8
+                    or r.dtype != torch.uint8
+                    or q.numel * 8 < qbits
+                    or r.numel * 8 < nnz * k
+                ):
+                    raise ValueError("bit streams are shorter than their header says")
+                owner = entry.get("mask")
+                if owner is not None and not isinstance(owner, str):
+                    raise ValueError(f"mask owner must be a parameter name, got {owner!r}")
+                used.update(key + s for s in streams)
+            else:
+                raise ValueError(f"unknown encoding {entry['enc']!r}")
+        except (KeyError, TypeError, ValueError) as e:
+            raise _fail(f.path, f"tensor {key!r} in the header is invalid ({type(e).__name__}: {e})",
+                        "the file is corrupted or truncated") from e  # fmt: skip
+        out[key] = (shape, dtype)
+    extra = sorted(set(f.entries) - used)
+    if extra:
+        raise _fail(f.path, f"holds tensors the header does not list: {extra[:5]}", "the file is corrupted")
+    for alias, target in f.header.get("aliases", {}).items():
+        if not isinstance(target, str) or target not in out:
+            raise _fail(
+                f.path, f"alias {alias!r} points at missing tensor {target!r}", "the file is corrupted"
+            )
+        out[alias] = out[target]
+    return out
+
+
+def _mask_owners(f: SealedFile) -> dict[str, str]:
+    """``owner parameter -> header key`` for every stored mask."""
+    return {
+        e["mask"]: key for key, e in f.header["tensors"].items() if e.get("enc") == "rice" and e.get("mask")
+    }
+
+
+def _decode(f: SealedFile) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Read and decode every tensor (digest and crc32 checked): state by key, masks by owner parameter."""
+    state: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    for key, entry in f.header["tensors"].items():
+        try:
+            shape, dtype = list(entry["shape"]), _DTYPES[entry["dtype"]]
+            numel = math.prod(shape)
+            if entry["enc"] == "dense":
+                t = f.read(key)
                 if _crc(t) != entry["crc32"]:
                     raise ValueError("checksum mismatch")
-                if list(t.shape) != shape or t.dtype != dtype:
-                    raise ValueError(f"stored {tuple(t.shape)} {t.dtype}, header says {tuple(shape)} {dtype}")
                 state[key] = t
                 continue
-            if entry["enc"] != "rice":
-                raise ValueError(f"unknown encoding {entry['enc']!r}")
-            streams = {s: stored[key + s] for s in (_VALUES, _Q, _R)}
+            streams = {s: f.read(key + s) for s in (_VALUES, _Q, _R)}
             for suffix, s in streams.items():
                 if _crc(s) != entry["crc32"][suffix]:
                     raise ValueError(f"checksum mismatch in {suffix.strip('._')}")
             nnz = int(entry["nnz"])
-            values = streams[_VALUES]
-            if values.dtype != dtype or values.numel() != nnz:
-                raise ValueError(f"{values.numel()} {values.dtype} values, header says {nnz} {dtype}")
             positions = rice_decode(int(entry["k"]), int(entry["qbits"]), streams[_Q].numpy(),
                                     streams[_R].numpy(), nnz)  # fmt: skip
             if nnz and positions[-1] >= numel:
                 raise ValueError(f"position {int(positions[-1])} outside a tensor of {numel} elements")
             index = torch.from_numpy(positions)
             flat = torch.zeros(numel, dtype=dtype)
-            flat[index] = values
+            flat[index] = streams[_VALUES]
             state[key] = flat.view(shape)
             owner = entry.get("mask")
             if owner is not None:
-                if not isinstance(owner, str):
-                    raise ValueError(f"mask owner must be a parameter name, got {owner!r}")
                 mask = torch.zeros(numel, dtype=torch.bool)
                 mask[index] = True
                 masks[owner] = mask.view(shape)
+        except FormatError:
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise _fail(path, f"tensor {key!r} cannot be decoded ({type(e).__name__}: {e})",
+            raise _fail(f.path, f"tensor {key!r} cannot be decoded ({type(e).__name__}: {e})",
                         "the file is corrupted or truncated") from e  # fmt: skip
-    for alias, target in header.get("aliases", {}).items():
-        if target not in state:
-            raise _fail(path, f"alias {alias!r} points at missing tensor {target!r}", "the file is corrupted")
+    for alias, target in f.header.get("aliases", {}).items():
         state[alias] = state[target]
-    return header, state, masks
+    return state, masks
 
 
 def _check_fits(
-    path: Path, model: nn.Module, state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
-) -> None:
+    path: Path, model: nn.Module, layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+    owners: Mapping[str, str],
+) -> None:  # fmt: skip
     current = {mp.fqn + MASK_SUFFIX for mp in masked_parameters(model)}
     expected = {k: v for k, v in model.state_dict().items() if k not in current}
     params = dict(model.named_parameters(remove_duplicate=False))
-    for owner in masks:
-        if owner not in params:
-            raise _fail(path, f"holds a mask for {owner!r}, which is not a parameter of {type(model).__name__}",
-                        "build the same architecture (and config) as the saved model")  # fmt: skip
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
     fix = "build the same architecture (and config) as the saved model before calling load(path, model)"
+    for owner, key in owners.items():
+        if owner not in params:
+            raise _fail(
+                path, f"holds a mask for {owner!r}, which is not a parameter of {type(model).__name__}", fix
+            )
+        if tuple(params[owner].shape) != layout[key][0]:
+            raise _fail(path, f"mask of {owner!r} is {list(layout[key][0])} in the file but the parameter is "
+                              f"{list(params[owner].shape)}", fix)  # fmt: skip
+    missing = sorted(set(expected) - set(layout))
+    extra = sorted(set(layout) - set(expected))
     if missing or extra:
         what = []
         if missing:
@@ -372,10 +434,10 @@ def _check_fits(
         if extra:
             what.append(f"the file has {len(extra)} tensors the model lacks: {extra[:5]}")
         raise _fail(path, f"does not fit {type(model).__name__}: " + "; ".join(what), fix)
-    for key, t in state.items():
+    for key, (shape, dtype) in layout.items():
         mine = expected[key]
-        if tuple(mine.shape) != tuple(t.shape) or mine.dtype != t.dtype:
-            raise _fail(path, f"tensor {key!r} is {tuple(t.shape)} {t.dtype} in the file but "
+        if tuple(mine.shape) != shape or mine.dtype != dtype:
+            raise _fail(path, f"tensor {key!r} is {shape} {dtype} in the file but "
                               f"{tuple(mine.shape)} {mine.dtype} in the model", fix)  # fmt: skip
 
 
@@ -397,8 +459,10 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
             ``model`` (missing/extra tensors, other shapes). The model is then left untouched.
     """
     path = Path(path)
-    header, state, masks = _read(path)
-    plan = header.get("plan")
+    f = _open(path)
+    layout = _entry_layout(f)
+    owners = _mask_owners(f)
+    plan = f.header.get("plan")
     if plan is not None:
         try:
             from prunekit.structured import apply_plan
@@ -411,11 +475,13 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
         except Exception as e:
             raise _fail(path, f"its structured plan does not apply to {type(model).__name__} ({e})",
                         "build the same architecture as the saved model") from e  # fmt: skip
-        _check_fits(path, trial, state, masks)
+        _check_fits(path, trial, layout, owners)
         del trial
-        apply_plan(model, plan)
     else:
-        _check_fits(path, model, state, masks)
+        _check_fits(path, model, layout, owners)
+    state, masks = _decode(f)  # every byte checked before the model is touched
+    if plan is not None:
+        apply_plan(model, plan)
     for mp in list(masked_parameters(model)):
         remove_mask(mp.module, mp.name)
     target = model.state_dict()

@@ -217,7 +217,13 @@ _STEP_SCHEMAS: dict[str, type[BaseModel]] = {
 
 
 class _RecipeLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """SafeLoader without YAML 1.1 base-60 numbers, so ``pattern: 2:4`` stays the string '2:4'."""
+    """SafeLoader without YAML 1.1 base-60 numbers (``pattern: 2:4`` stays '2:4'), refusing duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        from prunekit.recipes.yaml_checks import check_duplicate_keys
+
+        check_duplicate_keys(node)
+        return dict(super().construct_mapping(node, deep=deep))
 
 
 _RecipeLoader.yaml_implicit_resolvers = {
@@ -402,9 +408,16 @@ class Recipe:
     @classmethod
     def from_string(cls, text: str, source: str = "<recipe>") -> Recipe:
         """Parse and validate YAML text (``source`` names it in errors)."""
+        from prunekit.recipes.yaml_checks import DuplicateKeyError, check_depth
+
         try:
+            check_depth(text, source)
             node = yaml.compose(text, Loader=_RecipeLoader)
             data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        except DuplicateKeyError as e:
+            raise ConfigError(f"{source}:{e.line}: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: the YAML is nested too deeply to be a recipe") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
@@ -426,8 +439,19 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        """Validate a plain dict (as parsed from YAML or JSON)."""
-        return cls._from_mapping(dict(data), None, "recipe")
+        """Validate a plain dict (as parsed from YAML or JSON).
+
+        Raises:
+            ConfigError: ``data`` is not a mapping, is nested too deeply, or holds a value not allowed.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"a recipe is a mapping (dict) with at least a 'prune' list; got {type(data).__name__}"
+            )
+        try:
+            return cls._from_mapping(dict(data), None, "recipe")
+        except RecursionError:
+            raise ConfigError("recipe: the dict is nested too deeply to be a recipe") from None
 
     @classmethod
     def _from_mapping(cls, data: dict[str, Any], node: yaml.Node | None, source: str) -> Recipe:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core import atomic_write_bytes, check_json_digest, open_sealed, seal_json, write_sealed
 from prunekit.errors import ConfigError, FormatError
 
 MODEL_JSON = "prunekit-model.json"
@@ -124,6 +125,16 @@ def _hf_example_inputs(model: nn.Module, seq_len: int = 16) -> dict[str, torch.T
 
 def _from_hf(path: Path) -> tuple[nn.Module, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        pickles = sorted(
+            p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+        )
+        if pickles:
+            raise FormatError(
+                f"{path} holds only pickle weights ({', '.join(pickles[:3])}), and pickle weights are not loaded "
+                "(loading a pickle can run code); convert to safetensors where you trust the file, e.g. "
+                "model.save_pretrained(dir, safe_serialization=True) where you trust the file"
+            )
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -143,9 +154,10 @@ def _from_hf(path: Path) -> tuple[nn.Module, Any]:
     return model, _hf_example_inputs(model)
 
 
-def _save_inputs(example: Any, path: Path) -> dict[str, Any]:
-    from safetensors.torch import save_file
+_INPUTS_KEY = "prunekit.inputs"
 
+
+def _save_inputs(example: Any, path: Path) -> dict[str, Any]:
     if isinstance(example, torch.Tensor):
         tensors, kind = {"0": example}, "tensor"
     elif isinstance(example, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in example):
@@ -154,7 +166,7 @@ def _save_inputs(example: Any, path: Path) -> dict[str, Any]:
         tensors, kind = dict(example), "dict"
     else:
         return {"kind": "none"}
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    write_sealed(path, tensors, _INPUTS_KEY, {"kind": kind})
     return {"kind": kind, "keys": list(tensors)}
 
 
@@ -164,7 +176,12 @@ def _load_inputs(path: Path, meta: dict[str, Any]) -> Any:
     kind = meta.get("kind", "none")
     if kind == "none" or not path.exists():
         return None
-    tensors = load_file(str(path))
+    try:
+        tensors = open_sealed(path, _INPUTS_KEY, "example inputs written by prunekit").read_all()
+    except FormatError as e:
+        if f"without the {_INPUTS_KEY!r} header" not in str(e):
+            raise
+        tensors = load_file(str(path))  # written before inputs were sealed (the table was checked above)
     keys = meta.get("keys", list(tensors))
     if kind == "tensor":
         return tensors[keys[0]]
@@ -188,7 +205,7 @@ def save_model_dir(loaded: LoadedModel, directory: str | Path, model: nn.Module 
         "source": loaded.source,
         "example_inputs": inputs_meta,
     }
-    (directory / MODEL_JSON).write_text(json.dumps(header, indent=2) + "\n")
+    atomic_write_bytes(directory / MODEL_JSON, (json.dumps(seal_json(header), indent=2) + "\n").encode())
     return directory
 
 
@@ -199,16 +216,31 @@ def _load_weights(model: nn.Module, path: Path) -> nn.Module:
     return out if isinstance(out, nn.Module) else model
 
 
-def _from_prunekit_dir(path: Path) -> LoadedModel:
+def _refuse_code(path: Path, spec: Any) -> ConfigError:
+    return ConfigError(
+        f"{path / MODEL_JSON} names Python code to rebuild the model ({spec!r}); prunekit does not import or run "
+        "code named by a file unless you trust it: pass trust_code=True (CLI: --trust-code) if you wrote this "
+        "directory or trust whoever did, or rebuild the model yourself and use prunekit.load(weights, model)"
+    )
+
+
+def _from_prunekit_dir(path: Path, trust_code: bool = False) -> LoadedModel:
     try:
         header = json.loads((path / MODEL_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path / MODEL_JSON} is not valid JSON ({e}); the directory is damaged") from e
+    if not isinstance(header, dict):
+        raise FormatError(f"{path / MODEL_JSON} is not a JSON object; the directory is damaged")
+    check_json_digest(header, path / MODEL_JSON)
+    if not isinstance(header.get("source") or {}, dict):
+        raise FormatError(f"{path / MODEL_JSON}: 'source' is not a table; the directory is damaged")
     if header.get("format") != "prunekit-model":
         raise FormatError(f"{path / MODEL_JSON} was not written by prunekit (no 'format': 'prunekit-model')")
     source = header.get("source") or {}
     kind = source.get("kind")
     if kind == "factory":
+        if not trust_code:
+            raise _refuse_code(path, source.get("spec"))
         cwd = source.get("cwd")
         if cwd and cwd not in sys.path and Path(cwd).is_dir():
             sys.path.append(cwd)  # the folder the factory was imported from when the directory was written
@@ -240,8 +272,12 @@ def _factory_source(spec: str) -> dict[str, Any]:
     return {"kind": "factory", "spec": spec, "cwd": os.getcwd()}
 
 
-def load_model(spec: str) -> LoadedModel:
+def load_model(spec: str, *, trust_code: bool = False) -> LoadedModel:
     """Resolve a MODEL argument (see the module docstring).
+
+    A ``module:factory`` given as ``spec`` is the caller's own code and is imported. A prunekit directory
+    whose ``model.json`` names a factory is data written by someone: its code is imported only with
+    ``trust_code=True``.
 
     Raises:
         ConfigError: the path/spec does not exist or is not a model.
@@ -250,7 +286,7 @@ def load_model(spec: str) -> LoadedModel:
     path = Path(spec)
     if path.is_dir():
         if (path / MODEL_JSON).exists():
-            return _from_prunekit_dir(path)
+            return _from_prunekit_dir(path, trust_code)
         if (path / "config.json").exists():
             model, example = _from_hf(path)
             return LoadedModel(

@@ -32,7 +32,15 @@ import torch
 from torch import nn
 
 from prunekit.compat import renamed_kwargs
-from prunekit.core import UNSET, ConfigMixin, count_macs, count_params, merge_config, register_config
+from prunekit.core import (
+    UNSET,
+    ConfigMixin,
+    count_macs,
+    count_params,
+    exclusive_verb,
+    merge_config,
+    register_config,
+)
 from prunekit.errors import ConfigError, DataRequiredError, PlanError
 from prunekit.graph import record
 from prunekit.structured.check import apply_checked
@@ -71,6 +79,8 @@ class ChannelPruneConfig(ConfigMixin):
         exclude: Modules (objects, name globs, or types) whose output width is kept (was ``ignore``).
         check: Compare the pruned model's outputs with the masked original's (one extra forward); a
             mismatch restores the model and raises.
+        allow_partial: With ``target_macs``/``target_params`` that cannot be reached, prune as much as
+            allowed instead of raising ``PlanError``.
     """
 
     ratio: float | Mapping[str, float] = 0.5
@@ -85,6 +95,7 @@ class ChannelPruneConfig(ConfigMixin):
     gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
     exclude: Any = None
     check: bool = True
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, (list, set, frozenset)):
@@ -105,7 +116,9 @@ class ChannelPruneConfig(ConfigMixin):
             raise ConfigError("give at most one of target_macs and target_params")
         for name in ("target_macs", "target_params"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0
+            ):
                 raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
@@ -113,7 +126,9 @@ class ChannelPruneConfig(ConfigMixin):
             raise ConfigError(f"gqa must be 'kv_groups' or 'query_heads', got {self.gqa!r}")
         if self.on_unknown not in ("keep", "raise"):
             raise ConfigError(f"on_unknown must be 'keep' or 'raise', got {self.on_unknown!r}")
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
             raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
         get_criterion(self.criterion)
 
@@ -191,6 +206,7 @@ class ChannelPruneResult:
 
 
 @renamed_kwargs(ignore="exclude")
+@exclusive_verb("prune_channels")
 def prune_channels(
     model: nn.Module,
     example_inputs: Any,
@@ -210,6 +226,7 @@ def prune_channels(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     config: ChannelPruneConfig | None = None,
     check: bool = UNSET,
+    allow_partial: bool = UNSET,
 ) -> ChannelPruneResult:
     """Physically remove channels, neurons and attention heads of ``model``, in place.
 
@@ -217,7 +234,8 @@ def prune_channels(
     convs, heads, tied weights, ...) are removed together, module attributes are updated, and the pruned
     model is run once to check it. On any failure the model is left exactly as it was. Optimizers and EMA
     copies built on the old parameters must be rebuilt (the parameter objects are the same, their
-    shapes are not).
+    shapes are not). Weight masks already on the model are re-sliced with their weights. Do not run
+    the model in another thread meanwhile: such a forward raises ``ConfigError`` while this runs.
 
     Args:
         model: Any ``nn.Module``.
@@ -239,6 +257,8 @@ def prune_channels(
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` holding every option above (all but ``data``/``loss_fn``);
             a keyword that sets the same option as ``config`` raises ``ConfigError``.
+        allow_partial: An unreachable ``target_macs``/``target_params`` prunes as much as allowed
+            (with a warning) instead of raising ``PlanError``.
         check: Compare the pruned model's outputs on ``example_inputs`` with the original's with the
             removed slices zeroed (one extra forward); a mismatch restores the model and raises.
 
@@ -268,6 +288,7 @@ def prune_channels(
         gqa=gqa,
         exclude=exclude,
         check=check,
+        allow_partial=allow_partial,
     )
     ignore, check = cfg.exclude, cfg.check
     crit = get_criterion(cfg.criterion)
@@ -284,6 +305,9 @@ def prune_channels(
         raise DataRequiredError("criterion 'taylor' with data= also needs loss_fn=(outputs, targets) -> loss")
 
     trace = record(model, example_inputs)
+    from prunekit.structured.guards import warn_unvisited
+
+    warn_unvisited(model, trace)
     params = dict(model.named_parameters())
     saved_grads: dict[int, torch.Tensor | None] = {}
     grads_ready = False

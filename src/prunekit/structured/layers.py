@@ -40,6 +40,7 @@ from prunekit.core import (
     ConfigMixin,
     EvalMode,
     call_model,
+    check_count,
     evaluate,
     merge_config,
     model_device,
@@ -84,10 +85,8 @@ class LayerPruningConfig(ConfigMixin):
             raise ConfigError(
                 f"unknown layer criterion {self.criterion!r}; valid names are {', '.join(LAYER_CRITERIA)}"
             )
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"n must be a positive integer number of blocks to remove, got {self.n!r}")
-        if self.max_batches is not None and (not isinstance(self.max_batches, int) or self.max_batches < 1):
-            raise ConfigError(f"max_batches must be a positive integer or None, got {self.max_batches!r}")
+        check_count("prune_layers", "n", self.n, minimum=1)  # the number of blocks to remove
+        check_count("prune_layers", "max_batches", self.max_batches, minimum=1, optional=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -499,6 +498,10 @@ def prune_layers(
         max_batches=max_batches,
     )
     n, criterion, blocks, max_batches = cfg.n, cfg.criterion, cfg.include, cfg.max_batches
+    if criterion not in LAYER_CRITERIA:
+        raise ConfigError(
+            f"unknown layer criterion {criterion!r}; valid names are {', '.join(LAYER_CRITERIA)}"
+        )
     if criterion == "loss" and (data is None or loss_fn is None):
         raise DataRequiredError("criterion='loss' needs data= (iterable of (inputs, targets)) and loss_fn=")
     infos = find_blocks(model, example_inputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError, UnknownModuleError, UnsupportedOpError
+from prunekit.errors import ConfigError, PlanError, UnknownModuleError, UnsupportedOpError
 from prunekit.graph import SIZE_ATTR, DependencyGraph, Group, Trace, as_args, build_graph
 from prunekit.structured.criteria import ChannelCriterion
 from prunekit.structured.surgery import AttrUpdate, Plan, PlanEntry
@@ -356,7 +357,16 @@ def build_plan(
         lo, hi = 0.0, 0.999
         best = sel.select(hi, cfg.scope)
         if sel.cost(best)[which] > goal:
-            logger.warning("target %.3f cannot be reached; pruning as much as allowed", target)
+            name = "target_macs" if which == 0 else "target_params"
+            reachable = sel.cost(best)[which] / max(sel.cost({})[which], 1e-12)
+            if not cfg.allow_partial:
+                raise PlanError(
+                    f"{name}={target:g} cannot be reached: the most prunekit can remove keeps {reachable:.3f} "
+                    f"(ignored modules, round_to and coupled slices limit it); raise {name} to at least "
+                    f"{reachable:.3f}, or pass allow_partial=True to prune as much as allowed"
+                )
+            warnings.warn(f"{name}={target:g} cannot be reached; pruned as much as allowed (keeps {reachable:.3f})",
+                          UserWarning, stacklevel=3)  # fmt: skip
         else:
             for _ in range(24):
                 mid = (lo + hi) / 2

@@ -216,6 +216,13 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
         t = get_tensor(model, e.fqn, modules)
         by_tensor[id(t)].append(e)
         tensors[id(t)] = t
+        # a weight mask (prunekit.core.masks: buffer `<name>_mask` beside it) is re-sliced with its weight
+        module_name, _, pname = e.fqn.rpartition(".")
+        owner = modules.get(module_name)
+        mask = getattr(owner, pname + "_mask", None) if owner is not None else None
+        if isinstance(mask, torch.Tensor) and mask.shape == t.shape and mask is not t:
+            by_tensor[id(mask)].append(e)
+            tensors[id(mask)] = mask
     try:
         with torch.no_grad():
             for key, entries in by_tensor.items():

@@ -571,28 +571,12 @@ class ChannelPruner:
         recorded in ``model._prunekit_plan`` (so ``pk.save`` / ``pk.load`` re-apply it), and the weight masks
         are sliced with the same indices.
         """
-        from prunekit.core import remove_mask
         from prunekit.structured import apply_surgery, record_plan, reset_grad_accumulators
 
         plan = _chain_plan(modules, chain)
-        masks = {}
-        for entry in plan.entries:
-            module_name, _, pname = entry.fqn.rpartition(".")
-            mask = get_mask(modules[module_name], pname)
-            if mask is not None:
-                masks[entry.fqn] = (modules[module_name], pname, mask)
-        apply_surgery(model, plan)
+        apply_surgery(model, plan)  # slices each weight's mask buffer with it
         record_plan(model, plan)
         reset_grad_accumulators(model)  # autograd caches the old shapes of the sliced parameters
-        for entry in plan.entries:
-            if entry.fqn in masks:
-                module, pname, mask = masks[entry.fqn]
-                idx = torch.as_tensor(entry.kept, dtype=torch.long)
-                mask = mask.index_select(entry.dim, idx)
-                masks[entry.fqn] = (module, pname, mask)
-        for module, pname, mask in masks.values():
-            remove_mask(module, pname)
-            set_mask(module, pname, mask)
 
     def _finalize_with_graph(self, example_inputs: Any, keep: dict[str, torch.Tensor]) -> nn.Module:
         return _finalize_with_graph_impl(self, example_inputs, keep)

@@ -45,6 +45,7 @@ from prunekit.core import (
     merge_config,
     register_config,
     resolve_targets,
+    restored_on_error,
     set_mask,
 )
 from prunekit.errors import ConfigError, DataRequiredError, PatternError
@@ -547,8 +548,12 @@ def prune_weights(
                 n = sum(t.weight.numel() for t in group)
                 k = int(math.floor(float(cfg.sparsity) * n + 0.5)) if cfg.sparsity is not None else 0
                 plans.append((group, _kth_key(scorer, group, k) if k > 0 else None))
-            for group, threshold in plans:
-                _apply(scorer, group, threshold)
+            # a criterion is called again while masking: if it raises there, no layer stays masked
+            # (magnitude calls no user code: no copy then)
+            covered = [] if type(crit) is Magnitude else [(t.module, t.param_name) for t in targets]
+            with restored_on_error(covered):
+                for group, threshold in plans:
+                    _apply(scorer, group, threshold)
     finally:
         crit.release()
     layers = tuple(
