@@ -22,8 +22,8 @@ from prunekit.accel import (
     SparseLinear,
     accelerate,
     deaccelerate,
+    persist,
 )
-from prunekit.accel import persist
 from prunekit.accel.accelerate import linear_layers
 from prunekit.accel.kernels import block_fill, candidate_kernels
 from prunekit.masks import get_mask, masked_parameters, set_mask

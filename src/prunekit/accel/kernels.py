@@ -199,6 +199,7 @@ class SparseLinear(nn.Module):
                 self.sub_mask = mask.clone()
         self._csr: torch.Tensor | None = None
         self._csr_key: tuple[int, int, int] | None = None
+        self.train(False)  # born in inference mode
 
     def _csr_tensor(self) -> torch.Tensor:
         key = (self.crow.data_ptr(), self.col.data_ptr(), self.values.data_ptr())
