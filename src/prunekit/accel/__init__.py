@@ -1,7 +1,11 @@
 """Acceleration: run pruned models fast where the hardware allows, and say so where it does not.
 
-accelerate(model, example_inputs)   measured per-layer kernel choice (dense / CSR / BSR / compact)
-save / load                         the masked model + the plan as data, re-measured elsewhere
+accelerate(model, example_inputs)      measured per-layer kernel (dense / CSR / BSR / compact)
+save / load                            the masked model + the plan as data, re-measured elsewhere
+kernel_table() / speedup_estimate()    a measured table per machine; latency of a pruning option
+warn_if_no_speedup / SpeedupWarning    advice when the pruning asked for cannot be faster here
+export_onnx / prune_and_quantize       deployable artifacts (ONNX + onnxruntime, int8)
+energy_estimate / model_state_report   numbers per model state for the report
 """
 
 from __future__ import annotations
@@ -13,17 +17,34 @@ from prunekit.accel.accelerate import (
     accelerate,
     deaccelerate,
 )
+from prunekit.accel.advice import SpeedupAdvice, SpeedupWarning, advise, warn_if_no_speedup
+from prunekit.accel.estimate import LayerEstimate, SpeedupEstimate, speedup_estimate
 from prunekit.accel.kernels import InferenceOnlyError, SparseLinear
+from prunekit.accel.persist import load, read_plan, save
 from prunekit.accel.plan import AccelerationResult, LayerChoice
+from prunekit.accel.table import KernelTable, kernel_table, measure_table
 
 __all__ = [
     "AccelerateConfig",
     "AccelerationError",
     "AccelerationResult",
     "InferenceOnlyError",
+    "KernelTable",
     "LayerCase",
     "LayerChoice",
+    "LayerEstimate",
     "SparseLinear",
+    "SpeedupAdvice",
+    "SpeedupEstimate",
+    "SpeedupWarning",
     "accelerate",
+    "advise",
     "deaccelerate",
+    "kernel_table",
+    "load",
+    "measure_table",
+    "read_plan",
+    "save",
+    "speedup_estimate",
+    "warn_if_no_speedup",
 ]
