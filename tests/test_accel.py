@@ -271,3 +271,13 @@ def test_config_validation() -> None:
         AccelerateConfig(target="gpu")
     with pytest.raises(pk.ConfigError, match="unknown linear kernel"):
         AccelerateConfig(kernels=("fast",))
+
+
+def test_accelerated_model_deepcopies() -> None:
+    model = nn.Sequential(nn.Linear(32, 32))
+    pk.prune_weights(model, 0.9)
+    x = torch.randn(2, 32)
+    accelerate(model, x, timer=prefer("csr"))
+    model(x)  # builds the cached CSR tensor
+    clone = copy.deepcopy(model)
+    assert torch.equal(clone(x), model(x))

@@ -201,6 +201,11 @@ class SparseLinear(nn.Module):
         self._csr_key: tuple[int, int, int] | None = None
         self.train(False)  # born in inference mode
 
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_csr"] = state["_csr_key"] = None  # a sparse tensor has no storage to copy: rebuilt on use
+        return state
+
     def _csr_tensor(self) -> torch.Tensor:
         key = (self.crow.data_ptr(), self.col.data_ptr(), self.values.data_ptr())
         if self._csr is None or self._csr_key != key:
