@@ -18,21 +18,34 @@ from prunekit.accel.accelerate import (
     deaccelerate,
 )
 from prunekit.accel.advice import SpeedupAdvice, SpeedupWarning, advise, warn_if_no_speedup
+from prunekit.accel.deploy import (
+    OnnxModel,
+    PruneQuantizeConfig,
+    export_onnx,
+    export_program,
+    prune_and_quantize,
+)
+from prunekit.accel.energy import EnergyCosts, EnergyEstimate, energy_estimate
 from prunekit.accel.estimate import LayerEstimate, SpeedupEstimate, speedup_estimate
 from prunekit.accel.kernels import InferenceOnlyError, SparseLinear
 from prunekit.accel.persist import load, read_plan, save
 from prunekit.accel.plan import AccelerationResult, LayerChoice
+from prunekit.accel.states import model_state_report, model_states
 from prunekit.accel.table import KernelTable, kernel_table, measure_table
 
 __all__ = [
     "AccelerateConfig",
     "AccelerationError",
     "AccelerationResult",
+    "EnergyCosts",
+    "EnergyEstimate",
     "InferenceOnlyError",
     "KernelTable",
     "LayerCase",
     "LayerChoice",
     "LayerEstimate",
+    "OnnxModel",
+    "PruneQuantizeConfig",
     "SparseLinear",
     "SpeedupAdvice",
     "SpeedupEstimate",
@@ -40,9 +53,15 @@ __all__ = [
     "accelerate",
     "advise",
     "deaccelerate",
+    "energy_estimate",
+    "export_onnx",
+    "export_program",
     "kernel_table",
     "load",
     "measure_table",
+    "model_state_report",
+    "model_states",
+    "prune_and_quantize",
     "read_plan",
     "save",
     "speedup_estimate",

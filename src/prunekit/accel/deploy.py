@@ -108,9 +108,14 @@ class OnnxModel:
     Args:
         path: the ``.onnx`` file.
         threads: intra-op threads of the session (default: ``torch.get_num_threads()``).
+        source: the PyTorch model it was exported from, if known (reports count its parameters).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int | None = None, source: nn.Module | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.source = source  # the PyTorch model it was exported from (for counts in reports)
         try:
             import onnxruntime as ort
         except ImportError as e:

@@ -228,6 +228,10 @@ class SparseLinear(nn.Module):
             return F.linear(x2, self.weight, self.bias).reshape(*lead, self.out_features)
         if self.inner == "dense":
             y = F.linear(x2, self.weight)
+        elif self.inner == "csr" and self.bias is not None and self.row_index is None:
+            # bias fused into the sparse matmul: one pass less over the (out, T) result
+            y = torch.addmm(self.bias.unsqueeze(1), self._csr_tensor(), x2.t().contiguous()).t()
+            return y.contiguous().reshape(*lead, self.out_features)
         elif self.inner == "csr":
             y = torch.sparse.mm(self._csr_tensor(), x2.t().contiguous()).t()  # (kept_out, T).T
         else:

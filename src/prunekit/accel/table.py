@@ -225,17 +225,20 @@ def measure_table(*, shape: tuple[int, int] = (1024, 1024), tokens: tuple[int, .
     """Time the reference layer dense and as CSR on this machine (a few seconds to half a minute)."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(shape, generator=g)
+    b = torch.randn(shape[0], generator=g)
+    b1 = b.unsqueeze(1)
     with num_threads(threads) as used:
         dense: list[float] = []
         csr: list[list[float]] = [[] for _ in sparsities]
         for t in tokens:
             x = torch.randn(t, shape[1], generator=g)
-            fns: dict[str, Any] = {"dense": lambda x=x: F.linear(x, w)}
+            fns: dict[str, Any] = {"dense": lambda x=x: F.linear(x, w, b)}
             for i, s in enumerate(sparsities):
                 mask = torch.rand(shape, generator=g) >= s
                 crow, col, val = csr_parts(w, mask)
                 m = build_csr(crow, col, val, shape)
-                fns[f"csr{i}"] = lambda m=m, x=x: torch.sparse.mm(m, x.t().contiguous()).t().contiguous()
+                # exactly what SparseLinear("csr") runs: bias fused, result transposed back
+                fns[f"csr{i}"] = lambda m=m, x=x: torch.addmm(b1, m, x.t().contiguous()).t().contiguous()
             ms = interleaved_ms(fns, rounds=rounds)
             dense.append(ms["dense"])
             for i in range(len(sparsities)):
