@@ -76,7 +76,7 @@ def run_bert(args: argparse.Namespace) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     kt = kernel_table()
     assert kt is not None
-    for batch in (1, 8):
+    for batch in (int(b) for b in args.batches.split(",")):
         ids = torch.randint(0, 30000, (batch, 128), generator=torch.Generator().manual_seed(1))
         for s in (0.8, 0.9, 0.95):
             est = speedup_estimate(dense, (ids,), WeightPruningConfig(sparsity=s, scope="layer"), table=kt,
@@ -220,6 +220,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--parts", default="bert,cnn")
+    p.add_argument("--batches", default="1,8", help="BERT batch sizes (sequences of 128 tokens)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="/tmp/prunekit-speed.json")

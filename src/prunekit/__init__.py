@@ -8,6 +8,14 @@ sensitivity analysis, and reports of what was gained.
 from __future__ import annotations
 
 from prunekit import schedules as schedules
+from prunekit.accel import (
+    AccelerationResult,
+    SpeedupWarning,
+    accelerate,
+    energy_estimate,
+    export_onnx,
+    speedup_estimate,
+)
 from prunekit.allocate import AllocationPlan, allocate, apply_allocation, layer_latency
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.criteria import WeightCriterion, register_criterion
@@ -52,6 +60,7 @@ from prunekit.weights import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccelerationResult",
     "AllocationPlan",
     "ChannelPruneConfig",
     "ChannelPruneResult",
@@ -82,14 +91,18 @@ __all__ = [
     "SensitivityConfig",
     "SensitivityResult",
     "SparsityReport",
+    "SpeedupWarning",
     "UnsupportedOpError",
     "WeightCriterion",
     "WeightPruningConfig",
     "WeightPruningResult",
     "__version__",
+    "accelerate",
     "allocate",
     "apply_allocation",
+    "energy_estimate",
     "evaluate",
+    "export_onnx",
     "fit",
     "forward_peak_memory",
     "hardware_info",
@@ -114,6 +127,7 @@ __all__ = [
     "sensitivity",
     "sparsity",
     "sparsity_report",
+    "speedup_estimate",
     "summary",
     "sync_hf_config",
     "train_epoch",
