@@ -268,7 +268,7 @@ def test_config_validation() -> None:
     with pytest.raises(pk.ConfigError, match="margin"):
         AccelerateConfig(margin=0.5)
     with pytest.raises(pk.ConfigError, match="target"):
-        AccelerateConfig(target="gpu")
+        AccelerateConfig(target="gpu")  # type: ignore[arg-type]
     with pytest.raises(pk.ConfigError, match="unknown linear kernel"):
         AccelerateConfig(kernels=("fast",))
 
@@ -281,3 +281,12 @@ def test_accelerated_model_deepcopies() -> None:
     model(x)  # builds the cached CSR tensor
     clone = copy.deepcopy(model)
     assert torch.equal(clone(x), model(x))
+
+
+def test_load_rejects_unknown_remeasure_mode(tmp_path: object) -> None:
+    model = nn.Sequential(nn.Linear(16, 16))
+    pk.prune_weights(model, 0.5)
+    accelerate(model, torch.randn(1, 16), timer=prefer("csr"))
+    path = persist.save(model, tmp_path / "m.safetensors")  # type: ignore[operator]
+    with pytest.raises(pk.ConfigError, match="remeasure_on"):
+        persist.load(path, nn.Sequential(nn.Linear(16, 16)), remeasure_on="sometimes")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ class AccelerateConfig:
         measure_model: also time the whole model before and after (alternating).
     """
 
-    target: str = "cpu"
+    target: Literal["cpu"] = "cpu"
     margin: float = 1.1
     rounds: int = 15
     threads: int | None = None
@@ -259,7 +259,7 @@ def end_to_end_ms(model: nn.Module, example_inputs: Any, swaps: Mapping[str, tup
 def accelerate(
     model: nn.Module,
     example_inputs: Any,
-    target: str = "cpu",
+    target: Literal["cpu"] = "cpu",
     *,
     margin: float = 1.1,
     threads: int | None = None,

@@ -32,7 +32,7 @@ from prunekit.accel.accelerate import (
 )
 from prunekit.accel.plan import AccelerationResult, LayerChoice, attach_plan, attached_plan, fingerprint
 from prunekit.accel.timing import num_threads
-from prunekit.errors import FormatError
+from prunekit.errors import ConfigError, FormatError
 from prunekit.metrics import hardware_info
 
 PLAN_KEY = "prunekit.accel"
@@ -150,7 +150,7 @@ def load(path: str | os.PathLike[str], model: nn.Module, *, remeasure_on: str = 
     from prunekit.io import load as pk_load
 
     if remeasure_on not in ("other_hardware", "always", "never"):
-        raise FormatError(f"remeasure_on must be 'other_hardware', 'always' or 'never', got {remeasure_on!r}")
+        raise ConfigError(f"remeasure_on must be 'other_hardware', 'always' or 'never', got {remeasure_on!r}")
     plan = read_plan(path)
     pk_load(path, model)
     if plan is None:
