@@ -24,14 +24,29 @@ def test_namespace_after_loading_is_exactly_all() -> None:
     public = {
         name
         for name, value in vars(pk).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"
         and name not in {"TYPE_CHECKING", "Any", "importlib", "sys"}
     }
     assert public == set(pk.__all__) - {"__version__"}
 
 
 def test_every_package_exports_what_it_lists() -> None:
-    for package in ("analysis", "cli", "core", "graph", "io", "recipes", "report", "structured", "training", "weights"):
+    for package in (
+        "accel",
+        "analysis",
+        "cli",
+        "core",
+        "graph",
+        "io",
+        "kernels",
+        "recipes",
+        "report",
+        "structured",
+        "training",
+        "weights",
+    ):
         module = importlib.import_module(f"prunekit.{package}")
         assert list(module.__all__) == sorted(module.__all__, key=lambda s: (s.lower(), s)), package
         for name in module.__all__:
@@ -39,9 +54,21 @@ def test_every_package_exports_what_it_lists() -> None:
 
 
 def test_import_does_not_pull_heavy_optional_libraries() -> None:
-    heavy = ("transformers", "lightning", "matplotlib", "scipy", "pydantic", "rich", "yaml", "sklearn", "safetensors")
+    heavy = (
+        "transformers",
+        "lightning",
+        "matplotlib",
+        "scipy",
+        "pydantic",
+        "rich",
+        "yaml",
+        "sklearn",
+        "safetensors",
+    )
     code = f"import sys, prunekit; print([m for m in {heavy!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 

@@ -125,9 +125,21 @@ _API: dict[str, str] = {
         "prunekit.training",
     ),
     **dict.fromkeys(["Recipe", "RecipeResult"], "prunekit.recipes"),
+    **dict.fromkeys(
+        [
+            "AccelerationResult",
+            "SpeedupWarning",
+            "accelerate",
+            "energy_estimate",
+            "export_onnx",
+            "speedup_estimate",
+        ],
+        "prunekit.accel",
+    ),
 }
 
 __all__ = [
+    "AccelerationResult",
     "AllocationConfig",
     "AllocationPlan",
     "ChannelPruneConfig",
@@ -165,6 +177,7 @@ __all__ = [
     "SensitivityConfig",
     "SensitivityResult",
     "SparsityReport",
+    "SpeedupWarning",
     "UNSET",
     "UnknownModuleError",
     "UnsupportedOpError",
@@ -172,12 +185,15 @@ __all__ = [
     "WeightPruningConfig",
     "WeightPruningResult",
     "__version__",
+    "accelerate",
     "allocate",
     "apply_allocation",
     "config_from_dict",
     "config_to_dict",
     "criterion_registry",
+    "energy_estimate",
     "evaluate",
+    "export_onnx",
     "fit",
     "forward_peak_memory",
     "hardware_info",
@@ -203,6 +219,7 @@ __all__ = [
     "sensitivity",
     "sparsity",
     "sparsity_report",
+    "speedup_estimate",
     "summary",
     "sync_hf_config",
     "train_epoch",
@@ -210,6 +227,7 @@ __all__ = [
 
 _PACKAGES = frozenset(
     [
+        "accel",
         "analysis",
         "cli",
         "core",
@@ -217,6 +235,7 @@ _PACKAGES = frozenset(
         "graph",
         "integrations",
         "io",
+        "kernels",
         "recipes",
         "report",
         "structured",
@@ -245,6 +264,14 @@ sys.modules[__name__].__class__ = compat.Package
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
+    from prunekit.accel import (
+        AccelerationResult,
+        SpeedupWarning,
+        accelerate,
+        energy_estimate,
+        export_onnx,
+        speedup_estimate,
+    )
     from prunekit.analysis import (
         AllocationConfig,
         AllocationPlan,

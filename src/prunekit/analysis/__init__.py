@@ -22,7 +22,6 @@ __all__ = [
     "apply_allocation",
     "head_units",
     "iter_curve",
-    "iter_curve",
     "keep_mask",
     "layer_latency",
     "layer_macs",

@@ -204,8 +204,11 @@ def _nonzero_positions(flat: torch.Tensor) -> np.ndarray:
     return np.flatnonzero((flat != 0).numpy())
 
 
-def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+def save(model: nn.Module, path: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights, masks and structured plan to a safetensors file; return the path.
+
+    ``extra`` is JSON-able data stored in the sealed header beside the plan (read back with
+    :func:`read_extra`), e.g. the kernel choices of :func:`prunekit.accelerate`.
 
     Masked and mostly-zero tensors are stored compressed (values + Rice-coded positions), the
     rest plainly; tied parameters once. The write is atomic (temporary file, then rename).
@@ -263,6 +266,8 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "aliases": aliases,
         "plan": getattr(model, "_prunekit_plan", None),
     }
+    if extra:
+        header["extra"] = dict(extra)
     try:
         json.dumps(header, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -279,6 +284,18 @@ def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
 def _fail(path: Path, what: str, fix: str = "re-save it with prunekit.save(model, path)") -> FormatError:
     return FormatError(f"{path}: {what}; {fix}")
+
+
+def read_extra(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``extra`` data a file written by :func:`save` carries (``{}`` if none); no tensor is read.
+
+    Raises:
+        FormatError: a missing, corrupted or foreign file (the header digest is checked).
+    """
+    extra = _open(Path(path)).header.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise _fail(Path(path), "its 'extra' header entry is not a table", "the file is corrupted")
+    return extra
 
 
 def _open(path: Path) -> SealedFile:

@@ -560,7 +560,7 @@ def prune_weights(
         LayerSparsity(t.name, t.kind, tuple(t.weight.shape), t.weight.numel(), _pruned_count(t))
         for t in targets
     )
-    return WeightPruningResult(
+    result = WeightPruningResult(
         criterion=crit.name,
         scope=cfg.scope,
         pattern=cfg.pattern,
@@ -568,6 +568,10 @@ def prune_weights(
         layers=layers,
         skipped=tuple(skipped),
     )
+    from prunekit.kernels import warn_if_no_speedup  # SpeedupWarning if it cannot be faster here
+
+    warn_if_no_speedup(result)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,298 @@
+"""Linear kernels for pruned weights, and the inference module that runs the chosen one.
+
+A pruned ``nn.Linear`` computes ``y = x @ (W * mask).T + b``. :class:`SparseLinear` computes the
+same thing faster where the zeros allow it, in two independent steps::
+
+    x (..., in) ──► keep columns ──► inner kernel on W[rows][:, cols] ──► scatter rows ──► + b
+                    (index_select:    "dense"  F.linear                   (zeros where a whole
+                     whole zero        "csr"    CSR @ x.T, int32 indices    output row is pruned)
+                     input columns)    "bsrKxK" block-sparse @ x.T
+
+Removing whole zero rows and columns is physical structured removal (a smaller dense matmul);
+what is left goes to the inner kernel. Which combination wins depends on the shape, the number of
+tokens, the sparsity pattern and the machine, so :func:`prunekit.accel.engine` measures them.
+
+Kernel names are data (they go into saved files): ``"dense"``, ``"csr"``, ``"bsr4"``, ``"bsr8"``,
+``"bsr16"``, each optionally prefixed by ``"compact+"`` (drop zero rows/columns first).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.errors import ConfigError, PrunekitError
+
+INNER_KERNELS: tuple[str, ...] = ("dense", "csr", "bsr4", "bsr8", "bsr16")
+COMPACT = "compact+"
+
+
+class InferenceOnlyError(PrunekitError, RuntimeError):
+    """An accelerated layer was asked to train (its weights are not parameters)."""
+
+
+def parse_kernel(name: str) -> tuple[bool, str]:
+    """``"compact+csr"`` -> ``(True, "csr")``.
+
+    Raises:
+        ConfigError: an unknown kernel name.
+    """
+    compact = name.startswith(COMPACT)
+    inner = name.removeprefix(COMPACT)
+    if inner not in INNER_KERNELS:
+        valid = [*INNER_KERNELS, *(COMPACT + k for k in INNER_KERNELS)]
+        raise ConfigError(f"unknown linear kernel {name!r}; valid kernels: {valid}")
+    return compact, inner
+
+
+def quiet_sparse(dense: torch.Tensor, layout: str, block: int = 0) -> torch.Tensor:
+    """``dense.to_sparse_csr()`` / ``to_sparse_bsr`` without torch's one-time "beta" UserWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if layout == "csr":
+            return dense.to_sparse_csr()
+        return dense.to_sparse_bsr((block, block))
+
+
+def csr_parts(weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR arrays ``(crow, col, values)`` of the kept entries (int32 indices; mask positions kept)."""
+    rows, cols = mask.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=mask.shape[0])
+    crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int32)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow, cols.to(torch.int32), weight[rows, cols].contiguous()
+
+
+def build_csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: Sequence[int]
+) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, tuple(shape), check_invariants=False)
+
+
+def zero_structure(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the output rows and input columns that keep at least one weight (int64)."""
+    rows = mask.any(dim=1).nonzero().view(-1)
+    cols = mask.any(dim=0).nonzero().view(-1)
+    return rows, cols
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    """What a weight looks like to the kernels: shape, kept entries, kept rows/columns, block fill."""
+
+    out_features: int
+    in_features: int
+    nnz: int
+    kept_rows: int
+    kept_cols: int
+
+    @property
+    def sparsity(self) -> float:
+        n = self.out_features * self.in_features
+        return 1.0 - self.nnz / n if n else 0.0
+
+    @property
+    def compactable(self) -> bool:
+        """Whole zero rows or columns remove at least 5% of the matrix."""
+        kept = self.kept_rows * self.kept_cols
+        return kept <= 0.95 * self.out_features * self.in_features
+
+
+def block_fill(mask: torch.Tensor, block: int) -> float:
+    """Kept entries / entries of the non-empty ``block x block`` tiles (1.0 = tiles are full)."""
+    out, inp = mask.shape
+    if out % block or inp % block:
+        return 0.0
+    tiles = mask.reshape(out // block, block, inp // block, block).any(dim=(1, 3))
+    stored = int(tiles.sum()) * block * block
+    return int(mask.sum()) / stored if stored else 1.0
+
+
+def candidate_kernels(mask: torch.Tensor, *, min_block_fill: float = 0.5) -> list[str]:
+    """Kernels worth timing for this mask (BSR only where tiles are mostly full, compaction only
+    where zero rows/columns remove at least 5%)."""
+    rows, cols = zero_structure(mask)
+    stats = KernelStats(mask.shape[0], mask.shape[1], int(mask.sum()), rows.numel(), cols.numel())
+    sub = mask.index_select(0, rows).index_select(1, cols) if stats.compactable else mask
+    inner = ["dense"]
+    if stats.nnz < mask.numel():
+        inner.append("csr")
+        inner += [f"bsr{b}" for b in (4, 8, 16) if sub.numel() and block_fill(sub, b) >= min_block_fill]
+    names = list(inner)
+    if stats.compactable:
+        names += [COMPACT + k for k in inner]
+    return names
+
+
+class SparseLinear(nn.Module):
+    """Inference form of a pruned ``nn.Linear``: the same function, run by one chosen kernel.
+
+    The weights are buffers, not parameters: this module does not train. Call
+    :func:`prunekit.accel.deaccelerate` to get masked ``nn.Linear`` layers back for training.
+
+    Args:
+        weight: the dense ``(out, in)`` weight (pruned entries may hold anything; they are masked).
+        bias: the bias or ``None``.
+        mask: bool ``(out, in)``, ``True`` where a weight is kept.
+        kernel: a name from :data:`INNER_KERNELS`, optionally prefixed ``"compact+"``.
+
+    Example:
+        >>> w = torch.randn(8, 16); mask = torch.rand(8, 16) > 0.9
+        >>> layer = SparseLinear(w, None, mask, kernel="csr")
+        >>> x = torch.randn(3, 16)
+        >>> torch.allclose(layer(x), x @ (w * mask).T, atol=1e-6)
+        True
+    """
+
+    weight: torch.Tensor
+    blocks: torch.Tensor
+    crow: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor, *, kernel: str
+    ) -> None:
+        super().__init__()
+        compact, inner = parse_kernel(kernel)
+        weight = weight.detach()
+        mask = mask.detach().to(device=weight.device, dtype=torch.bool)
+        if tuple(mask.shape) != tuple(weight.shape) or weight.dim() != 2:
+            raise ConfigError(f"SparseLinear needs a 2-D weight and a mask of its shape, got {tuple(weight.shape)} "
+                              f"and {tuple(mask.shape)}")  # fmt: skip
+        self.kernel = kernel
+        self.inner = inner
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.row_index: torch.Tensor | None
+        self.col_index: torch.Tensor | None
+        self.sub_mask: torch.Tensor | None
+        self.register_buffer("row_index", None)
+        self.register_buffer("col_index", None)
+        self.register_buffer("sub_mask", None)
+        if compact:
+            rows, cols = zero_structure(mask)
+            self.row_index, self.col_index = rows, cols
+            weight = weight.index_select(0, rows).index_select(1, cols)
+            mask = mask.index_select(0, rows).index_select(1, cols)
+        self.sub_shape = (int(weight.shape[0]), int(weight.shape[1]))
+        masked = torch.where(mask, weight, weight.new_zeros(()))
+        if inner == "csr":
+            crow, col, values = csr_parts(masked, mask)
+            self.register_buffer("crow", crow)
+            self.register_buffer("col", col)
+            self.register_buffer("values", values)
+        else:
+            if inner == "dense":
+                self.register_buffer("weight", masked.contiguous())
+            else:
+                self.register_buffer("blocks", quiet_sparse(masked, "bsr", int(inner[3:])))
+            if not bool(mask.all()):  # kept only to give the exact mask back (deaccelerate / save)
+                self.sub_mask = mask.clone()
+        self._csr: torch.Tensor | None = None
+        self._csr_key: tuple[int, int, int] | None = None
+        self.train(False)  # born in inference mode
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["_csr"] = state["_csr_key"] = None  # a sparse tensor has no storage to copy: rebuilt on use
+        return state
+
+    def _csr_tensor(self) -> torch.Tensor:
+        key = (self.crow.data_ptr(), self.col.data_ptr(), self.values.data_ptr())
+        if self._csr is None or self._csr_key != key:
+            self._csr = build_csr(self.crow, self.col, self.values, self.sub_shape)
+            self._csr_key = key
+        return self._csr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            raise InferenceOnlyError(
+                f"SparseLinear ({self.kernel}, {self.out_features}x{self.in_features}) is inference-only and the "
+                "model is in train mode; call model.eval() for inference, or prunekit.accel.deaccelerate(model) "
+                "to get masked nn.Linear layers back for training"
+            )
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (T, in)
+        if self.col_index is not None:
+            x2 = x2.index_select(1, self.col_index)  # (T, kept_in)
+        if self.inner == "dense" and self.row_index is None:
+            return F.linear(x2, self.weight, self.bias).reshape(*lead, self.out_features)
+        if self.inner == "dense":
+            y = F.linear(x2, self.weight)
+        elif self.inner == "csr" and self.bias is not None and self.row_index is None:
+            # bias fused into the sparse matmul: one pass less over the (out, T) result
+            y = torch.addmm(self.bias.unsqueeze(1), self._csr_tensor(), x2.t().contiguous()).t()
+            return y.contiguous().reshape(*lead, self.out_features)
+        elif self.inner == "csr":
+            y = torch.sparse.mm(self._csr_tensor(), x2.t().contiguous()).t()  # (kept_out, T).T
+        else:
+            y = torch.mm(self.blocks, x2.t().contiguous()).t()
+        if self.row_index is not None:
+            full = x2.new_zeros(x2.shape[0], self.out_features)
+            full.index_copy_(1, self.row_index, y)
+            y = full
+        y = y.contiguous()  # a fresh tensor here: adding the bias in place is safe
+        if self.bias is not None:
+            y = y.add_(self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    def dense_weight_and_mask(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full ``(out, in)`` masked weight and its bool mask (what the layer computes with)."""
+        if self.inner == "csr":
+            csr = self._csr_tensor()
+            sub_w = csr.to_dense()
+            sub_m = build_csr(self.crow, self.col, torch.ones_like(self.values, dtype=torch.bool),
+                              self.sub_shape).to_dense()  # fmt: skip
+        else:
+            sub_w = self.weight if self.inner == "dense" else self.blocks.to_dense()
+            sub_m = self.sub_mask if self.sub_mask is not None else torch.ones_like(sub_w, dtype=torch.bool)
+        if self.row_index is None or self.col_index is None:
+            return sub_w.clone(), sub_m.clone()
+        w = sub_w.new_zeros(self.out_features, self.in_features)
+        m = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=sub_w.device)
+        w[self.row_index[:, None], self.col_index[None, :]] = sub_w
+        m[self.row_index[:, None], self.col_index[None, :]] = sub_m
+        return w, m
+
+    def to_linear(self) -> nn.Linear:
+        """A masked ``nn.Linear`` with the same function (mask set with :func:`prunekit.masks.set_mask`)."""
+        from prunekit.core import set_mask
+
+        w, m = self.dense_weight_and_mask()
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=w.device, dtype=w.dtype)  # fmt: skip
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        if not bool(m.all()):
+            set_mask(layer, "weight", m)
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel!r}"
+
+
+__all__ = [
+    "COMPACT",
+    "INNER_KERNELS",
+    "InferenceOnlyError",
+    "KernelStats",
+    "SparseLinear",
+    "block_fill",
+    "build_csr",
+    "candidate_kernels",
+    "csr_parts",
+    "parse_kernel",
+    "quiet_sparse",
+    "zero_structure",
+]

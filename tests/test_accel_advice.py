@@ -1,0 +1,139 @@
+"""Speed advice from a GIVEN kernel table: warnings, crossovers and estimates (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.accel import KernelTable, SpeedupWarning, advise, speedup_estimate, warn_if_no_speedup
+from prunekit.kernels import cached_table, save_table, table_path
+
+# A CPU-like table: CSR loses badly at 50%, breaks even near 88% at 1 token and 85% at 128 tokens.
+CPU = KernelTable(
+    fingerprint="given",
+    shape=(1024, 1024),
+    tokens=(1, 128),
+    sparsities=(0.5, 0.8, 0.9, 0.95),
+    dense_ms=(0.1, 2.0),
+    csr_ms=((0.45, 10.0), (0.16, 2.6), (0.07, 1.0), (0.035, 0.6)),
+    hardware={"threads": 1},
+)
+BIG = (4096, 4096)
+
+
+class Row:  # the fields warn_if_no_speedup reads from a WeightPruningResult row
+    def __init__(self, name: str, kind: str, shape: tuple[int, int], sparsity: float) -> None:
+        self.name, self.kind, self.shape, self.sparsity = name, kind, shape, sparsity
+
+
+class Result:
+    def __init__(self, rows: list[Row], pattern: str | None = None) -> None:
+        self.layers, self.pattern = rows, pattern
+
+
+def test_ratio_and_crossover_by_hand() -> None:
+    assert CPU.ratio(tokens=1, sparsity=0.5) == pytest.approx(4.5)
+    assert CPU.ratio(tokens=1, sparsity=0.85) == pytest.approx((1.6 + 0.7) / 2)
+    # 1 < 1.6 at 0.8, 0.7 at 0.9: crossing at 0.8 + (1.6 - 1) / (1.6 - 0.7) * 0.1
+    assert CPU.crossover(tokens=1) == pytest.approx(0.8 + 0.6 / 0.9 * 0.1)
+    assert CPU.crossover(tokens=128, margin=100.0) is None
+    # dense time is interpolated log-log between 1 token (0.1 ms) and 128 tokens (2.0 ms)
+    w = math.log(11) / math.log(128)
+    assert CPU.dense_ms_for(1024, 1024, 11) == pytest.approx(0.1 * 20**w)
+    assert CPU.dense_ms_for(1024, 1024, 256) == pytest.approx(4.0)  # linear in tokens beyond the table
+    assert CPU.dense_ms_for(2048, 1024, 1) == pytest.approx(0.2)
+
+
+def test_warning_fires_for_2_4_on_cpu_and_names_the_fix() -> None:
+    with pytest.warns(SpeedupWarning, match="prune_channels") as rec:
+        advice = warn_if_no_speedup(Result([Row("fc", "Linear", BIG, 0.5)], pattern="2:4"), table=CPU)
+    assert advice is not None and not advice.can_speed_up
+    msg = str(rec[0].message)
+    assert "2:4" in msg and f"{advice.crossover:.0%}" in msg
+    assert advice.crossover == pytest.approx(min(CPU.crossover(tokens=t, margin=1.1) for t in CPU.tokens))
+
+
+def test_warning_fires_for_50_percent_unstructured() -> None:
+    with pytest.warns(SpeedupWarning, match="50% unstructured"):
+        warn_if_no_speedup(Result([Row("fc", "Linear", BIG, 0.5)]), table=CPU)
+
+
+def test_no_warning_for_95_percent_on_a_big_layer() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        advice = warn_if_no_speedup(Result([Row("fc", "Linear", BIG, 0.95)]), table=CPU)
+    assert advice is not None and advice.can_speed_up and advice.best_speedup > 2.5
+
+
+def test_small_layers_and_convs_are_not_counted() -> None:
+    assert advise([("fc", "Linear", (64, 64), 0.5)], table=CPU) is None
+    assert advise([("conv", "Conv2d", (512, 512, 3, 3), 0.5)], table=CPU) is None
+
+
+def test_without_table_only_the_byte_rule_warns() -> None:
+    low = advise([("fc", "Linear", BIG, 0.5)], table=None, pattern="2:4")
+    high = advise([("fc", "Linear", BIG, 0.9)], table=None)
+    assert low is not None and not low.can_speed_up and "4-byte index" in low.message
+    assert high is not None and high.can_speed_up
+
+
+def test_env_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNEKIT_SPEEDUP_WARNING", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_no_speedup(Result([Row("fc", "Linear", BIG, 0.5)]), table=CPU) is None
+
+
+def test_prune_weights_warns_with_the_cached_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
+    from prunekit.kernels import fingerprint
+
+    save_table(KernelTable(**{**vars(CPU), "fingerprint": fingerprint()}))
+    assert cached_table() is not None and table_path().parent == tmp_path
+    model = nn.Sequential(nn.Linear(1024, 1024, bias=False))  # exactly 2**20 weights: counted
+    with pytest.warns(SpeedupWarning, match="2:4"):
+        pk.prune_weights(model, pattern="2:4")
+    model = nn.Sequential(nn.Linear(1024, 1024, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pk.prune_weights(model, 0.95)
+
+
+def test_table_round_trip_and_foreign_fingerprint(tmp_path: Path) -> None:
+    path = save_table(CPU, tmp_path / "t.json")
+    assert KernelTable.from_dict(json.loads(path.read_text())) == CPU
+    assert cached_table(path) == CPU  # an explicit path is trusted
+    with pytest.raises(pk.FormatError, match="version"):
+        KernelTable.from_dict({**CPU.to_dict(), "version": 7})
+    with pytest.raises(pk.ConfigError, match="increasing"):
+        KernelTable(**{**vars(CPU), "tokens": (128, 1)})
+
+
+def test_speedup_estimate_from_the_table_without_timing() -> None:
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1024))
+    x = torch.randn(1, 1024)
+    est = speedup_estimate(model, x, 0.95, table=CPU, measure=False)
+    assert [layer.kernel for layer in est.layers] == ["csr", "csr"]
+    # hand-computed: dense 0.1 ms per layer, ratio at 95% and 1 token = 0.35
+    assert est.dense_ms == pytest.approx(0.2)
+    assert est.predicted_ms == pytest.approx(0.2 * 0.35, rel=0.01)
+    slow = speedup_estimate(model, x, "2:4", table=CPU, measure=False)
+    assert [layer.kernel for layer in slow.layers] == ["dense", "dense"] and slow.speedup == pytest.approx(
+        1.0
+    )
+    assert all(isinstance(m, nn.Linear) and not hasattr(m, "weight_mask") for m in model if m._parameters)
+
+
+def test_speedup_estimate_for_channels_scales_by_kept_weights() -> None:
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256))
+    x = torch.randn(4, 256)
+    est = speedup_estimate(model, x, pk.ChannelPruneConfig(ratio=0.5), table=CPU, measure=False)
+    assert [layer.shape for layer in est.layers] == [(256, 256), (256, 256)]
+    assert est.predicted_ms == pytest.approx(est.dense_ms / 2)
