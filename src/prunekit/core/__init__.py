@@ -58,7 +58,19 @@ from prunekit.core.metrics import (
     param_bytes,
 )
 from prunekit.core.registry import Registry, criterion_registry, register_criterion
-from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
+from prunekit.core.select import (
+    PRUNABLE_TYPES,
+    Skipped,
+    Spec,
+    Target,
+    is_default_type,
+    is_glob,
+    is_hf_conv1d,
+    match_names,
+    matches,
+    resolve_targets,
+    select_modules,
+)
 
 __all__ = [
     "atomic_dir",
@@ -87,6 +99,7 @@ __all__ = [
     "idx_dataset",
     "inputs_only",
     "is_default_type",
+    "is_glob",
     "is_hf_conv1d",
     "LatencyResult",
     "load_builtin",
@@ -95,19 +108,24 @@ __all__ = [
     "make_permanent",
     "MASK_SUFFIX",
     "masked_parameters",
+    "match_names",
+    "matches",
     "measure_latency",
     "merge_config",
     "model_device",
     "model_output",
     "param_bytes",
+    "PRUNABLE_TYPES",
     "refresh",
     "register_config",
     "register_criterion",
     "Registry",
     "remove_mask",
     "resolve_targets",
+    "select_modules",
     "set_mask",
     "Skipped",
+    "Spec",
     "Split",
     "split_batch",
     "take_batches",
