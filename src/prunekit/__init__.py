@@ -53,6 +53,10 @@ _API: dict[str, str] = {
         "prunekit.core",
     ),
     **dict.fromkeys(
+        ["CouplingContext", "register_coupling_rule", "unregister_coupling_rule"],
+        "prunekit.graph",
+    ),
+    **dict.fromkeys(
         [
             "SparsityReport",
             "WeightCriterion",
@@ -133,6 +137,7 @@ __all__ = [
     "ChannelPrunerConfig",
     "ConfigError",
     "ConstantSchedule",
+    "CouplingContext",
     "CubicSchedule",
     "DataRequiredError",
     "EvalResult",
@@ -189,6 +194,7 @@ __all__ = [
     "prune_channels",
     "prune_layers",
     "prune_weights",
+    "register_coupling_rule",
     "register_criterion",
     "resize_optimizer",
     "save",
@@ -200,6 +206,7 @@ __all__ = [
     "summary",
     "sync_hf_config",
     "train_epoch",
+    "unregister_coupling_rule",
 ]
 
 _PACKAGES = frozenset(

@@ -36,7 +36,7 @@ IgnoreSpec = nn.Module | str | type
 
 def match_modules(model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None) -> set[str]:
     """Names of the modules matched by ``ignore`` (objects, names, globs, types; see ``select_modules``)."""
-    return {n for n, _ in select_modules(model, ignore, what="exclude") if n}
+    return {n for n, _ in select_modules(model, ignore, what="exclude")}
 
 
 def resolve_ignore(
