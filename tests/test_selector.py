@@ -104,7 +104,7 @@ def channels_ratio_keys(model: Net, spec: Any) -> set[str]:
 
 
 def channel_pruner_include(model: Net, spec: Any) -> set[str]:
-    cp = pk.ChannelPruner(model, schedule=pk.ConstantSchedule(target=0.5), include=spec if isinstance(spec, list) else [spec])
+    cp = pk.ChannelPruner(model, schedule=pk.ConstantSchedule(final_sparsity=0.5), include=spec if isinstance(spec, list) else [spec])
     return set(cp.layers)
 
 

@@ -3,7 +3,7 @@
 ::
 
     build_graph -> score every group (criterion) -> _Selector.select(ratio, scope, round_to)
-        (or bisect the ratio until target_macs / target_params is met) -> _make_plan (data, not yet applied)
+        (or bisect the ratio until the cost goal reduce_macs / reduce_params is met) -> _make_plan (data, not yet applied)
 
 Used by :func:`prunekit.structured.api.prune_channels`; nothing here changes the model.
 """
@@ -318,9 +318,10 @@ def build_plan(
                 f"expected ({g.n_units},)"
             )
     sel = _Selector(graph, scores, cfg.round_to)
-    target = cfg.target_macs if cfg.target_macs is not None else cfg.target_params
-    if target is not None:
-        which = 0 if cfg.target_macs is not None else 1
+    cost_goal = cfg.cost_goal()
+    if cost_goal is not None:
+        which = 0 if cost_goal[0] == "macs" else 1
+        target = cost_goal[1]
         goal = target * sel.cost({})[which]
         lo, hi = 0.0, 0.999
         best = sel.select(hi, cfg.scope)

@@ -370,7 +370,11 @@ class Pruner:
 @register_config
 @dataclass(frozen=True, kw_only=True)
 class ChannelPrunerConfig(ConfigMixin):
-    """Gradual channel pruning: mask whole output channels on a schedule, remove them at the end.
+    """Options of the training-time :class:`ChannelPruner` (gradual: mask channels on a schedule, cut at the end).
+
+    Not to be confused with :class:`prunekit.ChannelPruneConfig`, the options of the one-shot verb
+    :func:`prunekit.prune_channels` (``ChannelPrun-e-Config`` = *prune* once; ``ChannelPrun-er-Config``
+    = the *pruner* object used during training).
 
     Args:
         schedule: fraction of output channels masked in every included layer, per step.
