@@ -191,7 +191,8 @@ class AllocationConfig(ConfigMixin):
     """Every option of :func:`allocate` (the sensitivity result is its argument).
 
     Attributes:
-        target: fraction of ``by`` to remove over the analysed layers, in (0, 1).
+        target: fraction of ``by`` (default: the weights, ``by="sparsity"``) to remove over the analysed
+            layers, in (0, 1).
         by: ``"sparsity"``, ``"params"``, ``"macs"`` or ``"latency"``.
         source: ``"measured"`` curves or a one-pass estimate (``"taylor"``, ``"fisher"``).
         max_ratio: largest ratio any layer may get (default: the largest measured ratio).

@@ -88,7 +88,7 @@ class SensitivityConfig(ConfigMixin):
 
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     criterion: Any = "magnitude"
-    granularity: str = "layer"
+    granularity: Granularity = "layer"
     max_batches: int | None = None
     estimate: bool = True
     include: tuple[Any, ...] | None = None
