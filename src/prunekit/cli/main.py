@@ -56,7 +56,7 @@ def config_option(
     """
     import typing
 
-    from prunekit.core.config import option_help
+    from prunekit.core import option_help
 
     kwargs.setdefault("help", option_help(config_cls)[field])
     if "choices" not in kwargs:

@@ -32,6 +32,7 @@ from prunekit.core.config import (
     config_from_dict,
     config_to_dict,
     merge_config,
+    option_help,
     register_config,
 )
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
@@ -114,6 +115,7 @@ __all__ = [
     "merge_config",
     "model_device",
     "model_output",
+    "option_help",
     "param_bytes",
     "PRUNABLE_TYPES",
     "refresh",
