@@ -60,7 +60,7 @@ def _sens_result() -> pk.SensitivityResult:
     )
 
 
-SCHED = pk.ConstantSchedule(target=0.5)
+SCHED = pk.ConstantSchedule(final_sparsity=0.5)
 ADAM = lambda p: torch.optim.SGD(p, lr=0.01)  # noqa: E731
 
 # verb -> (call with config= and one conflicting keyword, the option named in the error)
@@ -176,7 +176,7 @@ CONFIGS = [
     pk.AllocationConfig(target=0.7, by="macs", exclude=("a",), costs={"b": 3.0}),
     pk.PrunerConfig(schedule=pk.CubicSchedule(final_sparsity=0.8, start_step=0, end_step=10), exclude=("2",)),
     pk.PrunerConfig(schedule=SCHED, regrowth=pk.RegrowthConfig(end_step=100, method="set")),
-    pk.ChannelPrunerConfig(schedule=pk.IterativeSchedule(target=0.5, rate=0.2, every=3), include=("0",)),
+    pk.ChannelPrunerConfig(schedule=pk.IterativeSchedule(final_sparsity=0.5, rate=0.2, every=3), include=("0",)),
     pk.LotteryConfig(rounds=2, steps_per_round=10, controls=("reinit",)),
     pk.IterativePruneConfig(sparsity=0.9, rate=0.3, steps_per_round=5),
     pk.FinetuneConfig(sparsity=0.5, steps=3, eval_every=1),

@@ -139,7 +139,7 @@ def test_resize_optimizer_is_the_old_state_at_kept_indices_and_matches_fresh_tra
 
 def test_each_step_needs_example_inputs_and_bad_config() -> None:
     model = small_cnn()
-    sched = pk.ConstantSchedule(target=0.5)
+    sched = pk.ConstantSchedule(final_sparsity=0.5)
     with pytest.raises(pk.ConfigError, match="example_inputs"):
         pk.ChannelPruner(model, pk.ChannelPrunerConfig(schedule=sched, physical="each_step"))
     with pytest.raises(pk.ConfigError, match="physical"):
@@ -166,7 +166,7 @@ def test_each_step_on_a_residual_model_without_optimizer_keeps_backward_working(
     torch.manual_seed(0)
     model = _Residual()
     x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
-    sched = pk.IterativeSchedule(target=0.5, rate=0.3, every=2)
+    sched = pk.IterativeSchedule(final_sparsity=0.5, rate=0.3, every=2)
     cp = pk.ChannelPruner(
         model,
         pk.ChannelPrunerConfig(schedule=sched, include=("inp", "a"), physical="each_step"),

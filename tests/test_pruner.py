@@ -31,7 +31,7 @@ def _regrow_pruner(
     model = _mlp()
     opt = opt_cls(model.parameters(), lr=0.01)
     cfg = pk.PrunerConfig(
-        schedule=pk.ConstantSchedule(target=0.8),
+        schedule=pk.ConstantSchedule(final_sparsity=0.8),
         scope="layer",
         regrowth=pk.RegrowthConfig(method=method, every=2, drop_fraction=0.5, end_step=20),  # type: ignore[arg-type]
     )
@@ -123,7 +123,7 @@ def test_rigl_without_gradients_says_how_to_fix() -> None:
 
 
 def test_regrowth_requires_optimizer() -> None:
-    cfg = pk.PrunerConfig(schedule=pk.ConstantSchedule(target=0.5), regrowth=pk.RegrowthConfig(end_step=10))
+    cfg = pk.PrunerConfig(schedule=pk.ConstantSchedule(final_sparsity=0.5), regrowth=pk.RegrowthConfig(end_step=10))
     with pytest.raises(pk.ConfigError, match="optimizer"):
         pk.Pruner(_mlp(), cfg)
 
@@ -183,7 +183,7 @@ def test_structured_gradual_follows_schedule_and_removes_channels() -> None:
 def test_structured_finalize_refuses_non_chain_and_leaves_model() -> None:
     model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 2, 1))
     cp = pk.ChannelPruner(
-        model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(target=0.5), include=("0",))
+        model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(final_sparsity=0.5), include=("0",))
     )
     cp.step()
     shapes = [tuple(p.shape) for p in model.parameters()]
@@ -192,7 +192,7 @@ def test_structured_finalize_refuses_non_chain_and_leaves_model() -> None:
     assert [tuple(p.shape) for p in model.parameters()] == shapes
     with pytest.raises(pk.UnknownModuleError):
         pk.ChannelPruner(
-            model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(target=0.5), include=("9",))
+            model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(final_sparsity=0.5), include=("9",))
         )
 
 
@@ -211,7 +211,7 @@ def test_structured_finalize_through_the_dependency_graph_for_non_chains() -> No
         nn.Linear(6, 3),
     )
     cp = pk.ChannelPruner(
-        model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(target=0.5), include=("0", "5"))
+        model, pk.ChannelPrunerConfig(schedule=pk.ConstantSchedule(final_sparsity=0.5), include=("0", "5"))
     )
     cp.step()
     kept = cp.channel_masks()
@@ -233,7 +233,7 @@ def test_structured_finalize_through_the_dependency_graph_for_non_chains() -> No
 
 def test_finalize_cuts_through_surgery_keeping_identities_and_a_reloadable_plan(tmp_path: Path) -> None:
     model = small_cnn()
-    cp = pk.ChannelPruner(model, schedule=pk.ConstantSchedule(target=0.5))
+    cp = pk.ChannelPruner(model, schedule=pk.ConstantSchedule(final_sparsity=0.5))
     cp.step()
     ids = [id(p) for p in model.parameters()]
     model.eval()

@@ -94,7 +94,7 @@ def test_cubic_matches_reference_and_is_monotone(
     target=st.floats(0.05, 0.97), rate=st.floats(0.05, 0.8), every=st.integers(1, 5), start=st.integers(0, 5)
 )
 def test_iterative_reaches_target_in_rounds(target: float, rate: float, every: int, start: int) -> None:
-    s = IterativeSchedule(target=target, rate=rate, every=every, start_step=start)
+    s = IterativeSchedule(final_sparsity=target, rate=rate, every=every, start_step=start)
     ups = s.update_steps(start + every * (s.rounds + 3))
     assert len(ups) == s.rounds and ups[0] == start
     after = [s.sparsity(u) for u in ups]
@@ -122,9 +122,9 @@ def test_pruner_follows_schedule_exactly_at_every_step(
             final_sparsity=final, start_step=start, end_step=start + length, frequency=freq
         )
     elif kind == "iterative":
-        sched = IterativeSchedule(target=final, rate=0.4, every=freq, start_step=start)
+        sched = IterativeSchedule(final_sparsity=final, rate=0.4, every=freq, start_step=start)
     else:
-        sched = ConstantSchedule(target=final, at_step=start)
+        sched = ConstantSchedule(final_sparsity=final, at_step=start)
     steps = sched.last_update_step + 3
     sizes = [6 * 12, 12 * 3]
     n = sum(sizes)
@@ -139,8 +139,8 @@ def test_pruner_follows_schedule_exactly_at_every_step(
 
 def test_registry_and_round_trip() -> None:
     for sched in (
-        ConstantSchedule(target=0.5, at_step=3),
-        IterativeSchedule(target=0.9, rate=0.2, every=10),
+        ConstantSchedule(final_sparsity=0.5, at_step=3),
+        IterativeSchedule(final_sparsity=0.9, rate=0.2, every=10),
         CubicSchedule(final_sparsity=0.8, start_step=1, end_step=9, frequency=2),
     ):
         assert schedule_from_dict(sched.to_dict()) == sched
@@ -151,8 +151,8 @@ def test_registry_and_round_trip() -> None:
     "build",
     [
         lambda: make_schedule("nope"),
-        lambda: ConstantSchedule(target=1.0),
-        lambda: IterativeSchedule(target=0.5, rate=0.0, every=1),
+        lambda: ConstantSchedule(final_sparsity=1.0),
+        lambda: IterativeSchedule(final_sparsity=0.5, rate=0.0, every=1),
         lambda: CubicSchedule(final_sparsity=0.5, start_step=10, end_step=5),
         lambda: CubicSchedule(final_sparsity=0.5, initial_sparsity=0.7, start_step=0, end_step=5),
         lambda: CubicSchedule(final_sparsity=0.5, start_step=0, end_step=5, frequency=0),

@@ -53,6 +53,10 @@ _API: dict[str, str] = {
         "prunekit.core",
     ),
     **dict.fromkeys(
+        ["CouplingContext", "register_coupling_rule", "unregister_coupling_rule"],
+        "prunekit.graph",
+    ),
+    **dict.fromkeys(
         [
             "SparsityReport",
             "WeightCriterion",
@@ -148,6 +152,7 @@ __all__ = [
     "ChannelPrunerConfig",
     "ConfigError",
     "ConstantSchedule",
+    "CouplingContext",
     "CubicSchedule",
     "DataRequiredError",
     "EvalResult",
@@ -211,6 +216,7 @@ __all__ = [
     "prune_experts",
     "prune_layers",
     "prune_weights",
+    "register_coupling_rule",
     "register_criterion",
     "resize_optimizer",
     "save",
@@ -223,6 +229,7 @@ __all__ = [
     "summary",
     "sync_hf_config",
     "train_epoch",
+    "unregister_coupling_rule",
 ]
 
 _PACKAGES = frozenset(
@@ -307,6 +314,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         PrunekitError,
         UnknownModuleError,
         UnsupportedOpError,
+    )
+    from prunekit.graph import (
+        CouplingContext,
+        register_coupling_rule,
+        unregister_coupling_rule,
     )
     from prunekit.io import (
         information_limit_bits,

@@ -36,6 +36,7 @@ from prunekit.core import (
     ConfigMixin,
     EvalMode,
     call_model,
+    match_names,
     merge_config,
     register_config,
     to_device,
@@ -190,7 +191,8 @@ class AllocationConfig(ConfigMixin):
     """Every option of :func:`allocate` (the sensitivity result is its argument).
 
     Attributes:
-        target: fraction of ``by`` to remove over the analysed layers, in (0, 1).
+        target: fraction of ``by`` (default: the weights, ``by="sparsity"``) to remove over the analysed
+            layers, in (0, 1).
         by: ``"sparsity"``, ``"params"``, ``"macs"`` or ``"latency"``.
         source: ``"measured"`` curves or a one-pass estimate (``"taylor"``, ``"fisher"``).
         max_ratio: largest ratio any layer may get (default: the largest measured ratio).
@@ -324,11 +326,7 @@ def allocate(
             f"max_ratio must be in (0, {top}] (the largest measured ratio; curves are not extrapolated), got {max_ratio}"
         )
     names = result.names
-    for name in exclude:
-        if name not in names:
-            raise UnknownModuleError(
-                f"exclude entry {name!r} is not an analysed layer; analysed layers: {names}"
-            )
+    exclude = tuple(match_names(names, exclude, what="exclude", owner="the analysed layers"))
     if by == "latency":
         if latency is None:
             raise ConfigError(
@@ -573,17 +571,14 @@ def layer_latency(
     Args:
         model: the model.
         example_inputs: a tensor, tuple of positional arguments or dict of keyword arguments.
-        names: layers to time (default: every Linear/Conv).
+        names: layers to time: names, globs, types or modules (default: every Linear/Conv).
         repeats: timed forward passes; the median per layer is returned.
         warmup: untimed forward passes first.
     """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     modules = dict(model.named_modules())
-    chosen = list(names) if names is not None else [n for n, _ in select_layers(model)]
-    missing = [n for n in chosen if n not in modules]
-    if missing:
-        raise UnknownModuleError(f"no module named {missing} in {type(model).__name__}")
+    chosen = [n for n, _ in select_layers(model, names)]
     samples: dict[str, list[float]] = {n: [] for n in chosen}
     starts: dict[str, float] = {}
     handles = []

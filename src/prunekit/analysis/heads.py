@@ -99,24 +99,19 @@ def analyse_heads(
     from tqdm.auto import tqdm
 
     from prunekit.analysis.estimates import grad_stats
-    from prunekit.analysis.layers import matches_spec
     from prunekit.analysis.result import LayerSensitivity
-    from prunekit.core import evaluate, loss_and_metric
+    from prunekit.core import evaluate, loss_and_metric, matches, select_modules
 
     modules = dict(model.named_modules())
-    for spec in [*(include or []), *(exclude or [])]:
-        if not any(matches_spec(n, m, spec) for n, m in modules.items()):
-            raise UnknownModuleError(
-                f"{spec!r} matches no module of {type(model).__name__}; expected an attention module "
-                "name or glob, a module type, or a module"
-            )
+    select_modules(model, include, what="include")  # raises for names/globs that match nothing
+    select_modules(model, exclude, what="exclude")
     groups = head_units(model, batches[0][0])
 
     def chosen(name: str) -> bool:
         mod = modules.get(name.split("[", 1)[0], model)
-        if include is not None and not any(matches_spec(name, mod, s) for s in include):
+        if include is not None and not any(matches(name, mod, s) for s in include):
             return False
-        return not any(matches_spec(name, mod, s) for s in exclude or [])
+        return not any(matches(name, mod, s) for s in exclude or [])
 
     groups = [g for g in groups if chosen(g[0])]
     if not groups:

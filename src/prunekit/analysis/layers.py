@@ -7,7 +7,6 @@ layers (:data:`PRUNABLE_TYPES`); :func:`keep_mask` turns scores into the keep-ma
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -16,24 +15,21 @@ import torch
 from torch import nn
 
 from prunekit.core import (
+    PRUNABLE_TYPES,
     EvalMode,
     batch_size,
     call_model,
+    matches,
     model_device,
+    select_modules,
     to_device,
     weight_of,
 )
-from prunekit.errors import UnknownModuleError
-
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def matches_spec(name: str, module: nn.Module, spec: Any) -> bool:
-    if isinstance(spec, str):
-        return fnmatch.fnmatchcase(name, spec)
-    if isinstance(spec, type):
-        return isinstance(module, spec)
-    return module is spec
+    """True if ``spec`` selects the module ``name`` (see :func:`prunekit.core.matches`)."""
+    return matches(name, module, spec)
 
 
 def select_layers(
@@ -41,29 +37,19 @@ def select_layers(
 ) -> list[tuple[str, nn.Module]]:
     """Prunable ``(name, module)`` pairs: Linear/Conv by default, filtered by names/globs/types/modules.
 
+    Selection is :func:`prunekit.core.select_modules` (a name also covers the layers inside it).
     A weight shared by several modules (tied weights) is listed once, under its first name.
     """
-    inc = list(include) if include is not None else None
-    exc = list(exclude) if exclude is not None else []
-    named = list(model.named_modules())
-    for spec in (inc or []) + exc:
-        if not any(matches_spec(n, m, spec) for n, m in named):
-            raise UnknownModuleError(
-                f"{spec!r} matches no module of {type(model).__name__}; "
-                f"expected a module name or glob such as {named[-1][0]!r}, a module type, or a module"
-            )
+    inc = {n for n, _ in select_modules(model, include, what="include", children=True)}
+    exc = {n for n, _ in select_modules(model, exclude, what="exclude", children=True)}
     seen: set[int] = set()
     out: list[tuple[str, nn.Module]] = []
-    for name, module in named:
+    for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or weight.ndim < 2:
             continue
-        chosen = (
-            any(matches_spec(name, module, s) for s in inc)
-            if inc is not None
-            else isinstance(module, PRUNABLE_TYPES)
-        )
-        if not chosen or any(matches_spec(name, module, s) for s in exc) or id(weight) in seen:
+        chosen = name in inc if include is not None else isinstance(module, PRUNABLE_TYPES)
+        if not chosen or name in exc or id(weight) in seen:
             continue
         seen.add(id(weight))
         out.append((name, module))

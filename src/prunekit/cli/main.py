@@ -36,7 +36,40 @@ or a built-in name: digits, mnist, fashion-mnist (read from --data-dir or $PRUNE
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if getattr(action, "from_config", False) and action.default is not None and text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def config_option(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    config_cls: type[Any],
+    field: str,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Add ``flag`` mirroring ``config_cls.<field>``: its help is the field's doc, its choices the field's.
+
+    Choices come from a ``Literal[...]`` field type, or (``criterion``) from the criterion registry
+    the config looks names up in; ``kwargs`` (type, default, metavar) are passed to ``add_argument``.
+    """
+    import typing
+
+    from prunekit.core import option_help
+
+    kwargs.setdefault("help", option_help(config_cls)[field])
+    if "choices" not in kwargs:
+        try:
+            hint = typing.get_type_hints(config_cls).get(field)
+        except (NameError, TypeError):  # pragma: no cover - an unresolvable annotation: no choices
+            hint = None
+        if typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = typing.get_args(hint)
+    action = p.add_argument(flag, dest=field, **kwargs)
+    action.from_config = True  # type: ignore[attr-defined]  # _Formatter appends the default
+    return action
 
 
 def _wrap(text: str) -> str:
@@ -168,17 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_args(p, required=True)
     _out_args(p)
-    p.add_argument(
-        "--ratios", default="0.1,0.3,0.5,0.7,0.9", help="comma-separated ratios (default 0.1,...,0.9)"
+    from prunekit.analysis import AllocationConfig, SensitivityConfig
+    from prunekit.core import criterion_registry
+
+    # options that mirror a verb's config take their help and choices from its fields
+    config_option(
+        p, "--ratios", SensitivityConfig, "ratios", default="0.1,0.3,0.5,0.7,0.9", metavar="R1,R2,..."
     )
-    p.add_argument(
-        "--criterion", default="magnitude", help="magnitude, l2, random, taylor, fisher (default magnitude)"
+    config_option(
+        p,
+        "--criterion",
+        SensitivityConfig,
+        "criterion",
+        default="magnitude",
+        choices=criterion_registry("sensitivity").names(),
     )
-    p.add_argument(
-        "--granularity", default="layer", choices=("layer", "channel"), help="weights or output channels"
-    )
-    p.add_argument("--max-batches", type=int, default=4, help="validation batches to use (default 4)")
-    p.add_argument("--target", type=float, help="also allocate per-layer ratios for this global sparsity")
+    config_option(p, "--granularity", SensitivityConfig, "granularity", default="layer")
+    config_option(p, "--max-batches", SensitivityConfig, "max_batches", type=int, default=4)
+    config_option(p, "--target", AllocationConfig, "target", type=float, metavar="FRACTION")
     _common(p)
     p.set_defaults(func=_cmd_analyze)
 

@@ -33,6 +33,7 @@ from prunekit.core.config import (
     config_from_dict,
     config_to_dict,
     merge_config,
+    option_help,
     register_config,
 )
 from prunekit.core.datasets import BUILTIN, Split, default_data_dir, digits, idx_dataset, load_builtin
@@ -59,7 +60,19 @@ from prunekit.core.metrics import (
     param_bytes,
 )
 from prunekit.core.registry import Registry, criterion_registry, register_criterion
-from prunekit.core.select import Skipped, Target, is_default_type, is_hf_conv1d, resolve_targets
+from prunekit.core.select import (
+    PRUNABLE_TYPES,
+    Skipped,
+    Spec,
+    Target,
+    is_default_type,
+    is_glob,
+    is_hf_conv1d,
+    match_names,
+    matches,
+    resolve_targets,
+    select_modules,
+)
 from prunekit.core.snapshot import ParamSnapshot, exclusive, exclusive_verb, restored_on_error
 from prunekit.core.tensorfile import (
     SealedFile,
@@ -106,6 +119,7 @@ __all__ = [
     "idx_dataset",
     "inputs_only",
     "is_default_type",
+    "is_glob",
     "is_hf_conv1d",
     "LatencyResult",
     "load_builtin",
@@ -114,13 +128,17 @@ __all__ = [
     "make_permanent",
     "MASK_SUFFIX",
     "masked_parameters",
+    "match_names",
+    "matches",
     "measure_latency",
     "merge_config",
     "model_device",
     "model_output",
     "open_sealed",
+    "option_help",
     "param_bytes",
     "ParamSnapshot",
+    "PRUNABLE_TYPES",
     "refresh",
     "register_config",
     "register_criterion",
@@ -130,8 +148,10 @@ __all__ = [
     "restored_on_error",
     "seal_json",
     "SealedFile",
+    "select_modules",
     "set_mask",
     "Skipped",
+    "Spec",
     "Split",
     "split_batch",
     "take_batches",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
@@ -123,7 +124,10 @@ def option_names(config_cls: type[Any]) -> tuple[str, ...]:
 
 
 def option_help(config_cls: type[Any]) -> dict[str, str]:
-    """``{field: one-line help}`` parsed from the ``Attributes:``/``Args:`` section of the class docstring."""
+    """``{field: one-line help}`` parsed from the ``Attributes:``/``Args:`` section of the class docstring.
+
+    Inline-literal markup is dropped (````x```` -> ``x``), so the text reads well in ``--help``.
+    """
     doc = config_cls.__doc__ or ""
     out: dict[str, str] = {}
     names = set(option_names(config_cls))
@@ -144,7 +148,7 @@ def option_help(config_cls: type[Any]) -> dict[str, str]:
             out[current] += " " + line
         elif not line:
             current = None
-    return out
+    return {k: re.sub(r":\w+:`~?([^`]*)`", r"\1", v).replace("``", "") for k, v in out.items()}
 
 
 def to_plain(value: Any, where: str) -> Any:

@@ -5,17 +5,29 @@ from __future__ import annotations
 
 from prunekit.graph.build import DependencyGraph, Group, Member, build_graph
 from prunekit.graph.rules.base import SIZE_ATTR
+from prunekit.graph.rules.custom import (
+    CouplingContext,
+    CouplingRule,
+    coupling_rules,
+    register_coupling_rule,
+    unregister_coupling_rule,
+)
 from prunekit.graph.trace import TensorRef, Trace, as_args, flatten_tensors, record
 
 __all__ = [
     "as_args",
     "build_graph",
+    "coupling_rules",
+    "CouplingContext",
+    "CouplingRule",
     "DependencyGraph",
     "flatten_tensors",
     "Group",
     "Member",
     "record",
+    "register_coupling_rule",
     "SIZE_ATTR",
     "TensorRef",
     "Trace",
+    "unregister_coupling_rule",
 ]

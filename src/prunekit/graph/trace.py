@@ -29,6 +29,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from prunekit.graph.rules.custom import module_node_kwargs, module_op_name, opaque_module_type
+
 # Tensor-method names that return non-tensor metadata or that we never need to see.
 _SKIP = frozenset(
     {
@@ -178,6 +180,7 @@ class _Recorder(TorchFunctionMode):
         self.module_names: dict[int, str] = {}
         self.modules_run: set[str] = set()
         self.opaque_depth = 0
+        self.opaque_modules: list[tuple[nn.Module, Any]] = []  # calls of rule-registered module types
         self.param_values: dict[str, int] = {}
         seen: dict[int, int] = {}
         for kind, items in (
@@ -230,8 +233,16 @@ class _Recorder(TorchFunctionMode):
             name = f"{self.module_stack[-1]}.<{type(module).__name__}>".lstrip(".")
         self.module_stack.append(name)
         self.modules_run.add(name)
+        if not self.opaque_depth and opaque_module_type(module):
+            self.opaque_modules.append((module, args))
+            self.opaque_depth += 1
 
     def post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.opaque_modules and self.opaque_modules[-1][0] is module:
+            _, call_args = self.opaque_modules.pop()
+            self.opaque_depth -= 1
+            tensors, meta = module_node_kwargs(module)
+            self.record(module_op_name(type(module)), module, (*call_args, *tensors), meta, output)
         if len(self.module_stack) > 1:
             self.module_stack.pop()
 

@@ -51,18 +51,29 @@ from prunekit.structured.surgery import masked_reference
 logger = logging.getLogger(__name__)
 
 
+COST_GOALS: tuple[str, ...] = ("reduce_macs", "reduce_params", "target_macs", "target_params")
+
+
 @register_config
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ChannelPruneConfig(ConfigMixin):
-    """Every option of ``prune_channels`` (the model, inputs and data are arguments of the verb).
+    """Every option of the one-shot verb ``prune_channels`` (the model, inputs and data are arguments of the verb).
+
+    Not to be confused with :class:`prunekit.ChannelPrunerConfig`, the options of the training-time
+    :class:`prunekit.ChannelPruner` (gradual masking on a schedule).
 
     Attributes:
         ratio: Fraction of units (channels, neurons, heads) to remove in every group (``scope="layer"``) or
             over all groups (``scope="global"``); in [0, 1). Or a mapping ``{module_name: ratio}`` (layer
             scope): a group takes the largest ratio of the modules whose output channels it holds; groups
             of modules not in the mapping are kept.
-        target_macs: Instead of ``ratio``: keep this fraction of the (estimated) MACs, in (0, 1].
-        target_params: Instead of ``ratio``: keep this fraction of the parameters, in (0, 1].
+        reduce_macs: Instead of ``ratio``: remove this fraction of the (estimated) MACs, in [0, 1)
+            (the same sense as ``ratio`` and ``allocate(target=)``: how much goes).
+        reduce_params: Instead of ``ratio``: remove this fraction of the parameters, in [0, 1).
+        target_macs: Instead of ``ratio``: keep this fraction of the (estimated) MACs, in (0, 1]
+            (``target_macs=t`` is ``reduce_macs=1 - t``).
+        target_params: Instead of ``ratio``: keep this fraction of the parameters, in (0, 1]
+            (``target_params=t`` is ``reduce_params=1 - t``).
         criterion: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``, ``"random"`` or a
             :class:`prunekit.structured.criteria.ChannelCriterion` object.
         scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
@@ -84,6 +95,8 @@ class ChannelPruneConfig(ConfigMixin):
     """
 
     ratio: float | Mapping[str, float] = 0.5
+    reduce_macs: float | None = None
+    reduce_params: float | None = None
     target_macs: float | None = None
     target_params: float | None = None
     criterion: str | ChannelCriterion = "l2"
@@ -106,20 +119,22 @@ class ChannelPruneConfig(ConfigMixin):
                 raise ConfigError(
                     f"ratio must be in [0, 1) (or a mapping of module name to such a ratio), got {r!r}"
                 )
-        if isinstance(self.ratio, Mapping) and (
-            self.scope != "layer" or self.target_macs or self.target_params
-        ):
+        goals = [n for n in COST_GOALS if getattr(self, n) is not None]
+        if isinstance(self.ratio, Mapping) and (self.scope != "layer" or goals):
             raise ConfigError(
-                "a per-module ratio mapping works with scope='layer' and no target_macs/target_params"
+                "a per-module ratio mapping works with scope='layer' and no reduce_*/target_* cost goal"
             )
-        if self.target_macs is not None and self.target_params is not None:
-            raise ConfigError("give at most one of target_macs and target_params")
-        for name in ("target_macs", "target_params"):
+        if len(goals) > 1:
+            raise ConfigError(f"give at most one of {', '.join(COST_GOALS)}; got {', '.join(goals)}")
+        for name in goals:
             v = getattr(self, name)
-            if v is not None and (
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0
-            ):
-                raise ConfigError(f"{name} is the fraction to keep, in (0, 1]; got {v!r}")
+            keep = name.startswith("target_")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                0.0 < float(v) <= 1.0 if keep else 0.0 <= float(v) < 1.0
+            )
+            if not ok:
+                what = "the fraction to keep, in (0, 1]" if keep else "the fraction to remove, in [0, 1)"
+                raise ConfigError(f"{name} is {what}; got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
         if self.gqa not in ("kv_groups", "query_heads"):
@@ -131,6 +146,16 @@ class ChannelPruneConfig(ConfigMixin):
         ):
             raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
         get_criterion(self.criterion)
+
+    def cost_goal(self) -> tuple[str, float] | None:
+        """``("macs" | "params", fraction kept)`` of the cost goal, or ``None`` when ``ratio`` is used."""
+        for kind in ("macs", "params"):
+            removed, kept = getattr(self, f"reduce_{kind}"), getattr(self, f"target_{kind}")
+            if removed is not None:
+                return kind, 1.0 - float(removed)
+            if kept is not None:
+                return kind, float(kept)
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +237,8 @@ def prune_channels(
     example_inputs: Any,
     ratio: float | Mapping[str, float] = UNSET,
     *,
+    reduce_macs: float | None = UNSET,
+    reduce_params: float | None = UNSET,
     target_macs: float | None = UNSET,
     target_params: float | None = UNSET,
     criterion: str | ChannelCriterion = UNSET,
@@ -241,8 +268,10 @@ def prune_channels(
         model: Any ``nn.Module``.
         example_inputs: A tensor, a tuple of positional inputs, or a dict of keyword inputs.
         ratio: Fraction of units to remove (per group for ``scope="layer"``, overall for ``"global"``).
-        target_macs: Keep this fraction of the estimated MACs instead (searches the ratio).
-        target_params: Keep this fraction of the parameters instead (searches the ratio).
+        reduce_macs: Remove this fraction of the estimated MACs instead (searches the ratio).
+        reduce_params: Remove this fraction of the parameters instead (searches the ratio).
+        target_macs: Keep this fraction of the estimated MACs instead (``1 - reduce_macs``).
+        target_params: Keep this fraction of the parameters instead (``1 - reduce_params``).
         criterion: Importance of units: ``"l2"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``,
             ``"random"`` or a :class:`~prunekit.structured.criteria.ChannelCriterion`.
         scope: ``"layer"`` or ``"global"``.
@@ -277,6 +306,8 @@ def prune_channels(
         config,
         verb="prune_channels",
         ratio=ratio,
+        reduce_macs=reduce_macs,
+        reduce_params=reduce_params,
         target_macs=target_macs,
         target_params=target_params,
         criterion=criterion,

@@ -25,7 +25,6 @@ Removal deletes the blocks from their container (re-indexed), and for Hugging Fa
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,9 +41,11 @@ from prunekit.core import (
     call_model,
     check_count,
     evaluate,
+    is_glob,
     merge_config,
     model_device,
     register_config,
+    select_modules,
     take_batches,
     to_device,
 )
@@ -63,15 +64,16 @@ class LayerPruningConfig(ConfigMixin):
         n: number of blocks to remove (at least 1; at least one block of each container stays).
         criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
         include: candidate blocks: one container (its qualified name, e.g. ``"model.layers"``) or a
-            list of block names (was ``blocks``); by default every removable block found.
-        exclude: block names or fnmatch globs never removed.
+            list of blocks (names, globs, types, module objects; was ``blocks``); by default every
+            removable block found.
+        exclude: blocks never removed: names, fnmatch globs, module types or module objects.
         max_batches: use at most this many batches of ``data``.
     """
 
     n: int = 1
     criterion: LayerCriterion = "block_influence"
-    include: str | tuple[str, ...] | None = None
-    exclude: tuple[str, ...] | None = None
+    include: str | tuple[Any, ...] | None = None
+    exclude: tuple[Any, ...] | None = None
     max_batches: int | None = None
 
     def __post_init__(self) -> None:
@@ -441,8 +443,8 @@ def prune_layers(
     data: Iterable[Any] | None = None,
     loss_fn: Callable[[Any, Any], Any] | None = None,
     criterion: LayerCriterion = UNSET,
-    include: str | Sequence[str] | None = UNSET,
-    exclude: Sequence[str] | None = UNSET,
+    include: str | Sequence[Any] | None = UNSET,
+    exclude: Sequence[Any] | None = UNSET,
     max_batches: int | None = UNSET,
     config: LayerPruningConfig | None = None,
 ) -> LayerPruningResult:
@@ -458,9 +460,10 @@ def prune_layers(
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="loss"``.
         criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
         include: restrict candidates to one container (its qualified name, e.g. ``"model.layers"``)
-            or to a list of block names; by default every removable block found (``blocks=`` is the
+            or to a list of blocks (names, globs, types, module objects); by default every removable
+            block found (``blocks=`` is the
             deprecated spelling).
-        exclude: block names or fnmatch globs never removed.
+        exclude: blocks never removed: names, fnmatch globs, module types or module objects.
         max_batches: use at most this many batches of ``data``.
         config: a :class:`LayerPruningConfig` holding every option above but ``data``/``loss_fn``;
             a keyword that sets the same option as ``config`` raises ``ConfigError``.
@@ -507,7 +510,8 @@ def prune_layers(
     infos = find_blocks(model, example_inputs)
     candidates = _candidates(model, infos, blocks)
     if cfg.exclude:
-        candidates = [b for b in candidates if not any(fnmatch.fnmatchcase(b.name, p) for p in cfg.exclude)]
+        excluded = {n for n, _ in select_modules(model, cfg.exclude, what="exclude")}
+        candidates = [b for b in candidates if b.name not in excluded]
     if len(candidates) < n:
         pool = [b for b in infos if blocks is None or b.container == blocks or b.name in blocks]
         not_removable = [f"{b.name}: {b.reason}" for b in pool if not b.removable][:8]
@@ -558,7 +562,7 @@ def prune_layers(
 
 
 def _candidates(
-    model: nn.Module, infos: Sequence[BlockInfo], blocks: str | Sequence[str] | None
+    model: nn.Module, infos: Sequence[BlockInfo], blocks: str | Sequence[Any] | None
 ) -> list[BlockInfo]:
     if blocks is None:
         return [b for b in infos if b.removable]
@@ -573,13 +577,14 @@ def _candidates(
             )
         return [b for b in chosen if b.removable]  # the count check reports the others' reasons
     else:
-        unknown = [n for n in blocks if n not in by_name]
+        picked = {n for n, _ in select_modules(model, blocks, what="include")}
+        unknown = [s for s in blocks if isinstance(s, str) and not is_glob(s) and s not in by_name]
         if unknown:
             raise UnknownModuleError(
                 f"{unknown} are not blocks (composite children of a ModuleList/Sequential that ran); "
                 f"blocks found: {list(by_name)[:12]}"
             )
-        chosen = [by_name[n] for n in blocks]
+        chosen = [b for b in infos if b.name in picked]
     bad = [b for b in chosen if not b.removable]
     if bad:
         raise PlanError(

@@ -3,14 +3,13 @@
 ::
 
     build_graph -> score every group (criterion) -> _Selector.select(ratio, scope, round_to)
-        (or bisect the ratio until target_macs / target_params is met) -> _make_plan (data, not yet applied)
+        (or bisect the ratio until the cost goal reduce_macs / reduce_params is met) -> _make_plan (data, not yet applied)
 
 Used by :func:`prunekit.structured.api.prune_channels`; nothing here changes the model.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 import warnings
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError, PlanError, UnknownModuleError, UnsupportedOpError
+from prunekit.core import select_modules
+from prunekit.errors import ConfigError, PlanError, UnsupportedOpError
 from prunekit.graph import SIZE_ATTR, DependencyGraph, Group, Trace, as_args, build_graph
 from prunekit.structured.criteria import ChannelCriterion
 from prunekit.structured.surgery import AttrUpdate, Plan, PlanEntry
@@ -36,39 +36,8 @@ IgnoreSpec = nn.Module | str | type
 
 
 def match_modules(model: nn.Module, ignore: Iterable[IgnoreSpec] | IgnoreSpec | None) -> set[str]:
-    """Names of the modules matched by ``ignore`` (objects, name globs, types)."""
-    if ignore is None:
-        return set()
-    if isinstance(ignore, (nn.Module, str, type)):
-        ignore = [ignore]
-    names = dict(model.named_modules())
-    by_id = {id(m): n for n, m in names.items()}
-    matched: set[str] = set()
-    for spec in ignore:
-        if isinstance(spec, nn.Module):
-            if id(spec) not in by_id:
-                raise UnknownModuleError(
-                    f"exclude= has a {type(spec).__name__} module that is not part of the model; pass a submodule of the model, its name, or a type"
-                )
-            matched.add(by_id[id(spec)])
-        elif isinstance(spec, str):
-            hits = [n for n in names if n and fnmatch.fnmatchcase(n, spec)]
-            if not hits:
-                sample = ", ".join(n for n in list(names)[1:8])
-                raise UnknownModuleError(
-                    f"exclude= pattern {spec!r} matches no module; module names look like: {sample}"
-                )
-            matched.update(hits)
-        elif isinstance(spec, type):
-            hits = [n for n, m in names.items() if isinstance(m, spec)]
-            if not hits:
-                raise UnknownModuleError(f"exclude= type {spec.__name__} matches no module of the model")
-            matched.update(hits)
-        else:
-            raise ConfigError(
-                f"exclude= entries must be modules, name globs or types, got {type(spec).__name__}"
-            )
-    return matched
+    """Names of the modules matched by ``ignore`` (objects, names, globs, types; see ``select_modules``)."""
+    return {n for n, _ in select_modules(model, ignore, what="exclude")}
 
 
 def resolve_ignore(
@@ -350,9 +319,10 @@ def build_plan(
                 f"expected ({g.n_units},)"
             )
     sel = _Selector(graph, scores, cfg.round_to)
-    target = cfg.target_macs if cfg.target_macs is not None else cfg.target_params
-    if target is not None:
-        which = 0 if cfg.target_macs is not None else 1
+    cost_goal = cfg.cost_goal()
+    if cost_goal is not None:
+        which = 0 if cost_goal[0] == "macs" else 1
+        target = cost_goal[1]
         goal = target * sel.cost({})[which]
         lo, hi = 0.0, 0.999
         best = sel.select(hi, cfg.scope)
@@ -386,20 +356,23 @@ def build_plan(
 def _group_ratios(
     model: nn.Module, graph: DependencyGraph, ratio: float | Mapping[str, float]
 ) -> float | dict[int, float]:
-    """A float, or per group the largest ratio of the modules whose weight dim 0 (output) it holds."""
+    """A float, or per group the largest ratio of the modules whose weight dim 0 (output) it holds.
+
+    Keys of a mapping are selectors (names, globs, types) as in ``exclude=``; a name also sets the
+    ratio of the Linear/Conv layers inside that module.
+    """
     if not isinstance(ratio, Mapping):
         return float(ratio)
     names = dict(model.named_modules())
-    missing = [n for n in ratio if n not in names]
-    if missing:
-        raise UnknownModuleError(
-            f"ratio= names modules {missing} that are not in the model; e.g. {list(names)[1:6]}"
-        )
+    per_module: dict[str, float] = {}
+    for key, value in ratio.items():  # later keys win; a name/glob also covers the layers inside it
+        for name, _ in select_modules(model, key, what="ratio", children=True):
+            per_module[name] = float(value)
     out: dict[int, float] = {}
     for g in graph.groups:
         for m in g.members:
             mod, _, attr = m.name.rpartition(".")
             odim = 1 if type(names.get(mod)).__name__ == "Conv1D" else 0
-            if attr == "weight" and m.dim == odim and mod in ratio:
-                out[g.gid] = max(out.get(g.gid, 0.0), float(ratio[mod]))
+            if attr == "weight" and m.dim == odim and mod in per_module:
+                out[g.gid] = max(out.get(g.gid, 0.0), per_module[mod])
     return out

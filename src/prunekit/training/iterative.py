@@ -44,7 +44,7 @@ class IterativePruneConfig(ConfigMixin):
     exclude: Any = None
 
     def __post_init__(self) -> None:
-        IterativeSchedule(target=self.sparsity, rate=self.rate, every=1)  # validates both
+        IterativeSchedule(final_sparsity=self.sparsity, rate=self.rate, every=1)  # validates both
         if self.steps_per_round is None and self.epochs_per_round is None:
             raise ConfigError("iterative_prune needs epochs_per_round=... or steps_per_round=...")
         for name in ("include", "exclude"):
@@ -117,7 +117,7 @@ def iterative_prune(
     )
     epochs_per_round, steps_per_round = cfg.epochs_per_round, cfg.steps_per_round
     criterion, scope, include, exclude = cfg.criterion, cfg.scope, cfg.include, cfg.exclude
-    schedule = IterativeSchedule(target=cfg.sparsity, rate=cfg.rate, every=1)
+    schedule = IterativeSchedule(final_sparsity=cfg.sparsity, rate=cfg.rate, every=1)
     steps = steps_per_round if steps_per_round is not None else epochs_per_round * len(train_loader)  # type: ignore[operator]
     table = ResultsTable("iterative")
     if val_loader is not None:

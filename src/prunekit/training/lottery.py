@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +27,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from prunekit.core import MASK_SUFFIX, ConfigMixin, LossFn, masked_parameters, merge_config, register_config
+from prunekit.core import (
+    MASK_SUFFIX,
+    PRUNABLE_TYPES,
+    ConfigMixin,
+    LossFn,
+    masked_parameters,
+    merge_config,
+    register_config,
+    select_modules,
+)
 from prunekit.errors import ConfigError
 from prunekit.training.checkpoint import atomic_save_tensors, load_tensors
 from prunekit.training.common import (
@@ -44,7 +53,6 @@ from prunekit.training.results import ResultsTable, RunResult
 log = logging.getLogger(__name__)
 
 CONTROLS = ("random_mask", "reinit")
-_DEFAULT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @register_config
@@ -108,7 +116,7 @@ class LotteryConfig(ConfigMixin):
 
 
 def _prunable(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, _DEFAULT_TYPES)]
+    return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
 
 def _weights_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -169,7 +177,7 @@ def lottery_ticket(
     loss_fn: LossFn | None = None,
     output_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Any = (),
     **kwargs: Any,
 ) -> RunResult:
     """Find winning tickets by iterative magnitude pruning with rewinding; ``model`` ends as the last ticket.
@@ -184,7 +192,8 @@ def lottery_ticket(
         loss_fn: default cross-entropy.
         output_dir: write ``lottery.csv``, ``lottery.json`` and ``lottery.png`` there.
         checkpoint_dir: one checkpoint per level and run kind; a killed run resumes from them.
-        exclude: module names never pruned.
+        exclude: modules never pruned: names, globs, types or module objects (a name covers the
+            layers inside it), as everywhere in prunekit.
 
     Returns:
         A :class:`RunResult`: one table row per level and kind (``ticket`` and each control) with
@@ -208,7 +217,8 @@ def lottery_ticket(
             "optimizer=lambda params: torch.optim.Adam(params, lr=1.2e-3)"
         )
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    targets = [n for n in _prunable(model) if n not in set(exclude)]
+    excluded = {n for n, _ in select_modules(model, exclude or None, what="exclude", children=True)}
+    targets = [n for n in _prunable(model) if n not in excluded]
     if not targets:
         raise ConfigError("the model has no Linear/Conv layer left to prune (check exclude=)")
     output_layer = targets[-1]

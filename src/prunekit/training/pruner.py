@@ -40,12 +40,14 @@ import torch.distributed as dist
 from torch import nn
 
 from prunekit.core import (
+    PRUNABLE_TYPES,
     UNSET,
     ConfigMixin,
     get_mask,
     masked_parameters,
     merge_config,
     register_config,
+    select_modules,
     set_mask,
 )
 from prunekit.errors import ConfigError, PlanError
@@ -368,11 +370,16 @@ class Pruner:
 @register_config
 @dataclass(frozen=True, kw_only=True)
 class ChannelPrunerConfig(ConfigMixin):
-    """Gradual channel pruning: mask whole output channels on a schedule, remove them at the end.
+    """Options of the training-time :class:`ChannelPruner` (gradual: mask channels on a schedule, cut at the end).
+
+    Not to be confused with :class:`prunekit.ChannelPruneConfig`, the options of the one-shot verb
+    :func:`prunekit.prune_channels` (``ChannelPrun-e-Config`` = *prune* once; ``ChannelPrun-er-Config``
+    = the *pruner* object used during training).
 
     Args:
         schedule: fraction of output channels masked in every included layer, per step.
-        include: module names to prune; default: every Linear/Conv except the last one (the output).
+        include: modules to prune (names, globs, types or module objects; a name covers the Linear/Conv
+            layers inside it); default: every Linear/Conv except the last one (the output).
         criterion: ``"l2"`` or ``"l1"`` norm of each output channel (its weights and bias; with
             ``physical="each_step"``, of every slice coupled to it, as :func:`prunekit.prune_channels` scores).
         physical: ``"end"`` masks channels and removes them at :meth:`ChannelPruner.finalize`;
@@ -381,7 +388,7 @@ class ChannelPrunerConfig(ConfigMixin):
     """
 
     schedule: Schedule
-    include: tuple[str, ...] | None = None
+    include: tuple[Any, ...] | None = None
     criterion: Literal["l1", "l2"] = "l2"
     physical: Literal["end", "each_step"] = "end"
 
@@ -394,7 +401,7 @@ class ChannelPrunerConfig(ConfigMixin):
             object.__setattr__(self, "include", tuple(self.include))
 
 
-_CHANNEL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CHANNEL_TYPES = PRUNABLE_TYPES
 
 
 class ChannelPruner:
@@ -459,8 +466,13 @@ class ChannelPruner:
         else:
             from prunekit.errors import UnknownModuleError
 
-            names = list(config.include)
-            bad = [n for n in names if not isinstance(modules.get(n), _CHANNEL_TYPES)]
+            picked = {
+                spec: [n for n, m in select_modules(unwrap(model), spec, children=True) if isinstance(m, _CHANNEL_TYPES)]
+                for spec in config.include
+            }
+            bad = [spec for spec, hits in picked.items() if not hits]
+            chosen = {n for hits in picked.values() for n in hits}
+            names = [n for n in modules if n in chosen]
             if bad:
                 valid = [n for n, m in modules.items() if isinstance(m, _CHANNEL_TYPES)]
                 raise UnknownModuleError(

@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+from prunekit.compat import renamed_kwargs
 from prunekit.core import register_config
 from prunekit.errors import ConfigError
 
@@ -73,30 +74,26 @@ class Schedule:
 
 @dataclass(frozen=True, kw_only=True)
 class ConstantSchedule(Schedule):
-    """One-shot: jump to ``sparsity`` at step ``at_step`` and stay there.
+    """One-shot: jump to ``final_sparsity`` at step ``at_step`` and stay there.
 
     Args:
-        target: the sparsity, in [0, 1).
+        final_sparsity: the sparsity, in [0, 1) (``target=`` is the deprecated spelling).
         at_step: the step at which to prune (default 0: the first ``pruner.step()``).
     """
 
     kind: ClassVar[str] = "constant"
-    target: float
+    final_sparsity: float
     at_step: int = 0
 
     def __post_init__(self) -> None:
-        _check_fraction("target", self.target)
+        _check_fraction("final_sparsity", self.final_sparsity)
         _check_step("at_step", self.at_step)
 
     def sparsity(self, step: int) -> float:
-        return self.target if step >= self.at_step else 0.0
+        return self.final_sparsity if step >= self.at_step else 0.0
 
     def is_update(self, step: int) -> bool:
         return step == self.at_step
-
-    @property
-    def final_sparsity(self) -> float:
-        return self.target
 
     @property
     def last_update_step(self) -> int:
@@ -105,36 +102,36 @@ class ConstantSchedule(Schedule):
 
 @dataclass(frozen=True, kw_only=True)
 class IterativeSchedule(Schedule):
-    """Iterative pruning: remove ``rate`` of the remaining weights every ``every`` steps, up to ``target``.
+    """Iterative pruning: remove ``rate`` of the remaining weights every ``every`` steps, up to ``final_sparsity``.
 
-    After round ``k`` (1-based) the sparsity is ``min(target, 1 - (1 - rate) ** k)``; rounds start at
-    ``start_step`` and stop once ``target`` is reached.
+    After round ``k`` (1-based) the sparsity is ``min(final_sparsity, 1 - (1 - rate) ** k)``; rounds
+    start at ``start_step`` and stop once ``final_sparsity`` is reached.
 
     Args:
-        target: final sparsity in [0, 1).
+        final_sparsity: final sparsity in [0, 1) (``target=`` is the deprecated spelling).
         rate: fraction of the surviving weights pruned per round, in (0, 1).
         every: steps of fine-tuning between rounds (>= 1).
         start_step: the step of the first round.
     """
 
     kind: ClassVar[str] = "iterative"
-    target: float
+    final_sparsity: float
     rate: float
     every: int
     start_step: int = 0
 
     def __post_init__(self) -> None:
-        _check_fraction("target", self.target)
+        _check_fraction("final_sparsity", self.final_sparsity)
         _check_fraction("rate", self.rate, allow_zero=False)
         _check_step("every", self.every, 1)
         _check_step("start_step", self.start_step)
 
     @property
     def rounds(self) -> int:
-        """Number of rounds needed to reach ``target``."""
-        if self.target == 0.0:
+        """Number of rounds needed to reach ``final_sparsity``."""
+        if self.final_sparsity == 0.0:
             return 0
-        k = math.ceil(math.log1p(-self.target) / math.log1p(-self.rate) - 1e-12)
+        k = math.ceil(math.log1p(-self.final_sparsity) / math.log1p(-self.rate) - 1e-12)
         return max(k, 1)
 
     def _round(self, step: int) -> int:
@@ -144,16 +141,12 @@ class IterativeSchedule(Schedule):
 
     def sparsity(self, step: int) -> float:
         k = self._round(step)
-        return 0.0 if k == 0 else min(self.target, 1.0 - (1.0 - self.rate) ** k)
+        return 0.0 if k == 0 else min(self.final_sparsity, 1.0 - (1.0 - self.rate) ** k)
 
     def is_update(self, step: int) -> bool:
         if step < self.start_step or (step - self.start_step) % self.every:
             return False
         return (step - self.start_step) // self.every < self.rounds
-
-    @property
-    def final_sparsity(self) -> float:
-        return self.target
 
     @property
     def last_update_step(self) -> int:
@@ -222,6 +215,19 @@ class CubicSchedule(Schedule):
         return self.end_step
 
 
+def _deprecated_target(self: Schedule) -> float:
+    from prunekit.compat import warn
+
+    warn(f"{type(self).__name__}.target", f"{type(self).__name__}.final_sparsity", stacklevel=3)
+    return float(getattr(self, "final_sparsity"))  # noqa: B009
+
+
+_renamed: type[Schedule]
+for _renamed in (ConstantSchedule, IterativeSchedule):
+    # one spelling for every schedule: final_sparsity= (target= warns for one release)
+    setattr(_renamed, "__init__", renamed_kwargs(_renamed.__name__, target="final_sparsity")(_renamed.__init__))  # noqa: B010
+    setattr(_renamed, "target", property(_deprecated_target))  # noqa: B010
+
 SCHEDULES: dict[str, type[Schedule]] = {
     "constant": ConstantSchedule,
     "oneshot": ConstantSchedule,
@@ -238,7 +244,7 @@ def make_schedule(name: str, **kwargs: Any) -> Schedule:
         ConfigError: for an unknown name or bad arguments.
 
     Example:
-        >>> make_schedule("oneshot", target=0.5).sparsity(0)
+        >>> make_schedule("oneshot", final_sparsity=0.5).sparsity(0)
         0.5
     """
     cls = SCHEDULES.get(name)

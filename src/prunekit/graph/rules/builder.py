@@ -33,6 +33,7 @@ from prunekit.graph.rules.base import (
     VIEW_OPS,
     BuilderBase,
 )
+from prunekit.graph.rules.custom import apply_rule, rule_for
 from prunekit.graph.rules.layers import LayerRules
 from prunekit.graph.rules.shape import ShapeRules
 from prunekit.graph.trace import Node
@@ -59,6 +60,10 @@ class GraphBuilder(LayerRules, ShapeRules, AttentionRules, BuilderBase):
             return
         if name in IGNORE_OPS and (name.startswith("new_") or not any(self.st(v) for v in node.inputs)):
             return  # x.new_zeros(size) reads only x's dtype and device: a fresh tensor, like torch.zeros
+        rule = rule_for(name)
+        if rule is not None:
+            apply_rule(self, node, rule)  # a user rule (pk.register_coupling_rule) wins over built-in ones
+            return
         try:
             if name in POINTWISE_OPS:
                 self.r_pointwise(node)
