@@ -35,6 +35,7 @@ from torch import nn
 
 from prunekit.core import EvalMode, call_model, evaluate, model_device, take_batches, to_device
 from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
+from prunekit.structured.surgery import LayerRemoval, Plan, record_plan
 
 LayerCriterion = Literal["block_influence", "loss", "position"]
 LAYER_CRITERIA: tuple[str, ...] = ("block_influence", "loss", "position")
@@ -347,6 +348,14 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
     The containers stay the same objects (their children are re-indexed). Returns the names of the
     updated config fields.
     """
+    updated, _ = remove_blocks_undoable(model, blocks)
+    return updated
+
+
+def remove_blocks_undoable(
+    model: nn.Module, blocks: Sequence[BlockInfo]
+) -> tuple[tuple[str, ...], Callable[[], None]]:
+    """:func:`remove_blocks`, also returning a function that puts every block, index and config back."""
     by_container: dict[str, set[int]] = {}
     for b in blocks:
         by_container.setdefault(b.container, set()).add(b.index)
@@ -358,6 +367,15 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
     configs = {id(cfg): cfg for cfg in (_owning_config(model, c) for c in by_container) if cfg is not None}
     keys = ("num_hidden_layers", "layer_types", "sliding_window_pattern_list")
     saved_cfg = [(cfg, k, getattr(cfg, k)) for cfg in configs.values() for k in keys if hasattr(cfg, k)]
+
+    def undo() -> None:
+        for c, container in containers.items():
+            container._modules = saved[c]
+        for sub, idx in saved_idx:
+            setattr(sub, "layer_idx", idx)  # noqa: B010
+        for cfg, k, v in saved_cfg:
+            setattr(cfg, k, v)
+
     updated: list[str] = []
     try:
         for c, container in containers.items():
@@ -373,14 +391,21 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
                 if f not in updated:
                     updated.append(f)
     except Exception:
-        for c, container in containers.items():
-            container._modules = saved[c]
-        for sub, idx in saved_idx:
-            setattr(sub, "layer_idx", idx)  # noqa: B010
-        for cfg, k, v in saved_cfg:
-            setattr(cfg, k, v)
+        undo()
         raise
-    return tuple(updated)
+    return tuple(updated), undo
+
+
+def layer_removals(model: nn.Module, blocks: Sequence[BlockInfo]) -> list[dict[str, Any]]:
+    """The plan records of removing ``blocks``: ``{"container", "size", "kept"}`` per container."""
+    by_container: dict[str, set[int]] = {}
+    for b in blocks:
+        by_container.setdefault(b.container, set()).add(b.index)
+    out = []
+    for c, drop in by_container.items():
+        size = len(list((model.get_submodule(c) if c else model).children()))
+        out.append({"container": c, "size": size, "kept": [i for i in range(size) if i not in drop]})
+    return out
 
 
 def prune_layers(
@@ -479,7 +504,9 @@ def prune_layers(
     if len(chosen) < n:
         raise PlanError(f"cannot remove {n} blocks without emptying a container ({sizes}); lower n")
     chosen.sort(key=lambda b: names.index(b.name))
+    removals = layer_removals(model, chosen)
     updated = remove_blocks(model, chosen)
+    record_plan(model, Plan(entries=(), layers=tuple(LayerRemoval.from_dict(r) for r in removals)))
     return LayerPruningResult(
         removed=tuple(b.name for b in chosen),
         scores=scores,
@@ -529,7 +556,9 @@ __all__ = [
     "LayerPruningResult",
     "block_influence",
     "find_blocks",
+    "layer_removals",
     "prune_layers",
     "remove_blocks",
+    "remove_blocks_undoable",
     "skip_blocks",
 ]
