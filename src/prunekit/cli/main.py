@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     _out_args(p)
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
+    p.add_argument(
+        "--save-pretrained",
+        metavar="HF_DIR",
+        help="also write a Hugging Face from_pretrained directory (config, weights, tokenizer files)",
+    )
     _common(p)
     p.set_defaults(func=_cmd_prune)
 
@@ -358,7 +363,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from prunekit.core import atomic_dir
     from prunekit.errors import ConfigError
-    from prunekit.recipes import Recipe, save_model_dir
+    from prunekit.recipes import Recipe, save_model_dir, write_pretrained
     from prunekit.report import prune_report, rich_before_after, rich_layers, write_report
 
     recipe = Recipe.from_yaml(args.recipe)
@@ -377,6 +382,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         write_report(report, tmp)
+    if args.save_pretrained:
+        _check_out(args.save_pretrained, args.overwrite)
+        with atomic_dir(args.save_pretrained, overwrite=args.overwrite) as hf_tmp:
+            write_pretrained(loaded, result.model, hf_tmp)
     if args.json:
         _emit_json({"out": args.out, **report})
         return EXIT_OK

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
-from prunekit.recipes.sources import check_fits, import_object, load_data, load_model, save_model_dir
+from prunekit.recipes.sources import (
+    check_fits,
+    import_object,
+    load_data,
+    load_model,
+    save_model_dir,
+    write_pretrained,
+)
 
 __all__ = [
     "ChannelsStep",
@@ -19,4 +26,5 @@ __all__ = [
     "RecipeResult",
     "save_model_dir",
     "WeightsStep",
+    "write_pretrained",
 ]
