@@ -33,7 +33,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from prunekit.core import EvalMode, call_model, evaluate, model_device, take_batches, to_device
+from prunekit.core import (
+    EvalMode,
+    call_model,
+    evaluate,
+    model_device,
+    take_batches,
+    take_inputs,
+    to_device,
+)
 from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
 from prunekit.structured.surgery import LayerRemoval, Plan, record_plan
 
@@ -426,8 +434,10 @@ def prune_layers(
         example_inputs: one batch of inputs (tensor, tuple or kwargs dict), used to find blocks and,
             without ``data``, to score them.
         n: number of blocks to remove (at least 1; at least one block of each container stays).
-        data: iterable of ``(inputs, targets)``: needed by ``criterion="loss"``, optional for
-            ``block_influence`` (which then averages over these batches' inputs).
+        data: needed by ``criterion="loss"`` (``(inputs, targets)`` pairs or dicts with ``labels``);
+            optional for ``block_influence``, which averages over these batches' inputs and accepts
+            calibration data without targets (tensors, dicts / HF batches, 1-tuples). Padding tokens
+            (``attention_mask == 0``) are left out. Unused by ``position``.
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="loss"``.
         criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
         blocks: restrict candidates to one container (its qualified name, e.g. ``"model.layers"``)
@@ -478,12 +488,13 @@ def prune_layers(
         for b in candidates
     }
 
-    batches = take_batches(data, max_batches, "prune_layers") if data is not None else None
     names = [b.name for b in candidates]
-    if criterion == "block_influence":
-        scores = block_influence(model, names, [i for i, _ in batches] if batches else [example_inputs])
+    if criterion == "block_influence":  # calibration: inputs only (tensors, dicts, 1-tuples or pairs)
+        inputs = take_inputs(data, max_batches, "prune_layers") if data is not None else [example_inputs]
+        scores = block_influence(model, names, inputs)
     elif criterion == "loss":
-        assert batches is not None and loss_fn is not None
+        batches = take_batches(data, max_batches, "prune_layers")
+        assert loss_fn is not None
         with EvalMode(model):
             base = evaluate(model, batches, loss_fn).loss
             scores = {}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.core import inputs_only
 from prunekit.errors import ConfigError, UnknownModuleError, UnsupportedOpError
 from prunekit.graph import SIZE_ATTR, DependencyGraph, Group, Trace, as_args, build_graph
 from prunekit.structured.criteria import ChannelCriterion
@@ -91,21 +92,44 @@ def resolve_ignore(
     return {canon.get(id(all_params[n]), n): d for n, d in frozen.items() if n in all_params}
 
 
+def _accepts_labels(model: nn.Module) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "labels" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def compute_grads(
-    model: nn.Module, data: Iterable[Any], loss_fn: Callable[..., torch.Tensor], max_batches: int = 8
-) -> None:
+    model: nn.Module, data: Iterable[Any], loss_fn: Callable[..., torch.Tensor], max_batches: int | None = None
+) -> int:
+    """Accumulate ``loss_fn(outputs, targets)`` gradients over ``data``; return the batches used.
+
+    Batches are ``(inputs, targets)`` pairs, dicts with ``labels`` (passed to the model too when its
+    ``forward`` takes ``labels``, as Hugging Face models do, so ``loss_fn=lambda out, y: out.loss`` works),
+    or bare inputs (then ``targets`` is ``None``).
+    """
     model.zero_grad(set_to_none=True)
+    used = 0
+    takes_labels = _accepts_labels(model)
     for i, batch in enumerate(data):
-        if i >= max_batches:
+        if max_batches is not None and i >= max_batches:
             break
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        if isinstance(batch, Mapping) and "labels" in batch:
+            y = batch["labels"]
+            x = dict(batch) if takes_labels else {k: v for k, v in batch.items() if k != "labels"}
+        elif isinstance(batch, (tuple, list)) and len(batch) == 2:
             x, y = batch
-            args, kwargs = as_args(x)
-            loss = loss_fn(model(*args, **kwargs), y)
         else:
-            args, kwargs = as_args(batch)
-            loss = loss_fn(model(*args, **kwargs))
+            x, y = inputs_only(batch), None
+        args, kwargs = as_args(dict(x) if isinstance(x, Mapping) else x)
+        loss = loss_fn(model(*args, **kwargs), y)
         loss.backward()  # type: ignore[no-untyped-call]
+        used += 1
+    logger.info("taylor: gradients accumulated over %d calibration batches", used)
+    return used
 
 
 class _Selector:
