@@ -157,3 +157,18 @@ def test_a_layer_pruned_away_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pk.prune_weights(model, 0.4, scope="layer")  # no layer near 100%: no warning
+
+
+def test_bert_channels_default_keeps_heads_and_reports_true_head_counts(tmp_path: Any) -> None:
+    transformers = pytest.importorskip("transformers")
+    model, x = make_bert("eager")
+    pk.prune_channels(model, x, 0.25)  # prune_heads="auto": BERT's config has no head_dim
+    attn = model.encoder.layer[0].attention.self
+    assert attn.query.out_features == 32 and attn.num_attention_heads == 4
+    pk.save_pretrained(model, tmp_path / "auto")  # still expressible
+    assert transformers.AutoModel.from_pretrained(tmp_path / "auto").config.intermediate_size == 48
+    model, x = make_bert("eager")
+    pk.prune_channels(model, x, 0.25, prune_heads=True)
+    attn = model.encoder.layer[0].attention.self
+    assert attn.num_attention_heads == attn.query.out_features // attn.attention_head_size == 3
+    assert attn.all_head_size == attn.query.out_features

@@ -86,11 +86,11 @@ class _ChannelsSchema(_Strict):
     ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     target_macs: float | None = Field(default=None, gt=0.0, le=1.0)
     target_params: float | None = Field(default=None, gt=0.0, le=1.0)
-    criterion: Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "random"] = "l2"
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "fpgm", "random", "activation", "wanda"] = "l2"
     scope: Literal["layer", "global"] = "layer"
     ignore: list[str] | None = None
     round_to: int | None = Field(default=None, ge=1)
-    prune_heads: bool = True
+    prune_heads: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _one_amount(self) -> _ChannelsSchema:
@@ -229,7 +229,7 @@ class ChannelsStep:
     scope: str = "layer"
     ignore: tuple[str, ...] | None = None
     round_to: int | None = None
-    prune_heads: bool = True
+    prune_heads: bool | Literal["auto"] = "auto"
     what: Literal["channels"] = "channels"
 
     def __post_init__(self) -> None:

@@ -57,7 +57,8 @@ class ChannelPruneConfig:
             :class:`prunekit.structured.criteria.ChannelCriterion` object.
         scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
         round_to: Keep a multiple of this many channels in every channel group (e.g. 8).
-        prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept.
+        prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept;
+            ``"auto"``: True unless a Hugging Face config could not express fewer heads.
         prune_normalized: Also prune dims normalised by LayerNorm/RMSNorm or averaged by mean/var/std (e.g. the
             transformer hidden size). Those statistics then run over the kept channels only, which is not
             the same as zeroing: expect a larger change than for other channels (the check models it).
@@ -74,12 +75,14 @@ class ChannelPruneConfig:
     criterion: str | ChannelCriterion = "l2"
     scope: Literal["layer", "global"] = "layer"
     round_to: int | None = None
-    prune_heads: bool = True
+    prune_heads: bool | Literal["auto"] = "auto"
     prune_normalized: bool = False
     on_unknown: Literal["keep", "raise"] = "keep"
     gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
 
     def __post_init__(self) -> None:
+        if self.prune_heads not in (True, False, "auto"):
+            raise ConfigError(f"prune_heads must be True, False or 'auto', got {self.prune_heads!r}")
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
         for r in ratios:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
@@ -192,7 +195,7 @@ def prune_channels(
     scope: Literal["layer", "global"] = "layer",
     ignore: Iterable[IgnoreSpec] | IgnoreSpec | None = None,
     round_to: int | None = None,
-    prune_heads: bool = True,
+    prune_heads: bool | Literal["auto"] = "auto",
     prune_normalized: bool = False,
     on_unknown: Literal["keep", "raise"] = "keep",
     gqa: Literal["kv_groups", "query_heads"] = "kv_groups",
@@ -220,7 +223,10 @@ def prune_channels(
         scope: ``"layer"`` or ``"global"``.
         ignore: Modules (objects, name globs, or types) whose output width is kept.
         round_to: Keep a multiple of this many channels per channel group.
-        prune_heads: Allow removing whole attention heads.
+        prune_heads: Allow removing whole attention heads. ``"auto"`` (default): yes, except in Hugging
+            Face models whose config cannot express fewer heads (BERT, GPT-2: no explicit ``head_dim``),
+            so that ``save_pretrained`` keeps working; remove their heads with ``prune_heads=True``
+            (then save with ``pk.save``) or by name with :func:`prunekit.structured.prune_heads`.
         prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
         on_unknown: ``"keep"`` (warn and keep what unknown ops touch) or ``"raise"`` (``UnsupportedOpError``).
         gqa: ``"kv_groups"`` or ``"query_heads"`` (see :class:`ChannelPruneConfig`).

@@ -298,6 +298,7 @@ def _make_plan(
                 put(mname, "nf", w[1])
             if hasattr(mod, "nx"):
                 put(mname, "nx", w[0])
+    _head_count_attrs(modules, new_shape, canonical, put)
     for gg in graph.gqa_groups:
         new_rep = int((~mask[graph.labels[gg.ids]]).sum()) // gg.kv_heads
         if new_rep != gg.rep and gg.module in modules:
@@ -323,6 +324,36 @@ def _make_plan(
     return Plan(entries=tuple(entries), attributes=tuple(attrs.values())), cands
 
 
+_HEAD_ATTRS = (("num_attention_heads", "attention_head_size"), ("num_heads", "head_dim"))
+_QUERY_NAMES = ("query", "q_proj", "q")
+
+
+def _head_count_attrs(
+    modules: dict[str, nn.Module],
+    new_shape: dict[str, list[int]],
+    canonical: dict[str, str],
+    put: Callable[[str, str, Any], None],
+) -> None:
+    """Attention modules that store their head count (BERT ``num_attention_heads``/``all_head_size``,
+    ``num_heads``/``head_dim``): keep it true when whole heads are removed from their query projection."""
+    for mname, mod in modules.items():
+        for count_attr, size_attr in _HEAD_ATTRS:
+            count, size = getattr(mod, count_attr, None), getattr(mod, size_attr, None)
+            if type(count) is not int or type(size) is not int or size <= 0:
+                continue
+            for q in _QUERY_NAMES:
+                key = canonical.get(f"{mname}.{q}.weight".lstrip("."), "")
+                child = getattr(mod, q, None)
+                if key not in new_shape or not isinstance(child, nn.Linear):
+                    continue
+                width = new_shape[key][0]
+                if width % size == 0 and width // size != count and child.out_features == count * size:
+                    put(mname, count_attr, width // size)
+                    if type(getattr(mod, "all_head_size", None)) is int:
+                        put(mname, "all_head_size", width)
+                break
+
+
 def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str, str]]:
     parts = module.split(".") if module else []
     for k in range(len(parts), -1, -1):
@@ -341,6 +372,25 @@ def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str,
     return []
 
 
+def resolve_prune_heads(model: nn.Module, prune_heads: bool | str) -> bool:
+    """``prune_heads="auto"``: False for Hugging Face models whose config derives the head size from
+    ``hidden_size // num_attention_heads`` (no explicit ``head_dim``: BERT, GPT-2), so ``save_pretrained``
+    can still express the pruned model; True otherwise."""
+    if prune_heads != "auto":
+        return bool(prune_heads)
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_dict") or not hasattr(model, "save_pretrained"):
+        return True
+    if isinstance(getattr(cfg, "head_dim", None), int):
+        return True
+    logger.info(
+        "prune_heads='auto': keeping every attention head of %s (its config has no head_dim, so "
+        "save_pretrained could not express fewer heads); pass prune_heads=True to remove heads",
+        type(model).__name__,
+    )
+    return False
+
+
 def build_plan(
     model: nn.Module,
     trace: Trace,
@@ -352,7 +402,7 @@ def build_plan(
 ) -> tuple[DependencyGraph, dict[int, np.ndarray], Plan, tuple[AttrUpdate, ...], _Selector]:
     graph = build_graph(
         trace,
-        prune_heads=cfg.prune_heads,
+        prune_heads=resolve_prune_heads(model, cfg.prune_heads),
         frozen_names=frozen_names,
         prune_normalized=cfg.prune_normalized,
         ignored_modules=ignored_modules,
