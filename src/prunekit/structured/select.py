@@ -103,7 +103,10 @@ def _accepts_labels(model: nn.Module) -> bool:
 
 
 def compute_grads(
-    model: nn.Module, data: Iterable[Any], loss_fn: Callable[..., torch.Tensor], max_batches: int | None = None
+    model: nn.Module,
+    data: Iterable[Any],
+    loss_fn: Callable[..., torch.Tensor],
+    max_batches: int | None = None,
 ) -> int:
     """Accumulate ``loss_fn(outputs, targets)`` gradients over ``data``; return the batches used.
 
