@@ -6,6 +6,7 @@ from __future__ import annotations
 from prunekit.analysis.allocation import AllocationPlan, allocate, apply_allocation, layer_latency
 from prunekit.analysis.heads import head_units
 from prunekit.analysis.layers import keep_mask, layer_macs
+from prunekit.analysis.preview import Preview, preview
 from prunekit.analysis.result import LayerSensitivity, SensitivityResult, spearman
 from prunekit.analysis.sweep import SensitivityConfig, iter_curve, sensitivity
 
@@ -20,6 +21,8 @@ __all__ = [
     "layer_latency",
     "layer_macs",
     "LayerSensitivity",
+    "Preview",
+    "preview",
     "sensitivity",
     "SensitivityConfig",
     "SensitivityResult",

@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what the recipe's pruning steps would remove (no fine-tuning, nothing written)",
+    )
+    p.add_argument(
         "--save-pretrained",
         metavar="HF_DIR",
         help="also write a Hugging Face from_pretrained directory (config, weights, tokenizer files)",
@@ -370,7 +375,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     spec = args.model or recipe.model
     if not spec:
         raise ConfigError("no MODEL: give it on the command line or as 'model:' in the recipe")
-    _check_out(args.out, args.overwrite)
+    if args.dry_run:  # the model is loaded for this run only: pruning it changes nothing on disk
+        recipe = replace(recipe, finetune=None, measure=replace(recipe.measure, latency=False))
+        if recipe.schedule.kind == "iterative":
+            recipe = replace(recipe, schedule=type(recipe.schedule)())  # one shot to the final amount
+    else:
+        _check_out(args.out, args.overwrite)
     if args.no_latency:
         recipe = replace(recipe, measure=replace(recipe.measure, latency=False))
     loaded = _load(spec)
@@ -378,6 +388,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
     result = recipe.run(loaded.model, loaded.example_inputs, data=data, progress=show_progress)
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
+    if args.dry_run:
+        if args.json:
+            _emit_json({"dry_run": True, **report})
+        else:
+            console = _console(args)
+            console.print(rich_before_after(report))
+            console.print(rich_layers(report["layers"]))
+            console.print(f"dry run: nothing written ({result.seconds:.1f} s)")
+        return EXIT_OK
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())

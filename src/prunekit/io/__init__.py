@@ -14,9 +14,9 @@ from prunekit.io.format import (
 from prunekit.io.hf import is_hf_model, save_pretrained, set_num_hidden_layers, sync_hf_config
 
 __all__ = [
-    "is_hf_model",
     "file_size",
     "information_limit_bits",
+    "is_hf_model",
     "load",
     "rice_decode",
     "rice_encode",

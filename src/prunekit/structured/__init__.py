@@ -5,6 +5,7 @@ select (criteria, ratios, targets) -> plan (data) -> surgery (slice in place) ->
 
 from __future__ import annotations
 
+from prunekit.structured.activation import Activation, input_norms
 from prunekit.structured.api import (
     ChannelPruneConfig,
     ChannelPruneResult,
@@ -13,6 +14,7 @@ from prunekit.structured.api import (
     summary,
 )
 from prunekit.structured.criteria import ChannelCriterion, get_criterion, reduce_members
+from prunekit.structured.heads import NamedHeads, prune_heads
 from prunekit.structured.layers import (
     LayerPruningResult,
     block_influence,
@@ -24,6 +26,7 @@ from prunekit.structured.optim_state import reset_grad_accumulators, resize_opti
 from prunekit.structured.surgery import apply_plan, get_tensor, masked_reference
 
 __all__ = [
+    "Activation",
     "apply_plan",
     "block_influence",
     "ChannelCriterion",
@@ -32,10 +35,13 @@ __all__ = [
     "find_blocks",
     "get_criterion",
     "get_tensor",
+    "input_norms",
     "LayerPruningResult",
     "masked_reference",
     "ModelSummary",
+    "NamedHeads",
     "prune_channels",
+    "prune_heads",
     "prune_layers",
     "reduce_members",
     "reset_grad_accumulators",

@@ -259,6 +259,8 @@ def prune_channels(
         gqa=gqa,
     )
     crit = get_criterion(cfg.criterion)
+    if getattr(crit, "needs_data", False):  # e.g. criterion="activation": statistics on calibration data
+        crit.prepare(model, data)  # type: ignore[attr-defined]
     frozen_names = resolve_ignore(model, ignore)
     ignored = frozenset(match_modules(model, ignore))
     if getattr(crit, "needs_grad", False) and data is None:

@@ -219,10 +219,14 @@ def get_criterion(criterion: str | ChannelCriterion) -> ChannelCriterion:
         'l2'
     """
     if isinstance(criterion, str):
+        if criterion.lower() in ("activation", "wanda"):
+            from prunekit.structured.activation import Activation  # it builds on this module
+
+            return Activation()
         cls = CRITERIA.get(criterion.lower())
         if cls is None:
             raise ConfigError(
-                f"unknown channel criterion {criterion!r}; valid: {', '.join(sorted(CRITERIA))}, or an object with a score(group, params, module_types) method"
+                f"unknown channel criterion {criterion!r}; valid: {', '.join(sorted([*CRITERIA, 'activation', 'wanda']))}, or an object with a score(group, params, module_types) method"
             )
         obj: ChannelCriterion = cls()
         return obj
