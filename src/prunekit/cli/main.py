@@ -141,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
     p.add_argument(
+        "--task",
+        default="classification",
+        metavar="TASK",
+        help="what the loss is: classification (default), embedding, causal-lm, masked-lm, or module:fn",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE.txt",
+        help="text file (one example a line) tokenised with the MODEL's tokenizer: the data, no labels needed",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="show what the recipe's pruning steps would remove (no fine-tuning, nothing written)",
@@ -385,8 +396,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         recipe = replace(recipe, measure=replace(recipe.measure, latency=False))
     loaded = _load(spec)
     data = _data(args, recipe.seed)
+    loss_fn, data = _task(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
-    result = recipe.run(loaded.model, loaded.example_inputs, data=data, progress=show_progress)
+    result = recipe.run(
+        loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn
+    )
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
     if args.dry_run:
         if args.json:
@@ -413,6 +427,33 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     console.print(rich_layers(report["layers"]))
     console.print(f"wrote {args.out}/report.html, report.json, model.safetensors ({result.seconds:.1f} s)")
     return EXIT_OK
+
+
+def _task(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
+    """The recipe's loss for ``--task`` and, with ``--calibration``, the text file's batches as data."""
+    from pathlib import Path
+
+    from prunekit.errors import ConfigError
+    from prunekit.recipes.tasks import hf_tokenizer, task_loss, text_batches
+
+    loss_fn = task_loss(args.task, loaded.model)
+    if args.calibration:
+        if data is not None:
+            raise ConfigError("give --data or --calibration, not both")
+        base = loaded.source.get("path") if loaded.source.get("kind") == "hf" else None
+        if loaded.path and (Path(loaded.path) / "base-model").is_dir():
+            base = str(Path(loaded.path) / "base-model")
+        if not base:
+            raise ConfigError(
+                "--calibration FILE.txt needs a Hugging Face MODEL (its tokenizer reads the text)"
+            )
+        batches = text_batches(args.calibration, hf_tokenizer(base), batch_size=args.batch_size)
+        data = (batches, batches)
+        if args.task == "classification":
+            raise ConfigError(
+                "--calibration text has no labels: choose --task embedding, causal-lm or masked-lm"
+            )
+    return loss_fn, data
 
 
 def _check_out(out: str, overwrite: bool) -> None:

@@ -39,7 +39,11 @@ from prunekit.errors import ConfigError
 
 WEIGHT_CRITERIA = ("magnitude", "random", "taylor", "snip", "wanda")
 CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "fpgm", "random")
-DATA_AWARE = {"weights": ("taylor", "snip", "wanda"), "channels": ("taylor",), "layers": ("loss",)}
+DATA_AWARE = {
+    "weights": ("taylor", "snip", "wanda"),
+    "channels": ("taylor", "activation", "wanda"),
+    "layers": ("loss",),
+}
 _PATTERN = re.compile(r"^\d+:\d+$")
 
 # ----------------------------------------------------------------------------------------------
@@ -57,7 +61,7 @@ class _WeightsSchema(_Strict):
         default=None, ge=0.0, lt=1.0, description="total fraction of zeros, in [0, 1)"
     )
     criterion: Literal["magnitude", "random", "taylor", "snip", "wanda"] = "magnitude"
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer", "row"] | None = None  # None: the criterion's default (wanda: row)
     pattern: str | None = Field(default=None, description="N:M pattern such as '2:4'")
     include: list[str] | None = None
     exclude: list[str] | None = None
@@ -208,7 +212,7 @@ class WeightsStep:
 
     sparsity: float | None = None
     criterion: str = "magnitude"
-    scope: str = "global"
+    scope: str | None = None
     pattern: str | None = None
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
@@ -472,8 +476,7 @@ class Recipe:
         return (
             self.finetune is not None
             or any(st.criterion in DATA_AWARE[st.what] for st in self.steps)
-            or any(isinstance(st, LayersStep) for st in self.steps)
-        )
+        )  # layers by block_influence use the data when given, else the example inputs; position needs none
 
     def run(
         self,

@@ -418,9 +418,9 @@ def first_inputs(data: DataBundle) -> Any:
     return tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
-def check_fits(model: nn.Module, data: DataBundle) -> None:
-    """Run one batch through ``model`` and raise a clear error if the data does not fit it."""
-    from prunekit.core import evaluate, split_batch
+def check_fits(model: nn.Module, data: DataBundle, loss_fn: Any = None) -> None:
+    """Run one batch through ``model`` (and ``loss_fn``) and raise a clear error if the data does not fit it."""
+    from prunekit.core import call_model, evaluate, split_batch
     from prunekit.training import forward
 
     try:
@@ -433,8 +433,8 @@ def check_fits(model: nn.Module, data: DataBundle) -> None:
     shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
     try:
         with torch.no_grad():
-            out = forward(model, inputs)
-            evaluate(model, [(inputs, targets)])
+            out = forward(model, inputs) if loss_fn is None else call_model(model, inputs)
+            evaluate(model, [(inputs, targets)], loss_fn)
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         raise FormatError(
             f"data {data.name!r} does not fit the model: a batch with inputs {shape} failed "
