@@ -90,7 +90,7 @@ def _error(text: str) -> str:
         ),
         (
             "prune:\n  - what: weights\n    sparsity: 0.5\n    scope: everywhere\n",
-            ["r.yaml:4: prune[0].scope", "'global' or 'layer'"],
+            ["r.yaml:4: prune[0].scope", "'global', 'layer' or 'row'"],
         ),
         (
             "prune:\n  - what: weights\n    sparsity: 0.5\n    criterion: biggest\n",
