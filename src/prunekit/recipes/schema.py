@@ -473,9 +473,8 @@ class Recipe:
 
     def needs_data(self) -> bool:
         """Whether running this recipe needs data (fine-tuning or a data-aware criterion)."""
-        return (
-            self.finetune is not None
-            or any(st.criterion in DATA_AWARE[st.what] for st in self.steps)
+        return self.finetune is not None or any(
+            st.criterion in DATA_AWARE[st.what] for st in self.steps
         )  # layers by block_influence use the data when given, else the example inputs; position needs none
 
     def run(

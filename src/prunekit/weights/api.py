@@ -481,7 +481,7 @@ def prune_weights(
     Example:
         >>> import torch, prunekit as pk
         >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-        >>> result = pk.prune_weights(model, 0.75)
+        >>> result = pk.prune_weights(model, 0.75, scope="layer")
         >>> round(result.sparsity, 4), round(pk.sparsity(model), 4)
         (0.75, 0.75)
         >>> result = pk.prune_weights(model, pattern="2:4", include=["0"])

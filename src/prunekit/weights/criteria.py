@@ -282,7 +282,9 @@ class Wanda(WeightCriterion):
     """
 
     name = "wanda"
-    default_scope: ClassVar[Literal["global", "layer", "row"]] = "row"  # the paper compares weights within each output row
+    default_scope: ClassVar[Literal["global", "layer", "row"]] = (
+        "row"  # the paper compares weights within each output row
+    )
     requires_data = True
 
     def __init__(self) -> None:
