@@ -22,6 +22,7 @@ from zoo import ZOO
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::prunekit.errors.LayerPrunedAwayWarning"),
 ]
 
 

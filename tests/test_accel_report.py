@@ -16,6 +16,7 @@ from prunekit.accel.states import effective_macs, model_state_report, model_stat
 pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::prunekit.errors.LayerPrunedAwayWarning"),
 ]
 
 

@@ -151,7 +151,7 @@ def test_wanda_matches_hand_computed_activation_norms() -> None:
     h = model[1](model[0](x)).detach()
     expected = _keep_top([model[0].weight.abs() * x.norm(dim=0), model[2].weight.abs() * h.norm(dim=0)], 0.5)
     loader = DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=5)  # a DataLoader works as data
-    pk.prune_weights(model, 0.5, criterion="wanda", data=loader)
+    pk.prune_weights(model, 0.5, criterion="wanda", data=loader, scope="global")
     assert all(torch.equal(a, b) for a, b in zip(_masks(model), expected, strict=True))
 
 

@@ -26,7 +26,7 @@ def _assert_follows(history: list[tuple[int, float, float]], schedule: pk.Schedu
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning: advice about dataloader workers
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # Lightning on torch 2.13: pytree LeafSpec deprecation
 def test_lightning_callback_prunes_on_schedule(tmp_path: Path) -> None:
-    import lightning.pytorch as pl
+    pl = pytest.importorskip("lightning.pytorch", reason="the `lightning` extra is not installed")
 
     from prunekit.integrations.lightning import PrunerCallback
 
@@ -75,7 +75,8 @@ def test_lightning_callback_prunes_on_schedule(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_hf_trainer_callback_prunes_a_bert_on_schedule(tmp_path: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the `hf` extra)")
 
     from prunekit.integrations.hf_trainer import PrunerTrainerCallback
 

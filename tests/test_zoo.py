@@ -320,11 +320,11 @@ def test_hf_heads_not_expressible_but_mlp_only_exports(name: str, tmp_path: Path
     """GPT-2/BERT derive head size from hidden/heads: pruned heads need pk.save; MLP-only exports."""
     transformers = pytest.importorskip("transformers")
     model, inputs = ALL[name]()
-    pk.prune_channels(model, inputs, ratio=0.5)  # prunes heads and MLP
+    pk.prune_channels(model, inputs, ratio=0.5, prune_heads=True)  # prunes heads and MLP
     with pytest.raises(pk.PlanError, match=r"pk\.save"):
         pk.save_pretrained(model, tmp_path / "heads")
     model, inputs = ALL[name]()
-    pk.prune_channels(model, inputs, ratio=0.5, prune_heads=False)
+    pk.prune_channels(model, inputs, ratio=0.5)  # default prune_heads="auto": heads kept for this config
     pk.save_pretrained(model, tmp_path / "mlp")
     auto = transformers.AutoModelForCausalLM if name.startswith("gpt2") else transformers.AutoModel
     loaded = auto.from_pretrained(tmp_path / "mlp").eval()

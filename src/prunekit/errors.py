@@ -51,6 +51,19 @@ class FormatError(PrunekitError, ValueError):
     """A saved file is corrupted, not written by prunekit, or does not fit the model."""
 
 
+class PrunekitWarning(UserWarning):
+    """Base class of every warning prunekit emits (filter them with ``warnings.simplefilter``)."""
+
+
+class LayerPrunedAwayWarning(PrunekitWarning):
+    """A layer was pruned to (almost) 100%: it now passes (almost) nothing on, often by accident of a
+    global threshold; give it its own ratio, exclude it, or use ``scope="layer"``/``"row"``."""
+
+
+class UnsavableDefaultWarning(PrunekitWarning):
+    """A default made the pruned model impossible to export in some format (e.g. ``save_pretrained``)."""
+
+
 def __getattr__(name: str) -> type[PrunekitError]:
     if name == "ModuleNotFound":  # the 0.1 name, easy to confuse with the builtin ModuleNotFoundError
         from prunekit.compat import moved_name
@@ -64,7 +77,10 @@ __all__ = [
     "ConfigError",
     "DataRequiredError",
     "FormatError",
+    "LayerPrunedAwayWarning",
+    "PrunekitWarning",
     "UnknownModuleError",
+    "UnsavableDefaultWarning",
     "PatternError",
     "PlanError",
     "PrunekitError",

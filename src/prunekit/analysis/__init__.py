@@ -12,6 +12,7 @@ from prunekit.analysis.allocation import (
 )
 from prunekit.analysis.heads import head_units
 from prunekit.analysis.layers import keep_mask, layer_macs
+from prunekit.analysis.preview import Preview, preview
 from prunekit.analysis.result import LayerSensitivity, SensitivityResult, spearman
 from prunekit.analysis.sweep import SensitivityConfig, iter_curve, sensitivity
 
@@ -26,6 +27,8 @@ __all__ = [
     "layer_latency",
     "layer_macs",
     "LayerSensitivity",
+    "Preview",
+    "preview",
     "sensitivity",
     "SensitivityConfig",
     "SensitivityResult",

@@ -179,6 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
     _out_args(p)
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
+    p.add_argument(
+        "--task",
+        default="classification",
+        metavar="TASK",
+        help="what the loss is: classification (default), embedding, causal-lm, masked-lm, or module:fn",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE.txt",
+        help="text file (one example a line) tokenised with the MODEL's tokenizer: the data, no labels needed",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what the recipe's pruning steps would remove (no fine-tuning, nothing written)",
+    )
+    p.add_argument(
+        "--save-pretrained",
+        metavar="HF_DIR",
+        help="also write a Hugging Face from_pretrained directory (config, weights, tokenizer files)",
+    )
     _common(p)
     p.set_defaults(func=_cmd_prune)
 
@@ -404,14 +425,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from prunekit.core import atomic_dir
     from prunekit.errors import ConfigError
-    from prunekit.recipes import Recipe, save_model_dir
+    from prunekit.recipes import Recipe, save_model_dir, write_pretrained
     from prunekit.report import prune_report, rich_before_after, rich_layers, write_report
 
     recipe = Recipe.from_yaml(args.recipe)
     spec = args.model or recipe.model
     if not spec:
         raise ConfigError("no MODEL: give it on the command line or as 'model:' in the recipe")
-    _check_out(args.out, args.overwrite)
+    if args.dry_run:  # the model is loaded for this run only: pruning it changes nothing on disk
+        recipe = replace(recipe, finetune=None, measure=replace(recipe.measure, latency=False))
+        if recipe.schedule.kind == "iterative":
+            recipe = replace(recipe, schedule=type(recipe.schedule)())  # one shot to the final amount
+    else:
+        _check_out(args.out, args.overwrite)
     if args.no_latency:
         recipe = replace(recipe, measure=replace(recipe.measure, latency=False))
     if not args.model and not args.trust_code and not os.path.isdir(spec):
@@ -421,13 +447,29 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         )
     loaded = _load(spec, trust_code=args.trust_code)
     data = _data(args, recipe.seed)
+    loss_fn, data = _task(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
-    result = recipe.run(loaded.model, loaded.example_inputs, data=data, progress=show_progress)
+    result = recipe.run(
+        loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn
+    )
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
+    if args.dry_run:
+        if args.json:
+            _emit_json({"dry_run": True, **report})
+        else:
+            console = _console(args)
+            console.print(rich_before_after(report))
+            console.print(rich_layers(report["layers"]))
+            console.print(f"dry run: nothing written ({result.seconds:.1f} s)")
+        return EXIT_OK
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         write_report(report, tmp)
+    if args.save_pretrained:
+        _check_out(args.save_pretrained, args.overwrite)
+        with atomic_dir(args.save_pretrained, overwrite=args.overwrite) as hf_tmp:
+            write_pretrained(loaded, result.model, hf_tmp)
     if args.json:
         _emit_json({"out": args.out, **report})
         return EXIT_OK
@@ -436,6 +478,33 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     console.print(rich_layers(report["layers"]))
     console.print(f"wrote {args.out}/report.html, report.json, model.safetensors ({result.seconds:.1f} s)")
     return EXIT_OK
+
+
+def _task(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
+    """The recipe's loss for ``--task`` and, with ``--calibration``, the text file's batches as data."""
+    from pathlib import Path
+
+    from prunekit.errors import ConfigError
+    from prunekit.recipes import hf_tokenizer, task_loss, text_batches
+
+    loss_fn = task_loss(args.task, loaded.model)
+    if args.calibration:
+        if data is not None:
+            raise ConfigError("give --data or --calibration, not both")
+        base = loaded.source.get("path") if loaded.source.get("kind") == "hf" else None
+        if loaded.path and (Path(loaded.path) / "base-model").is_dir():
+            base = str(Path(loaded.path) / "base-model")
+        if not base:
+            raise ConfigError(
+                "--calibration FILE.txt needs a Hugging Face MODEL (its tokenizer reads the text)"
+            )
+        batches = text_batches(args.calibration, hf_tokenizer(base), batch_size=args.batch_size)
+        data = (batches, batches)
+        if args.task == "classification":
+            raise ConfigError(
+                "--calibration text has no labels: choose --task embedding, causal-lm or masked-lm"
+            )
+    return loss_fn, data
 
 
 def _check_out(out: str, overwrite: bool) -> None:

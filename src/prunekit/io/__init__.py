@@ -12,11 +12,12 @@ from prunekit.io.format import (
     save,
     tensor_information_bits,
 )
-from prunekit.io.hf import save_pretrained, set_num_hidden_layers, sync_hf_config
+from prunekit.io.hf import is_hf_model, save_pretrained, set_num_hidden_layers, sync_hf_config
 
 __all__ = [
     "file_size",
     "information_limit_bits",
+    "is_hf_model",
     "load",
     "read_extra",
     "rice_decode",

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.core import masked_parameters, remove_mask, set_mask
 from prunekit.errors import ConfigError, PlanError
 
 logger = logging.getLogger(__name__)
@@ -251,7 +252,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str], **kwarg
     """Export a pruned Hugging Face model as a ``from_pretrained`` directory (config + safetensors).
 
     Syncs the config first (:func:`sync_hf_config`, strict), so ``AutoModel.from_pretrained(directory)``
-    rebuilds the pruned shapes with no prunekit installed. Tied weights stay tied.
+    rebuilds the pruned shapes with no prunekit installed. Tied weights stay tied. Weight-pruning masks
+    are folded in: the pruned weights are written as zeros and no ``*_mask`` buffer is written (so
+    ``from_pretrained`` reports no unexpected keys); the masks stay in force on ``model``.
 
     Args:
         model: a ``transformers.PreTrainedModel``, pruned or not.
@@ -268,7 +271,14 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str], **kwarg
     sync_hf_config(model, strict=True)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), **kwargs)  # type: ignore[operator]
+    masks = [(mp.module, mp.name, mp.mask.clone()) for mp in masked_parameters(model)]
+    try:
+        for module, name, _mask in masks:
+            remove_mask(module, name)  # the pruned weights are exactly zero already
+        model.save_pretrained(str(out), **kwargs)  # type: ignore[operator]
+    finally:
+        for module, name, mask in masks:
+            set_mask(module, name, mask)
     return out
 
 

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
-from prunekit.recipes.sources import check_fits, import_object, load_data, load_model, save_model_dir
+from prunekit.recipes.sources import (
+    LoadedModel,
+    check_fits,
+    import_object,
+    load_data,
+    load_model,
+    save_model_dir,
+    write_pretrained,
+)
+from prunekit.recipes.tasks import hf_tokenizer, task_loss, text_batches
 
 __all__ = [
     "ChannelsStep",
     "check_fits",
+    "hf_tokenizer",
     "import_object",
     "layer_rows",
     "LayersStep",
     "load_data",
     "load_model",
+    "LoadedModel",
     "measure_model",
     "Recipe",
     "RecipeResult",
     "save_model_dir",
+    "task_loss",
+    "text_batches",
     "WeightsStep",
+    "write_pretrained",
 ]

@@ -211,7 +211,9 @@ def _apply_weights(
 ) -> None:
     from prunekit.weights import prune_weights
 
-    kwargs: dict[str, Any] = {"criterion": st.criterion, "scope": st.scope, "pattern": st.pattern}
+    kwargs: dict[str, Any] = {"criterion": st.criterion, "pattern": st.pattern}
+    if st.scope is not None:
+        kwargs["scope"] = st.scope
     if st.include is not None:
         kwargs["include"] = list(st.include)
     if st.exclude is not None:
@@ -286,6 +288,7 @@ def run_recipe(
     from prunekit.recipes.sources import first_inputs
 
     start = time.perf_counter()
+    task_loss = loss_fn  # None: the scores' cross-entropy (classification)
     loss_fn = loss_fn or nn.functional.cross_entropy
     torch.manual_seed(recipe.seed)
     bundle = _as_bundle(data, recipe)
@@ -300,7 +303,7 @@ def run_recipe(
     if bundle is not None:
         from prunekit.recipes.sources import check_fits
 
-        check_fits(model, bundle)
+        check_fits(model, bundle, task_loss)
     if any(isinstance(st, (ChannelsStep, LayersStep)) for st in recipe.steps) and example_inputs is None:
         raise ConfigError("structured steps trace the model: give example inputs or data")
     calib = (

@@ -37,7 +37,11 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 
-DATA_AWARE = {"weights": ("taylor", "snip", "wanda"), "channels": ("taylor",), "layers": ("loss",)}
+DATA_AWARE = {
+    "weights": ("taylor", "snip", "wanda"),
+    "channels": ("taylor", "activation", "wanda"),
+    "layers": ("loss",),
+}
 _PATTERN = re.compile(r"^\d+:\d+$")
 
 # ----------------------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ class _WeightsSchema(_Strict):
         default=None, ge=0.0, lt=1.0, description="total fraction of zeros, in [0, 1)"
     )
     criterion: str = "magnitude"
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer", "row"] | None = None  # None: the criterion's default (wanda: row)
     pattern: str | None = Field(default=None, description="N:M pattern such as '2:4'")
     include: list[str] | None = None
     exclude: list[str] | None = None
@@ -120,7 +124,7 @@ class _ChannelsSchema(_Strict):
     scope: Literal["layer", "global"] = "layer"
     exclude: list[str] | None = None
     round_to: int | None = Field(default=None, ge=1)
-    prune_heads: bool = True
+    prune_heads: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -259,7 +263,7 @@ class WeightsStep:
 
     sparsity: float | None = None
     criterion: str = "magnitude"
-    scope: str = "global"
+    scope: str | None = None
     pattern: str | None = None
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] | None = None
@@ -280,7 +284,7 @@ class ChannelsStep:
     scope: str = "layer"
     exclude: tuple[str, ...] | None = None
     round_to: int | None = None
-    prune_heads: bool = True
+    prune_heads: bool | Literal["auto"] = "auto"
     what: Literal["channels"] = "channels"
 
     def __post_init__(self) -> None:
@@ -538,11 +542,9 @@ class Recipe:
 
     def needs_data(self) -> bool:
         """Whether running this recipe needs data (fine-tuning or a data-aware criterion)."""
-        return (
-            self.finetune is not None
-            or any(st.criterion in DATA_AWARE[st.what] for st in self.steps)
-            or any(isinstance(st, LayersStep) for st in self.steps)
-        )
+        return self.finetune is not None or any(
+            st.criterion in DATA_AWARE[st.what] for st in self.steps
+        )  # layers by block_influence use the data when given, else the example inputs; position needs none
 
     def run(
         self,

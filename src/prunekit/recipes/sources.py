@@ -14,6 +14,11 @@ directory) and its example inputs; the weights and any structured plan are in ``
     DIR/prunekit-model.json          {"format": "prunekit-model", "version": 1, "source": {...}}
     DIR/model.safetensors            prunekit.save(model, ...)
     DIR/example_inputs.safetensors   the example inputs (tensors), for MACs, latency and tracing
+    DIR/base-model/                  Hugging Face sources only: the dense model's config and tokenizer files
+
+Directories are portable: file paths are recorded relative to DIR (with the absolute path as a fallback),
+and a Hugging Face model is rebuilt from ``DIR/base-model`` (its config; every weight comes from
+``model.safetensors``), so a run directory can be moved or shared without the original model folder.
 
 DATA is module:factory returning a DataLoader (used for training and evaluation), a
 ``(train, test)`` pair of them or a :class:`prunekit.core.datasets.Split`; or a built-in name (``digits``,
@@ -123,7 +128,19 @@ def _hf_example_inputs(model: nn.Module, seq_len: int = 16) -> dict[str, torch.T
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def _from_hf(path: Path) -> tuple[nn.Module, Any]:
+def _existing_hf_dir(source: dict[str, Any], relative_to: Path) -> Path | None:
+    """The Hugging Face directory a source names: relative to ``relative_to`` first, then absolute."""
+    for cand in (
+        relative_to / source["relpath"] if source.get("relpath") else None,
+        relative_to / BASE_MODEL_DIR,
+        Path(source["path"]) if source.get("path") else None,
+    ):
+        if cand is not None and (cand / "config.json").exists():
+            return cand
+    return None
+
+
+def _from_hf(path: Path, *, weights: bool = True) -> tuple[nn.Module, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if path.is_dir() and not any(path.glob("*.safetensors")):
         pickles = sorted(
@@ -147,7 +164,10 @@ def _from_hf(path: Path) -> tuple[nn.Module, Any]:
         config = transformers.AutoConfig.from_pretrained(str(path))
         archs = list(getattr(config, "architectures", None) or [])
         cls = getattr(transformers, archs[0], None) if archs else None
-        model = (cls or transformers.AutoModel).from_pretrained(str(path))
+        if weights:
+            model = (cls or transformers.AutoModel).from_pretrained(str(path))
+        else:  # the architecture only: every weight is loaded afterwards
+            model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)  # type: ignore[no-untyped-call]
     except (OSError, ValueError, KeyError) as e:
         raise FormatError(f"cannot read the Hugging Face model in {path}: {' '.join(str(e).split())}") from e
     model.eval()
@@ -190,6 +210,46 @@ def _load_inputs(path: Path, meta: dict[str, Any]) -> Any:
     return {k: tensors[k] for k in keys}
 
 
+BASE_MODEL_DIR = "base-model"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".gguf")
+
+
+def copy_hf_support_files(source: str | Path, directory: str | Path) -> list[str]:
+    """Copy a Hugging Face directory's config and tokenizer files (not its weights) into ``directory``."""
+    import shutil
+
+    src, out = Path(source), Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.endswith(_WEIGHT_SUFFIXES) and f.stat().st_size < 64 * 2**20:
+            if not (out / f.name).exists():
+                shutil.copy2(f, out / f.name)
+                copied.append(f.name)
+    return copied
+
+
+def _portable(source: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """``source`` with its file path also recorded relative to the directory being written."""
+    out = dict(source)
+    target = source.get("path") if source.get("kind") == "hf" else None
+    if source.get("kind") == "factory" and ":" in str(source.get("spec", "")):
+        module = str(source["spec"]).rpartition(":")[0]
+        if module.endswith(".py") or os.sep in module:
+            target = module
+    if target:
+        try:
+            out["relpath"] = os.path.relpath(Path(target).resolve(), directory.resolve())
+        except ValueError:  # another drive (Windows)
+            pass
+    if source.get("kind") == "factory" and source.get("cwd"):
+        try:
+            out["relcwd"] = os.path.relpath(Path(source["cwd"]).resolve(), directory.resolve())
+        except ValueError:
+            pass
+    return out
+
+
 def save_model_dir(loaded: LoadedModel, directory: str | Path, model: nn.Module | None = None) -> Path:
     """Write a prunekit model directory (see the module docstring) for ``model`` (default ``loaded.model``)."""
     from prunekit.io import save
@@ -199,14 +259,44 @@ def save_model_dir(loaded: LoadedModel, directory: str | Path, model: nn.Module 
     model = loaded.model if model is None else model
     save(model, directory / WEIGHTS_FILE)
     inputs_meta = _save_inputs(loaded.example_inputs, directory / INPUTS_FILE)
+    source = _portable(loaded.source, directory)
+    if loaded.source.get("kind") == "hf":
+        base = _existing_hf_dir(loaded.source, Path(loaded.path) if loaded.path else directory)
+        if base is not None and base.resolve() != (directory / BASE_MODEL_DIR).resolve():
+            copy_hf_support_files(base, directory / BASE_MODEL_DIR)
     header = {
         "format": "prunekit-model",
         "version": FORMAT_VERSION,
-        "source": loaded.source,
+        "source": source,
         "example_inputs": inputs_meta,
     }
     atomic_write_bytes(directory / MODEL_JSON, (json.dumps(seal_json(header), indent=2) + "\n").encode())
     return directory
+
+
+def write_pretrained(loaded: LoadedModel, model: nn.Module, directory: str | Path) -> Path:
+    """Write ``model`` as a ``from_pretrained`` directory, with the source's tokenizer files.
+
+    Raises:
+        ConfigError: the model is not a Hugging Face model.
+        PlanError: its config cannot express the pruned shapes (see :func:`prunekit.io.save_pretrained`).
+    """
+    from prunekit.io import is_hf_model, save_pretrained
+
+    if not is_hf_model(model):
+        raise ConfigError(
+            f"--save-pretrained needs a Hugging Face model; {type(model).__name__} is not one "
+            "(the run directory's model.safetensors holds it: prunekit.load(path, model))"
+        )
+    out = save_pretrained(model, directory)
+    base = (
+        _existing_hf_dir(loaded.source, Path(loaded.path) if loaded.path else Path.cwd())
+        if loaded.source.get("kind") == "hf"
+        else None
+    )
+    if base is not None:
+        copy_hf_support_files(base, out)  # tokenizer files; the config just written is kept
+    return out
 
 
 def _load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -241,12 +331,26 @@ def _from_prunekit_dir(path: Path, trust_code: bool = False) -> LoadedModel:
     if kind == "factory":
         if not trust_code:
             raise _refuse_code(path, source.get("spec"))
-        cwd = source.get("cwd")
-        if cwd and cwd not in sys.path and Path(cwd).is_dir():
-            sys.path.append(cwd)  # the folder the factory was imported from when the directory was written
-        model, example = _from_factory(source["spec"])
+        spec = str(source["spec"])
+        rel = source.get("relpath")
+        if rel and (path / rel).exists():
+            spec = f"{(path / rel).resolve()}:{spec.rpartition(':')[2]}"
+        for cwd in ((path / source["relcwd"]) if source.get("relcwd") else None, source.get("cwd")):
+            if cwd and str(cwd) not in sys.path and Path(cwd).is_dir():
+                sys.path.append(str(cwd))  # the folder the factory was imported from
+        model, example = _from_factory(spec)
     elif kind == "hf":
-        model, example = _from_hf(Path(source["path"]))
+        if (path / BASE_MODEL_DIR / "config.json").exists():
+            model, example = _from_hf(path / BASE_MODEL_DIR, weights=False)
+        else:
+            base = _existing_hf_dir(source, path)
+            if base is None:
+                raise FormatError(
+                    f"{path / MODEL_JSON}: the Hugging Face model it was pruned from is gone "
+                    f"({source.get('path')!r}) and the directory has no {BASE_MODEL_DIR}/; "
+                    "re-run prunekit prune (it now copies the config into the run directory)"
+                )
+            model, example = _from_hf(base)
     else:
         raise FormatError(
             f"{path / MODEL_JSON}: unknown model source {source!r}; expected kind 'factory' or 'hf'"
@@ -350,9 +454,9 @@ def first_inputs(data: DataBundle) -> Any:
     return tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
-def check_fits(model: nn.Module, data: DataBundle) -> None:
-    """Run one batch through ``model`` and raise a clear error if the data does not fit it."""
-    from prunekit.core import evaluate, split_batch
+def check_fits(model: nn.Module, data: DataBundle, loss_fn: Any = None) -> None:
+    """Run one batch through ``model`` (and ``loss_fn``) and raise a clear error if the data does not fit it."""
+    from prunekit.core import call_model, evaluate, split_batch
     from prunekit.training import forward
 
     try:
@@ -365,8 +469,8 @@ def check_fits(model: nn.Module, data: DataBundle) -> None:
     shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
     try:
         with torch.no_grad():
-            out = forward(model, inputs)
-            evaluate(model, [(inputs, targets)])
+            out = forward(model, inputs) if loss_fn is None else call_model(model, inputs)
+            evaluate(model, [(inputs, targets)], loss_fn)
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         raise FormatError(
             f"data {data.name!r} does not fit the model: a batch with inputs {shape} failed "

@@ -5,6 +5,7 @@ select (criteria, ratios, targets) -> plan (data) -> surgery (slice in place) ->
 
 from __future__ import annotations
 
+from prunekit.structured.activation import Activation, input_norms
 from prunekit.structured.api import (
     ChannelPruneConfig,
     ChannelPruneResult,
@@ -19,6 +20,7 @@ from prunekit.structured.experts import (
     prune_experts,
     sync_expert_config,
 )
+from prunekit.structured.heads import NamedHeads, prune_heads
 from prunekit.structured.layers import (
     LayerPruningConfig,
     LayerPruningResult,
@@ -40,6 +42,7 @@ from prunekit.structured.surgery import (
 from prunekit.structured.surgery import apply as apply_surgery
 
 __all__ = [
+    "Activation",
     "apply_plan",
     "apply_surgery",
     "AttrUpdate",
@@ -52,14 +55,17 @@ __all__ = [
     "find_blocks",
     "get_criterion",
     "get_tensor",
+    "input_norms",
     "LayerPruningConfig",
     "LayerPruningResult",
     "masked_reference",
     "ModelSummary",
+    "NamedHeads",
     "Plan",
     "PlanEntry",
     "prune_channels",
     "prune_experts",
+    "prune_heads",
     "prune_layers",
     "record_plan",
     "reduce_members",

@@ -78,7 +78,8 @@ class ChannelPruneConfig(ConfigMixin):
             :class:`prunekit.structured.criteria.ChannelCriterion` object.
         scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
         round_to: Keep a multiple of this many channels in every channel group (e.g. 8).
-        prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept.
+        prune_heads: Remove whole attention heads / KV groups; if False attention widths are kept;
+            ``"auto"``: True unless a Hugging Face config could not express fewer heads.
         prune_normalized: Also prune dims normalised by LayerNorm/RMSNorm or averaged by mean/var/std (e.g. the
             transformer hidden size). Those statistics then run over the kept channels only, which is not
             the same as zeroing: expect a larger change than for other channels (the check models it).
@@ -102,7 +103,7 @@ class ChannelPruneConfig(ConfigMixin):
     criterion: str | ChannelCriterion = "l2"
     scope: Literal["layer", "global"] = "layer"
     round_to: int | None = None
-    prune_heads: bool = True
+    prune_heads: bool | Literal["auto"] = "auto"
     prune_normalized: bool = False
     on_unknown: Literal["keep", "raise"] = "keep"
     gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
@@ -113,6 +114,8 @@ class ChannelPruneConfig(ConfigMixin):
     def __post_init__(self) -> None:
         if isinstance(self.exclude, (list, set, frozenset)):
             object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.prune_heads not in (True, False, "auto"):
+            raise ConfigError(f"prune_heads must be True, False or 'auto', got {self.prune_heads!r}")
         ratios = list(self.ratio.values()) if isinstance(self.ratio, Mapping) else [self.ratio]
         for r in ratios:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
@@ -245,7 +248,7 @@ def prune_channels(
     scope: Literal["layer", "global"] = UNSET,
     exclude: Iterable[IgnoreSpec] | IgnoreSpec | None = UNSET,
     round_to: int | None = UNSET,
-    prune_heads: bool = UNSET,
+    prune_heads: bool | Literal["auto"] = UNSET,
     prune_normalized: bool = UNSET,
     on_unknown: Literal["keep", "raise"] = UNSET,
     gqa: Literal["kv_groups", "query_heads"] = UNSET,
@@ -278,7 +281,10 @@ def prune_channels(
         exclude: Modules (objects, name globs, or types) whose output width is kept (``ignore=`` is the
             deprecated spelling).
         round_to: Keep a multiple of this many channels per channel group.
-        prune_heads: Allow removing whole attention heads.
+        prune_heads: Allow removing whole attention heads. ``"auto"`` (default): yes, except in Hugging
+            Face models whose config cannot express fewer heads (BERT, GPT-2: no explicit ``head_dim``),
+            so that ``save_pretrained`` keeps working; remove their heads with ``prune_heads=True``
+            (then save with ``pk.save``) or by name with :func:`prunekit.structured.prune_heads`.
         prune_normalized: Allow removing channels under LayerNorm/RMSNorm (see :class:`ChannelPruneConfig`).
         on_unknown: ``"keep"`` (warn and keep what unknown ops touch) or ``"raise"`` (``UnsupportedOpError``).
         gqa: ``"kv_groups"`` or ``"query_heads"`` (see :class:`ChannelPruneConfig`).
@@ -323,6 +329,8 @@ def prune_channels(
     )
     ignore, check = cfg.exclude, cfg.check
     crit = get_criterion(cfg.criterion)
+    if getattr(crit, "needs_data", False):  # e.g. criterion="activation": statistics on calibration data
+        crit.prepare(model, data)  # type: ignore[attr-defined]
     frozen_names = resolve_ignore(model, ignore)
     ignored = frozenset(match_modules(model, ignore))
     if getattr(crit, "needs_grad", False) and data is None:

@@ -47,9 +47,11 @@ from prunekit.core import (
     register_config,
     select_modules,
     take_batches,
+    take_inputs,
     to_device,
 )
 from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
+from prunekit.structured.surgery import LayerRemoval, Plan, record_plan
 
 LayerCriterion = Literal["block_influence", "loss", "position"]
 LAYER_CRITERIA: tuple[str, ...] = ("block_influence", "loss", "position")
@@ -398,6 +400,14 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
     The containers stay the same objects (their children are re-indexed). Returns the names of the
     updated config fields.
     """
+    updated, _ = remove_blocks_undoable(model, blocks)
+    return updated
+
+
+def remove_blocks_undoable(
+    model: nn.Module, blocks: Sequence[BlockInfo]
+) -> tuple[tuple[str, ...], Callable[[], None]]:
+    """:func:`remove_blocks`, also returning a function that puts every block, index and config back."""
     by_container: dict[str, set[int]] = {}
     for b in blocks:
         by_container.setdefault(b.container, set()).add(b.index)
@@ -409,6 +419,15 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
     configs = {id(cfg): cfg for cfg in (_owning_config(model, c) for c in by_container) if cfg is not None}
     keys = ("num_hidden_layers", "layer_types", "sliding_window_pattern_list")
     saved_cfg = [(cfg, k, getattr(cfg, k)) for cfg in configs.values() for k in keys if hasattr(cfg, k)]
+
+    def undo() -> None:
+        for c, container in containers.items():
+            container._modules = saved[c]
+        for sub, idx in saved_idx:
+            setattr(sub, "layer_idx", idx)  # noqa: B010
+        for cfg, k, v in saved_cfg:
+            setattr(cfg, k, v)
+
     updated: list[str] = []
     try:
         for c, container in containers.items():
@@ -424,14 +443,21 @@ def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, .
                 if f not in updated:
                     updated.append(f)
     except Exception:
-        for c, container in containers.items():
-            container._modules = saved[c]
-        for sub, idx in saved_idx:
-            setattr(sub, "layer_idx", idx)  # noqa: B010
-        for cfg, k, v in saved_cfg:
-            setattr(cfg, k, v)
+        undo()
         raise
-    return tuple(updated)
+    return tuple(updated), undo
+
+
+def layer_removals(model: nn.Module, blocks: Sequence[BlockInfo]) -> list[dict[str, Any]]:
+    """The plan records of removing ``blocks``: ``{"container", "size", "kept"}`` per container."""
+    by_container: dict[str, set[int]] = {}
+    for b in blocks:
+        by_container.setdefault(b.container, set()).add(b.index)
+    out = []
+    for c, drop in by_container.items():
+        size = len(list((model.get_submodule(c) if c else model).children()))
+        out.append({"container": c, "size": size, "kept": [i for i in range(size) if i not in drop]})
+    return out
 
 
 @renamed_kwargs(blocks="include")
@@ -455,8 +481,10 @@ def prune_layers(
         example_inputs: one batch of inputs (tensor, tuple or kwargs dict), used to find blocks and,
             without ``data``, to score them.
         n: number of blocks to remove (at least 1; at least one block of each container stays).
-        data: iterable of ``(inputs, targets)``: needed by ``criterion="loss"``, optional for
-            ``block_influence`` (which then averages over these batches' inputs).
+        data: needed by ``criterion="loss"`` (``(inputs, targets)`` pairs or dicts with ``labels``);
+            optional for ``block_influence``, which averages over these batches' inputs and accepts
+            calibration data without targets (tensors, dicts / HF batches, 1-tuples). Padding tokens
+            (``attention_mask == 0``) are left out. Unused by ``position``.
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="loss"``.
         criterion: ``"block_influence"`` (default), ``"loss"`` or ``"position"`` (last blocks).
         include: restrict candidates to one container (its qualified name, e.g. ``"model.layers"``)
@@ -524,12 +552,13 @@ def prune_layers(
         for b in candidates
     }
 
-    batches = take_batches(data, max_batches, "prune_layers") if data is not None else None
     names = [b.name for b in candidates]
-    if criterion == "block_influence":
-        scores = block_influence(model, names, [i for i, _ in batches] if batches else [example_inputs])
+    if criterion == "block_influence":  # calibration: inputs only (tensors, dicts, 1-tuples or pairs)
+        inputs = take_inputs(data, max_batches, "prune_layers") if data is not None else [example_inputs]
+        scores = block_influence(model, names, inputs)
     elif criterion == "loss":
-        assert batches is not None and loss_fn is not None
+        batches = take_batches(data, max_batches, "prune_layers")
+        assert loss_fn is not None
         with EvalMode(model):
             base = evaluate(model, batches, loss_fn).loss
             scores = {}
@@ -550,7 +579,9 @@ def prune_layers(
     if len(chosen) < n:
         raise PlanError(f"cannot remove {n} blocks without emptying a container ({sizes}); lower n")
     chosen.sort(key=lambda b: names.index(b.name))
+    removals = layer_removals(model, chosen)
     updated = remove_blocks(model, chosen)
+    record_plan(model, Plan(entries=(), layers=tuple(LayerRemoval.from_dict(r) for r in removals)))
     return LayerPruningResult(
         removed=tuple(b.name for b in chosen),
         scores=scores,
@@ -602,7 +633,9 @@ __all__ = [
     "LayerPruningResult",
     "block_influence",
     "find_blocks",
+    "layer_removals",
     "prune_layers",
     "remove_blocks",
+    "remove_blocks_undoable",
     "skip_blocks",
 ]

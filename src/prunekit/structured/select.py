@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.core import select_modules
+from prunekit.core import inputs_only, select_modules
 from prunekit.errors import ConfigError, PlanError, UnsupportedOpError
 from prunekit.graph import SIZE_ATTR, DependencyGraph, Group, Trace, as_args, build_graph
 from prunekit.structured.criteria import ChannelCriterion
@@ -61,21 +61,47 @@ def resolve_ignore(
     return {canon.get(id(all_params[n]), n): d for n, d in frozen.items() if n in all_params}
 
 
+def _accepts_labels(model: nn.Module) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "labels" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def compute_grads(
-    model: nn.Module, data: Iterable[Any], loss_fn: Callable[..., torch.Tensor], max_batches: int = 8
-) -> None:
+    model: nn.Module,
+    data: Iterable[Any],
+    loss_fn: Callable[..., torch.Tensor],
+    max_batches: int | None = None,
+) -> int:
+    """Accumulate ``loss_fn(outputs, targets)`` gradients over ``data``; return the batches used.
+
+    Batches are ``(inputs, targets)`` pairs, dicts with ``labels`` (passed to the model too when its
+    ``forward`` takes ``labels``, as Hugging Face models do, so ``loss_fn=lambda out, y: out.loss`` works),
+    or bare inputs (then ``targets`` is ``None``).
+    """
     model.zero_grad(set_to_none=True)
+    used = 0
+    takes_labels = _accepts_labels(model)
     for i, batch in enumerate(data):
-        if i >= max_batches:
+        if max_batches is not None and i >= max_batches:
             break
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        if isinstance(batch, Mapping) and "labels" in batch:
+            y = batch["labels"]
+            x = dict(batch) if takes_labels else {k: v for k, v in batch.items() if k != "labels"}
+        elif isinstance(batch, (tuple, list)) and len(batch) == 2:
             x, y = batch
-            args, kwargs = as_args(x)
-            loss = loss_fn(model(*args, **kwargs), y)
         else:
-            args, kwargs = as_args(batch)
-            loss = loss_fn(model(*args, **kwargs))
+            x, y = inputs_only(batch), None
+        args, kwargs = as_args(dict(x) if isinstance(x, Mapping) else x)
+        loss = loss_fn(model(*args, **kwargs), y)
         loss.backward()  # type: ignore[no-untyped-call]
+        used += 1
+    logger.info("taylor: gradients accumulated over %d calibration batches", used)
+    return used
 
 
 class _Selector:
@@ -244,6 +270,7 @@ def _make_plan(
                 put(mname, "nf", w[1])
             if hasattr(mod, "nx"):
                 put(mname, "nx", w[0])
+    _head_count_attrs(modules, new_shape, canonical, put)
     for gg in graph.gqa_groups:
         new_rep = int((~mask[graph.labels[gg.ids]]).sum()) // gg.kv_heads
         if new_rep != gg.rep and gg.module in modules:
@@ -269,6 +296,36 @@ def _make_plan(
     return Plan(entries=tuple(entries), attributes=tuple(attrs.values())), cands
 
 
+_HEAD_ATTRS = (("num_attention_heads", "attention_head_size"), ("num_heads", "head_dim"))
+_QUERY_NAMES = ("query", "q_proj", "q")
+
+
+def _head_count_attrs(
+    modules: dict[str, nn.Module],
+    new_shape: dict[str, list[int]],
+    canonical: dict[str, str],
+    put: Callable[[str, str, Any], None],
+) -> None:
+    """Attention modules that store their head count (BERT ``num_attention_heads``/``all_head_size``,
+    ``num_heads``/``head_dim``): keep it true when whole heads are removed from their query projection."""
+    for mname, mod in modules.items():
+        for count_attr, size_attr in _HEAD_ATTRS:
+            count, size = getattr(mod, count_attr, None), getattr(mod, size_attr, None)
+            if type(count) is not int or type(size) is not int or size <= 0:
+                continue
+            for q in _QUERY_NAMES:
+                key = canonical.get(f"{mname}.{q}.weight".lstrip("."), "")
+                child = getattr(mod, q, None)
+                if key not in new_shape or not isinstance(child, nn.Linear):
+                    continue
+                width = new_shape[key][0]
+                if width % size == 0 and width // size != count and child.out_features == count * size:
+                    put(mname, count_attr, width // size)
+                    if type(getattr(mod, "all_head_size", None)) is int:
+                        put(mname, "all_head_size", width)
+                break
+
+
 def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str, str]]:
     parts = module.split(".") if module else []
     for k in range(len(parts), -1, -1):
@@ -287,6 +344,25 @@ def _find_size_attrs(model: nn.Module, module: str, old: int) -> list[tuple[str,
     return []
 
 
+def resolve_prune_heads(model: nn.Module, prune_heads: bool | str) -> bool:
+    """``prune_heads="auto"``: False for Hugging Face models whose config derives the head size from
+    ``hidden_size // num_attention_heads`` (no explicit ``head_dim``: BERT, GPT-2), so ``save_pretrained``
+    can still express the pruned model; True otherwise."""
+    if prune_heads != "auto":
+        return bool(prune_heads)
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_dict") or not hasattr(model, "save_pretrained"):
+        return True
+    if isinstance(getattr(cfg, "head_dim", None), int):
+        return True
+    logger.info(
+        "prune_heads='auto': keeping every attention head of %s (its config has no head_dim, so "
+        "save_pretrained could not express fewer heads); pass prune_heads=True to remove heads",
+        type(model).__name__,
+    )
+    return False
+
+
 def build_plan(
     model: nn.Module,
     trace: Trace,
@@ -298,7 +374,7 @@ def build_plan(
 ) -> tuple[DependencyGraph, dict[int, np.ndarray], Plan, tuple[AttrUpdate, ...], _Selector]:
     graph = build_graph(
         trace,
-        prune_heads=cfg.prune_heads,
+        prune_heads=resolve_prune_heads(model, cfg.prune_heads),
         frozen_names=frozen_names,
         prune_normalized=cfg.prune_normalized,
         ignored_modules=ignored_modules,

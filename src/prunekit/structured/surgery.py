@@ -4,7 +4,12 @@ A plan is data (JSON-able)::
 
     {"version": 1,
      "entries":    [{"fqn": "layer1.0.conv1.weight", "dim": 0, "size": 64, "kept": [0, 2, 3, ...]}, ...],
-     "attributes": [{"module": "layer1.0.conv1", "name": "out_channels", "old": 64, "new": 32}, ...]}
+     "attributes": [{"module": "layer1.0.conv1", "name": "out_channels", "old": 64, "new": 32}, ...],
+     "layers":     [{"container": "encoder.layer", "size": 6, "kept": [0, 1, 2, 4, 5]}]}   # optional
+
+``layers`` records whole blocks removed from a ModuleList/Sequential (``prune_layers``): applying it
+deletes the other children (re-indexed) and updates a Hugging Face config's layer count, so a plan
+list replays channel, head and layer pruning in the order it happened.
 
 ``apply`` validates the whole plan first, then swaps ``tensor.data`` (parameter identities, ties and
 optimizer references to the objects survive) and sets module attributes. The old tensors are kept as the
@@ -60,6 +65,22 @@ class AttrUpdate:
         }
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerRemoval:
+    """Keep the children ``kept`` (old count ``size``) of the ModuleList/Sequential ``container``."""
+
+    container: str
+    size: int
+    kept: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"container": self.container, "size": self.size, "kept": list(self.kept)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerRemoval:
+        return cls(container=str(d["container"]), size=int(d["size"]), kept=tuple(int(i) for i in d["kept"]))
+
+
 def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -70,15 +91,19 @@ class Plan:
 
     entries: tuple[PlanEntry, ...]
     attributes: tuple[AttrUpdate, ...] = ()
+    layers: tuple[LayerRemoval, ...] = ()
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the format saved by ``pk.save``)."""
-        return {
+        d: dict[str, Any] = {
             "version": self.version,
             "entries": [e.to_dict() for e in self.entries],
             "attributes": [a.to_dict() for a in self.attributes],
         }
+        if self.layers:
+            d["layers"] = [r.to_dict() for r in self.layers]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Plan:
@@ -114,9 +139,10 @@ class Plan:
                 )
                 for a in d.get("attributes", [])
             )
+            layers = tuple(LayerRemoval.from_dict(r) for r in d.get("layers", []))
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"malformed structured plan entry: {e}") from e
-        return cls(entries=entries, attributes=attrs)
+        return cls(entries=entries, attributes=attrs, layers=layers)
 
 
 def get_tensor(model: nn.Module, fqn: str, modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor:
@@ -177,6 +203,23 @@ def validate(model: nn.Module, plan: Plan) -> None:
         cur = getattr(mod, a.name)
         if _norm(cur) != _norm(a.old):
             raise PlanError(f"plan expects '{a.module}.{a.name}' == {a.old!r}, the model has {cur!r}")
+    if plan.layers and (plan.entries or plan.attributes):
+        raise PlanError("a plan removes layers or slices tensors, not both; record them as two plans")
+    for r in plan.layers:
+        try:
+            container = model.get_submodule(r.container) if r.container else model
+        except AttributeError as e:
+            raise PlanError(f"plan removes blocks of '{r.container}', which does not exist") from e
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            raise PlanError(f"plan removes blocks of '{r.container}', a {type(container).__name__}, "
+                            "not a ModuleList/Sequential")  # fmt: skip
+        if len(container) != r.size:
+            raise PlanError(
+                f"plan expects '{r.container}' to hold {r.size} blocks, the model has {len(container)}; "
+                "build the model with its original number of layers (the plan removes them)"
+            )
+        if not r.kept or len(set(r.kept)) != len(r.kept) or min(r.kept) < 0 or max(r.kept) >= r.size:
+            raise PlanError(f"plan's kept blocks for '{r.container}' must be unique and in [0, {r.size})")
 
 
 def _norm(v: Any) -> Any:
@@ -191,9 +234,12 @@ class Snapshot:
         default_factory=list
     )
     attrs: list[tuple[nn.Module, str, Any]] = dataclasses.field(default_factory=list)
+    undo: list[Any] = dataclasses.field(default_factory=list)  # callables putting removed layers back
 
     def restore(self) -> None:
         """Put every tensor and attribute back, in reverse order."""
+        for fn in reversed(self.undo):
+            fn()
         for mod, name, old in reversed(self.attrs):
             setattr(mod, name, old)
         for t, old, grad in reversed(self.tensors):
@@ -240,6 +286,16 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
             mod = modules[a.module] if a.module in modules else model.get_submodule(a.module)
             snap.attrs.append((mod, a.name, getattr(mod, a.name)))
             setattr(mod, a.name, a.new)
+        if plan.layers:
+            from prunekit.structured.layers import BlockInfo, remove_blocks_undoable  # layers imports us
+
+            blocks = [
+                BlockInfo(name=f"{r.container}.{i}" if r.container else str(i), container=r.container,
+                          index=i, removable=True)
+                for r in plan.layers for i in range(r.size) if i not in set(r.kept)
+            ]  # fmt: skip
+            _, undo = remove_blocks_undoable(model, blocks)
+            snap.undo.append(undo)
     except Exception:
         snap.restore()
         raise
@@ -341,6 +397,7 @@ def masked_reference(original: nn.Module, plan: Plan | Mapping[str, Any] | Itera
 
 __all__ = [
     "AttrUpdate",
+    "LayerRemoval",
     "Plan",
     "PlanEntry",
     "Snapshot",

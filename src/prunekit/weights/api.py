@@ -50,8 +50,9 @@ from prunekit.core import (
 )
 from prunekit.errors import ConfigError, DataRequiredError, PatternError
 from prunekit.weights.criteria import Calibration, LossFn, Magnitude, WeightCriterion, get_criterion
+from prunekit.weights.rows import apply_rows, warn_pruned_away
 
-Scope = Literal["global", "layer"]
+Scope = Literal["global", "layer", "row"]
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _BINS = 1 << 16
 
@@ -88,8 +89,9 @@ class WeightPruningConfig(ConfigMixin):
     Attributes:
         sparsity: total fraction of the selected weights to prune, in [0, 1). ``None`` is allowed
             only with ``pattern`` and means exactly the pattern's ``1 - N/M``.
-        scope: ``"global"`` (one threshold over all selected weights) or ``"layer"`` (the same
-            fraction in every layer).
+        scope: ``"global"`` (one threshold over all selected weights), ``"layer"`` (the same
+            fraction in every layer) or ``"row"`` (the same fraction in every output row, Wanda's
+            comparison group; see :mod:`prunekit.weights.rows`).
         pattern: ``"N:M"`` or ``None``. With ``sparsity`` above ``1 - N/M``, the extra weights are
             pruned on top of the pattern by ``scope``.
         max_batches: at most this many batches of ``data`` are used by data-aware criteria.
@@ -132,8 +134,8 @@ class WeightPruningConfig(ConfigMixin):
                     f"sparsity={self.sparsity} is below what pattern {self.pattern!r} prunes ({1 - nm[0] / nm[1]:g}); "
                     "omit sparsity= to get exactly the pattern, or raise it"
                 )
-        if self.scope not in ("global", "layer"):
-            raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        if self.scope not in ("global", "layer", "row"):
+            raise ConfigError(f"scope must be 'global', 'layer' or 'row', got {self.scope!r}")
         if (
             isinstance(self.max_batches, bool)
             or not isinstance(self.max_batches, int)
@@ -423,6 +425,13 @@ def _apply(scorer: _Scorer, targets: Sequence[Target], threshold: tuple[int, int
             torch.where(rows_mask, weights, zero, out=weights)
 
 
+def _full_scores(scorer: _Scorer, targets: Sequence[Target]) -> Iterator[tuple[Target, torch.Tensor]]:
+    """Each target's whole score tensor (float32, ``-inf`` where already pruned or outside the N:M pattern)."""
+    for t in targets:
+        parts = [scores.clone() for _, scores, _ in scorer.chunks(t, check_nan=True)]
+        yield t, torch.cat(parts, dim=0)
+
+
 def _pruned_count(target: Target) -> int:
     mask = get_mask(target.module, target.param_name)
     return mask.numel() - int(torch.count_nonzero(mask)) if mask is not None else 0
@@ -464,7 +473,10 @@ def prune_weights(
             Weights pruned earlier count toward it (pruning again is cumulative).
         criterion: ``"magnitude"`` (``"l1"``), ``"random"``, ``"taylor"``, ``"snip"``, ``"wanda"``,
             or a :class:`~prunekit.weights.criteria.WeightCriterion` object.
-        scope: ``"global"`` (one threshold over all selected weights) or ``"layer"``.
+        scope: ``"global"`` (one threshold over all selected weights), ``"layer"`` (the same fraction
+            per layer) or ``"row"`` (per output row). Default: the criterion's ``default_scope``
+            (``"row"`` for Wanda, as in its paper; ``"global"`` for the others). A layer pruned to
+            over 99% raises a :class:`~prunekit.errors.LayerPrunedAwayWarning`.
         pattern: ``"N:M"`` (e.g. ``"2:4"``): at most N non-zeros in every M consecutive weights
             along the input dimension.
         include: module names, fnmatch globs or types to prune (default: every Linear/Conv weight).
@@ -490,13 +502,15 @@ def prune_weights(
     Example:
         >>> import torch, prunekit as pk
         >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-        >>> result = pk.prune_weights(model, 0.75)
+        >>> result = pk.prune_weights(model, 0.75, scope="layer")
         >>> round(result.sparsity, 4), round(pk.sparsity(model), 4)
         (0.75, 0.75)
         >>> result = pk.prune_weights(model, pattern="2:4", include=["0"])
         >>> int(model[0].weight.reshape(32, 4, 4).ne(0).sum(-1).max())
         2
     """
+    if scope is UNSET and config is None:  # the criterion's own default: Wanda compares within output rows
+        scope = get_criterion(criterion if criterion is not UNSET else "magnitude").default_scope
     cfg = merge_config(
         WeightPruningConfig,
         config,
@@ -540,8 +554,12 @@ def prune_weights(
     target_sparsity = cfg.sparsity if cfg.sparsity is not None else 1 - nm[0] / nm[1]  # type: ignore[index]
     try:
         crit.prepare(model, targets, calibration)
+        if cfg.scope == "row":
+            with torch.no_grad():
+                apply_rows(targets, target_sparsity, _full_scores(scorer, targets))
         with torch.no_grad():
-            groups = [list(targets)] if cfg.scope == "global" else [[t] for t in targets]
+            groups = [[t] for t in targets] if cfg.scope == "layer" else [list(targets)]
+            groups = [] if cfg.scope == "row" else groups
             # select every threshold first (no mutation), then mask
             plans: list[tuple[list[Target], tuple[int, int] | None]] = []
             for group in groups:
@@ -556,6 +574,7 @@ def prune_weights(
                     _apply(scorer, group, threshold)
     finally:
         crit.release()
+    warn_pruned_away(targets, f"prune_weights ({crit.name}, scope={cfg.scope})")
     layers = tuple(
         LayerSparsity(t.name, t.kind, tuple(t.weight.shape), t.weight.numel(), _pruned_count(t))
         for t in targets

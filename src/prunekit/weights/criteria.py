@@ -35,17 +35,27 @@ Write your own by subclassing :class:`WeightCriterion`, and optionally register 
 from __future__ import annotations
 
 import itertools
+import logging
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from prunekit.core import Target, criterion_registry, is_hf_conv1d, register_criterion
+from prunekit.core import (
+    Target,
+    criterion_registry,
+    inputs_only,
+    is_hf_conv1d,
+    register_criterion,
+    split_batch,
+)
 from prunekit.errors import ConfigError, DataRequiredError
+
+logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -60,28 +70,39 @@ class Calibration:
 
     data: Iterable[Any] | None = None
     loss_fn: LossFn | None = None
-    max_batches: int = 8
+    max_batches: int | None = 8
 
     def __post_init__(self) -> None:
-        if (
+        if self.max_batches is not None and (
             isinstance(self.max_batches, bool)
             or not isinstance(self.max_batches, int)
             or self.max_batches < 1
         ):
-            raise ConfigError(f"max_batches must be a positive int, got {self.max_batches!r}")
+            raise ConfigError(f"max_batches must be a positive int or None (all), got {self.max_batches!r}")
         if self.loss_fn is not None and not callable(self.loss_fn):
             raise ConfigError(f"loss_fn must be callable (outputs, targets) -> scalar, got {self.loss_fn!r}")
 
     def batches(self, needs_targets: bool) -> Iterator[tuple[Any, Any]]:
-        """Up to ``max_batches`` ``(inputs, targets)`` pairs; raises if the data is empty or malformed."""
+        """Up to ``max_batches`` ``(inputs, targets)`` pairs; raises if the data is empty or malformed.
+
+        Without ``needs_targets`` a batch may be bare inputs (a tensor, a dict / HF ``BatchEncoding``,
+        a 1-tuple, as ``DataLoader(TensorDataset(x))`` yields); its targets are then ``None``.
+        """
         if self.data is None:
             raise DataRequiredError("no data given")
         count = 0
-        for batch in itertools.islice(iter(self.data), self.max_batches):
-            if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        data = [self.data] if isinstance(self.data, (torch.Tensor, Mapping)) else self.data
+        iterator = iter(data)
+        for batch in itertools.islice(iterator, self.max_batches):
+            if not needs_targets:
+                try:
+                    inputs, targets = inputs_only(batch), None
+                except ConfigError as e:
+                    raise DataRequiredError(str(e)) from e
+            elif isinstance(batch, Mapping) and "labels" in batch:
+                inputs, targets = split_batch(batch)
+            elif isinstance(batch, (tuple, list)) and len(batch) == 2:
                 inputs, targets = batch
-            elif not needs_targets and isinstance(batch, (torch.Tensor, Mapping)):
-                inputs, targets = batch, None
             else:
                 raise DataRequiredError(
                     f"each batch of data= must be a pair (inputs, targets); got {type(batch).__name__}"
@@ -92,6 +113,16 @@ class Calibration:
             yield inputs, targets
         if count == 0:
             raise DataRequiredError("data= yielded no batches; pass at least one (inputs, targets) batch")
+        logger.info("calibrated on %d batch(es) of data= (max_batches=%s)", count, self.max_batches)
+
+
+def token_mask(inputs: Any) -> torch.Tensor | None:
+    """The ``(batch, tokens)`` attention mask of a dict batch (``True`` = a real token), else ``None``."""
+    if isinstance(inputs, Mapping):
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            return mask != 0
+    return None
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -121,9 +152,11 @@ class WeightCriterion(ABC):
         name: the registry name, shown in results.
         requires_data: ``prune_weights`` raises :class:`DataRequiredError` without ``data=``.
         requires_loss_fn: ``prune_weights`` raises without ``loss_fn=``.
+        default_scope: the comparison group ``prune_weights`` uses when ``scope`` is not given.
     """
 
     name: ClassVar[str] = "custom"
+    default_scope: ClassVar[Literal["global", "layer", "row"]] = "global"
     requires_data: ClassVar[bool] = False
     requires_loss_fn: ClassVar[bool] = False
 
@@ -250,10 +283,15 @@ class Wanda(WeightCriterion):
     """Wanda (Sun et al. 2023): ``|W_ij| * ||X_j||_2``, X_j the j-th input feature over all tokens.
 
     For convolutions the norm is taken per input channel (over batch and space) and shared by
-    every kernel position; grouped convolutions use the channels of their own group.
+    every kernel position; grouped convolutions use the channels of their own group. Calibration
+    data needs no targets; tokens where a dict batch's ``attention_mask`` is 0 (padding) are left out.
+    By default weights compete within each output row (``scope="row"``), as in the paper.
     """
 
     name = "wanda"
+    default_scope: ClassVar[Literal["global", "layer", "row"]] = (
+        "row"  # the paper compares weights within each output row
+    )
     requires_data = True
 
     def __init__(self) -> None:
@@ -262,12 +300,16 @@ class Wanda(WeightCriterion):
     def prepare(self, model: nn.Module, targets: Sequence[Target], calibration: Calibration) -> None:
         sq: dict[str, torch.Tensor] = {}
         handles = []
+        current: list[torch.Tensor | None] = [None]  # the attention mask of the batch running
 
         def hook_for(t: Target) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
                 if not args or not isinstance(args[0], torch.Tensor):
                     return
                 x = args[0].detach().float()
+                pad = current[0]
+                if pad is not None and x.ndim == 3 and tuple(x.shape[:2]) == tuple(pad.shape):
+                    x = x * pad.to(x.device, x.dtype).unsqueeze(-1)  # padding tokens add nothing
                 if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                     dims = [d for d in range(x.ndim) if d != (1 if x.ndim == module.weight.ndim else 0)]
                 else:  # Linear / GPT-2 Conv1D: features last
@@ -284,6 +326,7 @@ class Wanda(WeightCriterion):
             model.eval()
             with torch.no_grad():
                 for inputs, _ in calibration.batches(needs_targets=False):
+                    current[0] = token_mask(inputs)
                     _forward(model, inputs)
         finally:
             for h in handles:
@@ -367,6 +410,7 @@ __all__ = [
     "Wanda",
     "WeightCriterion",
     "criterion_names",
+    "token_mask",
     "get_criterion",
     "register_criterion",
 ]
