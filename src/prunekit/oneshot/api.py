@@ -14,7 +14,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.masks import get_mask, remove_mask
 from prunekit.oneshot.config import Method, OneShotConfig
-from prunekit.oneshot.driver import Plan, check_plan, layer_sparsities, run_blocks, weight_of
+from prunekit.oneshot.driver import Plan, bias_of, check_plan, layer_sparsities, run_blocks, weight_of
 from prunekit.oneshot.engine import capture_inputs, find_blocks, is_linear
 from prunekit.oneshot.result import OneShotResult
 from prunekit.selection import Skipped, resolve_targets
@@ -82,22 +82,32 @@ def plan_for(model: nn.Module, cfg: OneShotConfig) -> tuple[str, Plan, list[Skip
 
 @contextlib.contextmanager
 def rollback(plan: Plan) -> Iterator[None]:
-    """Restore every planned layer's weight and mask if the body raises (the model is left as it was)."""
-    saved: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = []
+    """Restore every planned layer's weight, bias and mask if the body raises (the model is left as it was)."""
+    saved: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     for layers in plan.layers:
         for module in layers.values():
             old = get_mask(module, "weight")
-            saved.append((module, weight_of(module).detach().clone(), None if old is None else old.clone()))
+            bias = bias_of(module)
+            saved.append(
+                (
+                    module,
+                    weight_of(module).detach().clone(),
+                    None if bias is None else bias.detach().clone(),
+                    None if old is None else old.clone(),
+                )
+            )
     try:
         yield
     except BaseException:
         with torch.no_grad():
-            for module, weight, mask in saved:
+            for module, weight, bias, mask in saved:
                 if mask is None:
                     remove_mask(module, "weight")
                 else:
                     get_mask(module, "weight").copy_(mask)  # type: ignore[union-attr]
                 weight_of(module).copy_(weight)
+                if bias is not None:
+                    bias_of(module).copy_(bias)  # type: ignore[union-attr]
         raise
 
 

@@ -52,7 +52,7 @@ class OneShotConfig:
         exclude: module names, globs or types to leave dense.
         layer_ratios: ``None`` (the same sparsity everywhere), ``"owl"`` (outlier-weighted
             layer-wise sparsity) or a mapping ``{module name or glob: sparsity}``.
-        owl_lambda: OWL's spread: block sparsities lie within ``sparsity ± owl_lambda``.
+        owl_lambda: OWL's spread: block sparsities span at most ``2 × owl_lambda`` around ``sparsity``.
         owl_threshold: OWL's outlier threshold M: an activation-weighted score above
             ``M × mean`` of its layer counts as an outlier.
         block_size: SparseGPT's lazy column block (columns updated at once).

@@ -44,7 +44,7 @@ def keep_by_row(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | Non
         groups = work.reshape(rows, cols // m, m)
         drop = groups.topk(m - n, dim=-1, largest=False).indices
         keep.view(rows, cols // m, m).scatter_(-1, drop, False)
-        work.masked_fill_(~keep, -math.inf)
+        work.masked_fill_(~keep, math.inf)  # already pruned: not chosen again below
     k = prune_count(cols, sparsity)
     already = cols - int(keep[0].sum()) if rows else 0
     extra = k - already

@@ -7,7 +7,7 @@ layer's mean) are pruned less::
     r_b   = 2λ (D_b - min D) / (max D - min D)                     in [0, 2λ]
     s_b   = target + mean(r) - r_b                                 mean(s_b) = target
 
-so the block sparsities average to the target and lie within ``target ± λ``.
+so the block sparsities average to the target and span at most ``2λ``.
 """
 
 from __future__ import annotations
