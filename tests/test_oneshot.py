@@ -109,7 +109,9 @@ def test_sequential_propagation_equals_a_hand_written_two_block_loop() -> None:
             hooks = []
             for name in ("q", "up", "down"):  # q, k and v read the same input
 
-                def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+                def hook(
+                    mod: nn.Module, args: tuple[Any, ...], name: str = name, grams: dict[str, Any] = grams
+                ) -> None:
                     x = args[0].reshape(-1, args[0].shape[-1])
                     grams[name] = grams.get(name, 0) + x.T @ x
 

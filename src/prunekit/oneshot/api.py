@@ -100,14 +100,14 @@ def rollback(plan: Plan) -> Iterator[None]:
         yield
     except BaseException:
         with torch.no_grad():
-            for module, weight, bias, mask in saved:
+            for module, weight, old_bias, mask in saved:
                 if mask is None:
                     remove_mask(module, "weight")
                 else:
                     get_mask(module, "weight").copy_(mask)  # type: ignore[union-attr]
                 weight_of(module).copy_(weight)
-                if bias is not None:
-                    bias_of(module).copy_(bias)  # type: ignore[union-attr]
+                if old_bias is not None:
+                    bias_of(module).copy_(old_bias)  # type: ignore[union-attr]
         raise
 
 
