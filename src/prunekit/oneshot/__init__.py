@@ -20,5 +20,13 @@ from prunekit.oneshot.api import prune_oneshot
 from prunekit.oneshot.calibration import calibration_batches
 from prunekit.oneshot.config import OneShotConfig
 from prunekit.oneshot.result import OneShotLayer, OneShotResult
+from prunekit.oneshot.streaming import prune_checkpoint
 
-__all__ = ["OneShotConfig", "OneShotLayer", "OneShotResult", "calibration_batches", "prune_oneshot"]
+__all__ = [
+    "OneShotConfig",
+    "OneShotLayer",
+    "OneShotResult",
+    "calibration_batches",
+    "prune_checkpoint",
+    "prune_oneshot",
+]

@@ -1,6 +1,6 @@
 """The block loop shared by in-memory and streamed pruning: statistics, solve, write, propagate.
 
-A ``load(i)`` / ``unload(i)`` pair lets the streamed path bring block ``i``'s tensors in from disk
+A ``load(i, final)`` / ``unload(i, final)`` pair lets the streamed path bring block ``i``'s tensors in from disk
 just before it is needed and write them out right after; the in-memory path passes neither.
 """
 
@@ -25,7 +25,7 @@ from prunekit.oneshot.refit import augment, refit_cg
 from prunekit.oneshot.result import OneShotLayer
 from prunekit.selection import Skipped, is_hf_conv1d
 
-Hook = Callable[[int], None]
+Hook = Callable[[int, bool], None]  # (block index, final): final is False in OWL's dense pre-pass
 REFIT_ITERATIONS = 30  # conjugate-gradient steps of the refit (25 already match the exact optimum on MiniLM)
 
 
@@ -211,7 +211,7 @@ def owl_block_sparsities(
     state = list(hidden)
     for i, block in enumerate(plan.blocks):
         if load is not None:
-            load(i)
+            load(i, False)
         stats = block_statistics(block, plan.layers[i], batches, state)
         count = total = 0
         for name, module in plan.layers[i].items():
@@ -223,7 +223,7 @@ def owl_block_sparsities(
         ratios.append(count / total if total else 0.0)
         state = propagate(block, batches, state)
         if unload is not None:
-            unload(i)
+            unload(i, False)
     nm = cfg.nm
     floor = 1 - nm[0] / nm[1] if nm is not None else 0.0
     return owl_sparsities(ratios, cfg.target_sparsity, cfg.owl_lambda, floor)
@@ -257,7 +257,7 @@ def run_blocks(
     bar = tqdm(plan.blocks, desc=f"oneshot {cfg.method}", unit="block", disable=not cfg.progress)
     for i, block in enumerate(bar):
         if load is not None:
-            load(i)
+            load(i, True)
         stats = block_statistics(block, plan.layers[i], batches, state)
         for name, module in plan.layers[i].items():
             if name not in stats:
@@ -267,7 +267,7 @@ def run_blocks(
         del stats
         state = propagate(block, batches, state)
         if unload is not None:
-            unload(i)
+            unload(i, True)
     return results, skipped
 
 
