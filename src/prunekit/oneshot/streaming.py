@@ -120,10 +120,8 @@ class Streamer:
         block_name: str,
         n_blocks: int,
     ) -> None:
-        from safetensors import safe_open
 
         self.src, self.tmp, self.model, self.block_name = src, tmp, model, block_name
-        self.files = {f: safe_open(str(src / f), framework="pt") for f in sorted(set(mapping.values()))}
         self.mapping = dict(mapping)
         self.prefixes = [f"{block_name}.{i}." for i in range(n_blocks)]
         self.block_keys: list[list[str]] = [[k for k in mapping if k.startswith(p)] for p in self.prefixes]
@@ -138,8 +136,10 @@ class Streamer:
         current: list[str] = []
         size = 0
         for k in keys:
-            sl = self.files[self.mapping[k]].get_slice(k)  # type: ignore[no-untyped-call]
-            nbytes = int(torch.Size(sl.get_shape()).numel()) * _itemsize(sl.get_dtype())
+            with self.open(k) as f:
+                sl = f.get_slice(k)
+                shape, dtype = sl.get_shape(), sl.get_dtype()
+            nbytes = int(torch.Size(shape).numel()) * _itemsize(dtype)
             if current and size + nbytes > OTHER_SHARD_BYTES:
                 groups.append(current)
                 current, size = [], 0
@@ -149,8 +149,16 @@ class Streamer:
             groups.append(current)
         return groups
 
+    def open(self, key: str) -> Any:
+        """The file holding ``key``, opened for this read only: a long-lived memory map would keep
+        every page read so far resident, and the process would grow with the checkpoint."""
+        from safetensors import safe_open
+
+        return safe_open(str(self.src / self.mapping[key]), framework="pt")
+
     def read(self, key: str) -> torch.Tensor:
-        return self.files[self.mapping[key]].get_tensor(key)  # type: ignore[no-any-return,no-untyped-call]
+        with self.open(key) as f:
+            return f.get_tensor(key)  # type: ignore[no-any-return]
 
     def materialize(self, module: nn.Module, prefix: str) -> None:
         """Load every meta parameter of ``module`` (named ``prefix...``) that the checkpoint holds."""
