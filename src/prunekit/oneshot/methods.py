@@ -76,7 +76,7 @@ def damped_cholesky(hessian: torch.Tensor, dampening: float, name: str = "") -> 
     Raises:
         ConfigError: the Hessian holds NaN/inf (the calibration activations overflowed).
     """
-    h = hessian.clone()
+    h = hessian.clone()  # the only copy: the dampening is added to its diagonal in place
     diag = h.diagonal()
     if not bool(torch.isfinite(diag).all()) or not bool(torch.isfinite(h).all()):
         raise ConfigError(
@@ -87,10 +87,11 @@ def damped_cholesky(hessian: torch.Tensor, dampening: float, name: str = "") -> 
     diag[dead] = 1.0
     mean = float(diag.mean())
     lam = dampening * mean
+    added = 0.0
     for attempt in range(7):
-        damped = h.clone()
-        damped.diagonal().add_(lam)
-        chol, info = torch.linalg.cholesky_ex(damped)
+        diag.add_(lam - added)
+        added = lam
+        chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0 and bool(torch.isfinite(chol).all()):
             if attempt:
                 warnings.warn(
@@ -100,13 +101,15 @@ def damped_cholesky(hessian: torch.Tensor, dampening: float, name: str = "") -> 
                     stacklevel=3,
                 )
             return chol  # type: ignore[no-any-return]
+        del chol
         lam = max(lam, 1e-8 * mean) * 10
     raise ConfigError(f"Hessian of {name or 'a layer'} is not positive definite even with heavy dampening")
 
 
 def inverse_upper(chol: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor ``U`` of ``H⁻¹`` (``H⁻¹ = UᵀU``) from the lower factor of ``H``."""
-    upper: torch.Tensor = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+    inv = torch.cholesky_inverse(chol)
+    upper: torch.Tensor = torch.linalg.cholesky(inv, upper=True)
     return upper
 
 
@@ -147,7 +150,9 @@ def sparsegpt(
     w = weight.detach().to(torch.float32).clone()
     rows, cols = w.shape
     last = cols - tail  # columns [last, cols) are never pruned
-    u = inverse_upper(damped_cholesky(hessian.to(torch.float32), dampening, name))
+    chol = damped_cholesky(hessian.to(torch.float32), dampening, name)
+    u = inverse_upper(chol)
+    del chol
     keep = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -177,7 +182,7 @@ def sparsegpt(
             col = w1[:, i]
             q = torch.where(prune1[:, i], torch.zeros_like(col), col)
             e = (col - q) / d[i]  # (out,)
-            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
+            w1[:, i:].addr_(e, u1[i, i:], alpha=-1.0)  # in place: no (out, block) temporary
             w1[:, i] = q
             err1[:, i] = e
         w[:, i1:i2] = w1
@@ -188,10 +193,16 @@ def sparsegpt(
     return w, keep
 
 
-def masked_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor) -> float:
-    """Relative reconstruction error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` on the calibration inputs."""
-    w0 = weight.to(torch.float32)
-    delta = new.to(torch.float32) - w0
+def masked_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor, max_rows: int = 256) -> float:
+    """Relative reconstruction error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` on the calibration inputs.
+
+    Measured on at most ``max_rows`` evenly spaced output rows (a report, not an objective: the
+    full product would cost as much as pruning the layer again).
+    """
+    rows = weight.shape[0]
+    pick = torch.linspace(0, rows - 1, min(rows, max_rows)).round().long() if rows > max_rows else slice(None)
+    w0 = weight[pick].to(torch.float32)
+    delta = new[pick].to(torch.float32) - w0
     num = float(((delta @ hessian) * delta).sum())
     den = float(((w0 @ hessian) * w0).sum())
     return num / den if den > 0 else 0.0
