@@ -26,6 +26,7 @@ from prunekit.io import information_limit_bits, load, save
 from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
 from prunekit.methods import LotteryConfig, iterative_prune, lottery_ticket, one_shot_then_finetune
+from prunekit.oneshot import OneShotConfig, OneShotResult, calibration_batches, prune_checkpoint, prune_oneshot
 from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
 from prunekit.optim_state import resize_optimizer
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
@@ -70,6 +71,8 @@ __all__ = [
     "LotteryConfig",
     "ModelSummary",
     "ModuleNotFound",
+    "OneShotConfig",
+    "OneShotResult",
     "PatternError",
     "PlanError",
     "PrunekitError",
@@ -89,6 +92,7 @@ __all__ = [
     "__version__",
     "allocate",
     "apply_allocation",
+    "calibration_batches",
     "evaluate",
     "fit",
     "forward_peak_memory",
@@ -104,7 +108,9 @@ __all__ = [
     "measure_latency",
     "one_shot_then_finetune",
     "prune_channels",
+    "prune_checkpoint",
     "prune_layers",
+    "prune_oneshot",
     "prune_weights",
     "register_criterion",
     "resize_optimizer",
