@@ -205,15 +205,14 @@ class Streamer:
                 out = {k: own[k].detach() if k in own else self.read(k) for k in self.block_keys[i]}
                 self.write(i, out)
                 del out, own
-            for sub in block.modules():
-                remove_mask(sub, "weight")
-                for pname, param in list(sub._parameters.items()):
-                    if param is not None and param.device.type != "meta":
-                        sub._parameters[pname] = nn.Parameter(param.to("meta"), requires_grad=False)
+            to_meta(block)
+            release_memory()
 
         return load, unload
 
     def finish(self, n_blocks: int) -> None:
+        to_meta(self.model)  # the embeddings are read again below, one shard at a time
+        release_memory()
         for j, keys in enumerate(self.other_groups):
             self.write(n_blocks + j, {k: self.read(k) for k in keys})
         for item in self.src.iterdir():
@@ -222,6 +221,31 @@ class Streamer:
             shutil.copy2(item, self.tmp / item.name)
         index = {"metadata": {"total_size": self.size}, "weight_map": dict(sorted(self.out_map.items()))}
         (self.tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def to_meta(module: nn.Module) -> None:
+    """Drop masks and move every parameter of ``module`` back to meta (frees its memory)."""
+    for sub in module.modules():
+        remove_mask(sub, "weight")
+        for pname, param in list(sub._parameters.items()):
+            if param is not None and param.device.type != "meta":
+                sub._parameters[pname] = nn.Parameter(param.to("meta"), requires_grad=False)
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise, and RSS creeps up block
+    after block); a no-op where ``malloc_trim`` does not exist."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _itemsize(dtype: str) -> int:
