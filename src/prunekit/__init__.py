@@ -26,8 +26,14 @@ from prunekit.io import information_limit_bits, load, save
 from prunekit.layers import LayerPruningResult, prune_layers
 from prunekit.masks import make_permanent
 from prunekit.methods import LotteryConfig, iterative_prune, lottery_ticket, one_shot_then_finetune
-from prunekit.oneshot import OneShotConfig, OneShotResult, calibration_batches, prune_checkpoint, prune_oneshot
 from prunekit.metrics import HardwareInfo, LatencyResult, forward_peak_memory, hardware_info, measure_latency
+from prunekit.oneshot import (
+    OneShotConfig,
+    OneShotResult,
+    calibration_batches,
+    prune_checkpoint,
+    prune_oneshot,
+)
 from prunekit.optim_state import resize_optimizer
 from prunekit.pruner import ChannelPruner, ChannelPrunerConfig, Pruner, PrunerConfig, RegrowthConfig
 from prunekit.recipes import Recipe, RecipeResult

@@ -64,8 +64,8 @@ class OneShotConfig:
     method: Method = "refit"
     sparsity: float | None = 0.5
     pattern: str | None = None
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] | None = None
+    include: tuple[Any, ...] | None = None
+    exclude: tuple[Any, ...] | None = None
     layer_ratios: str | Mapping[str, float] | None = None
     owl_lambda: float = 0.08
     owl_threshold: float = 5.0
@@ -147,11 +147,19 @@ class OneShotConfig:
         return 1 - nm[0] / nm[1]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict with a ``version``; ``from_dict`` reads it back."""
+        """Plain JSON-able dict with a ``version``; ``from_dict`` reads it back.
+
+        Raises:
+            ConfigError: ``include``/``exclude`` hold module types (only names and globs are data).
+        """
         out: dict[str, Any] = {"version": CONFIG_VERSION}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
+                if any(not isinstance(v, str) for v in value):
+                    raise ConfigError(
+                        f"{f.name}= holds module types, which JSON cannot hold; use names or globs to save it"
+                    )
                 value = list(value)
             elif isinstance(value, Mapping):
                 value = dict(value)
