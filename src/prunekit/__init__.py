@@ -132,6 +132,10 @@ _API: dict[str, str] = {
     ),
     **dict.fromkeys(["Recipe", "RecipeResult"], "prunekit.recipes"),
     **dict.fromkeys(
+        ["OneShotConfig", "OneShotResult", "calibration_batches", "prune_checkpoint", "prune_oneshot"],
+        "prunekit.oneshot",
+    ),
+    **dict.fromkeys(
         [
             "AccelerationResult",
             "SpeedupWarning",
@@ -171,6 +175,8 @@ __all__ = [
     "LayerSensitivity",
     "LotteryConfig",
     "ModelSummary",
+    "OneShotConfig",
+    "OneShotResult",
     "PatternError",
     "PlanError",
     "PrunekitError",
@@ -195,6 +201,7 @@ __all__ = [
     "accelerate",
     "allocate",
     "apply_allocation",
+    "calibration_batches",
     "config_from_dict",
     "config_to_dict",
     "criterion_registry",
@@ -216,9 +223,11 @@ __all__ = [
     "one_shot_then_finetune",
     "preview",
     "prune_channels",
+    "prune_checkpoint",
     "prune_experts",
     "prune_heads",
     "prune_layers",
+    "prune_oneshot",
     "prune_weights",
     "register_coupling_rule",
     "register_criterion",
@@ -247,6 +256,7 @@ _PACKAGES = frozenset(
         "integrations",
         "io",
         "kernels",
+        "oneshot",
         "recipes",
         "report",
         "structured",
@@ -331,6 +341,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         save,
         save_pretrained,
         sync_hf_config,
+    )
+    from prunekit.oneshot import (
+        OneShotConfig,
+        OneShotResult,
+        calibration_batches,
+        prune_checkpoint,
+        prune_oneshot,
     )
     from prunekit.recipes import (
         Recipe,
