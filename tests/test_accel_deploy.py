@@ -101,3 +101,14 @@ def test_torch_export_round_trip(how: str, tmp_path: Path) -> None:
         xb = torch.randn(batch, *x.shape[1:])
         with torch.no_grad():
             torch.testing.assert_close(loaded(xb), model(xb), rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_one_example_still_exports_a_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    path = export_onnx(model, (torch.randn(1, 8),), tmp_path / "m.onnx")  # torch.export alone would fix batch=1
+    x = torch.randn(5, 8)
+    (y,) = OnnxModel(path)(x)
+    torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
+    program = export_program(model, (torch.randn(1, 8),))
+    torch.testing.assert_close(program.module()(x), model(x))

