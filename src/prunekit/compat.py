@@ -56,7 +56,7 @@ MOVED_MODULES: dict[str, str] = {
     "prunekit.methods.results": "prunekit.training.results",
     "prunekit.metrics": "prunekit.core.metrics",
     "prunekit.optim_state": "prunekit.structured.optim_state",
-    "prunekit.pruner": "prunekit.training.pruner",
+    "prunekit.pruner": "prunekit.training",
     "prunekit.runner": "prunekit.recipes.runner",
     "prunekit.schedules": "prunekit.training.schedules",
     "prunekit.selection": "prunekit.core.select",

@@ -4,14 +4,13 @@ them (iterative, one-shot + fine-tune, lottery tickets)."""
 from __future__ import annotations
 
 from prunekit.training.basic import forward, make_optimizer, num_threads, train
+from prunekit.training.channel_pruner import ChannelPruner, ChannelPrunerConfig
 from prunekit.training.checkpoint import atomic_save_tensors, load_checkpoint, load_tensors, save_checkpoint
 from prunekit.training.finetune import FinetuneConfig, one_shot_then_finetune
 from prunekit.training.iterative import IterativePruneConfig, iterative_prune
 from prunekit.training.loop import FitResult, fit, train_epoch, train_step
 from prunekit.training.lottery import LotteryConfig, lottery_ticket
 from prunekit.training.pruner import (
-    ChannelPruner,
-    ChannelPrunerConfig,
     Pruner,
     PrunerConfig,
     RegrowthConfig,
