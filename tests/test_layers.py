@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import prunekit as pk
-from prunekit.structured.layers import block_influence, find_blocks, skip_blocks
+from prunekit.structured import block_influence, find_blocks, skip_blocks
 
 
 class Res(nn.Module):

@@ -13,6 +13,7 @@ from prunekit.structured.api import (
     prune_channels,
     summary,
 )
+from prunekit.structured.blocks import block_influence, find_blocks, skip_blocks
 from prunekit.structured.criteria import ChannelCriterion, get_criterion, reduce_members
 from prunekit.structured.experts import (
     ExpertPruneConfig,
@@ -21,14 +22,7 @@ from prunekit.structured.experts import (
     sync_expert_config,
 )
 from prunekit.structured.heads import NamedHeads, prune_heads
-from prunekit.structured.layers import (
-    LayerPruningConfig,
-    LayerPruningResult,
-    block_influence,
-    find_blocks,
-    prune_layers,
-    skip_blocks,
-)
+from prunekit.structured.layers import LayerPruningConfig, LayerPruningResult, prune_layers
 from prunekit.structured.optim_state import reset_grad_accumulators, resize_optimizer
 from prunekit.structured.surgery import (
     AttrUpdate,
