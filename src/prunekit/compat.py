@@ -33,7 +33,7 @@ REMOVED_IN = "0.3"
 # old module path -> new module path (the flat layout of 0.1 -> the packages of 0.2)
 MOVED_MODULES: dict[str, str] = {
     "prunekit._loops": "prunekit.training.basic",
-    "prunekit.allocate": "prunekit.analysis.allocation",
+    "prunekit.allocate": "prunekit.analysis",
     "prunekit.channel_criteria": "prunekit.structured.criteria",
     "prunekit.checkpoint": "prunekit.training.checkpoint",
     "prunekit.criteria": "prunekit.weights.criteria",
@@ -46,7 +46,7 @@ MOVED_MODULES: dict[str, str] = {
     "prunekit.graph_rules_shape": "prunekit.graph.rules.shape",
     "prunekit.head_sensitivity": "prunekit.analysis.heads",
     "prunekit.hf": "prunekit.io.hf",
-    "prunekit.layers": "prunekit.structured.layers",
+    "prunekit.layers": "prunekit.structured",
     "prunekit.masks": "prunekit.core.masks",
     "prunekit.methods": "prunekit.training",
     "prunekit.methods.common": "prunekit.training.common",

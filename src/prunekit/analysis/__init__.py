@@ -3,13 +3,8 @@ allocation of a global target from the measured curves."""
 
 from __future__ import annotations
 
-from prunekit.analysis.allocation import (
-    AllocationConfig,
-    AllocationPlan,
-    allocate,
-    apply_allocation,
-    layer_latency,
-)
+from prunekit.analysis.allocation import AllocationConfig, AllocationPlan, allocate
+from prunekit.analysis.apply import apply_allocation, layer_latency
 from prunekit.analysis.heads import head_units
 from prunekit.analysis.layers import keep_mask, layer_macs
 from prunekit.analysis.preview import Preview, preview

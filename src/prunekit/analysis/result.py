@@ -146,7 +146,9 @@ class SensitivityResult:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise UnknownModuleError(f"no layer {name!r} in this sensitivity result; analysed layers: {self.names}")
+        raise UnknownModuleError(
+            f"no layer {name!r} in this sensitivity result; analysed layers: {self.names}"
+        )
 
     def delta(self, name: str) -> tuple[float, ...]:
         """Measured loss increase over the baseline at each ratio of layer ``name``."""

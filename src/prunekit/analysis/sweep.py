@@ -99,7 +99,9 @@ class SensitivityConfig(ConfigMixin):
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value) if not isinstance(value, (str, type, nn.Module)) else (value,))
+                object.__setattr__(
+                    self, name, tuple(value) if not isinstance(value, (str, type, nn.Module)) else (value,)
+                )
         ratios = tuple(float(r) for r in self.ratios)
         if not ratios:
             raise ConfigError("ratios must hold at least one pruning ratio in (0, 1), e.g. (0.1, 0.5, 0.9)")
