@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunekit.core import Skipped, is_hf_conv1d, set_mask
-from prunekit.errors import ConfigError, UnknownModuleError, PatternError
+from prunekit.errors import ConfigError, PatternError, UnknownModuleError
 from prunekit.oneshot.config import OneShotConfig
 from prunekit.oneshot.engine import Batch, LayerStats, block_statistics, propagate
 from prunekit.oneshot.methods import magnitude, masked_error, sparsegpt, wanda
