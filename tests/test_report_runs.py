@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.report_browser import Browser, chromium_binaries
+from tests.test_report import _data
 from torch import nn
 
 from prunekit.recipes.schema import Recipe
 from prunekit.report import make_plots, prune_report
 from prunekit.report.html import write_report
 from prunekit.report.plots import short_labels, width_rows
-from tests.report_browser import Browser, chromium_binaries
-from tests.test_report import _data
 
 SHOTS = Path(os.environ.get("PRUNEKIT_SCREENSHOTS", "/tmp/prunekit-report-shots"))
 
