@@ -6,6 +6,7 @@ Each model factory returns ``(model, example_inputs)``; ``prunekit`` imports the
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.cli.demo import DigitsCNN
+
+log = logging.getLogger("examples.models")
 
 
 def digits_cnn() -> tuple[nn.Module, torch.Tensor]:
@@ -34,9 +37,11 @@ def _trained(name: str, model: nn.Module, epochs: int) -> nn.Module:
     if path.exists():
         load_model(model, str(path))
         return model.eval()
+    log.info("training the example model %s for %d epochs (once: cached in %s)", name, epochs, path)
     torch.manual_seed(0)
     train, _ = digits(seed=0).loaders(batch_size=64, seed=0)
     train_model(model, train, epochs=epochs, lr=3e-3)
+    log.info("trained %s", name)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_model(model, str(tmp))

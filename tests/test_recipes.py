@@ -36,6 +36,8 @@ def test_there_are_examples() -> None:
 def test_every_example_recipe_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     recipe = Recipe.from_yaml(path)
+    if any(st_.what == "oneshot" for st_ in recipe.steps):
+        pytest.skip("a oneshot example needs an HF model and calibration text: test_e2e_minilm_cli runs it")
     assert recipe.model is not None, "example recipes name their model"
     recipe = dataclasses.replace(recipe, measure=dataclasses.replace(recipe.measure, latency_repeats=3))
     model, example = import_object(recipe.model)()

@@ -192,11 +192,13 @@ def test_report_renders_in_chromium_with_all_plots(browser, prune_rep: dict, tmp
     assert len(page.images) == 3
     assert page.broken_images == []
     assert all(i["width"] > 100 and i["height"] > 100 for i in page.images)
-    assert {i["alt"] for i in page.images} == {
+    assert {i["alt"] for i in page.images} == {  # a weight-only run: no width plot
         "Per-layer weight sparsity",
-        "Per-layer width",
         "Accuracy vs sparsity",
+        "Latency vs size per model state",
     }
+    assert "Model states" in page.text and "Horowitz 2014" in page.text
+    assert "pk.make_permanent removes them" in page.text
     assert "Before and after" in page.text and "report-test" in page.title
     assert page.ok
 

@@ -9,11 +9,13 @@ nothing behind that looks like a result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 EXIT_OK = 0
@@ -181,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
     p.add_argument(
         "--task",
-        default="classification",
+        default=None,
         metavar="TASK",
-        help="what the loss is: classification (default), embedding, causal-lm, masked-lm, or module:fn",
+        help="what the loss is: classification, embedding, causal-lm, masked-lm, or module:fn (default: "
+        "classification; with --calibration text, from the MODEL: causal-lm for *ForCausalLM, masked-lm for "
+        "*ForMaskedLM, else embedding)",
     )
     p.add_argument(
         "--calibration",
@@ -341,12 +345,38 @@ def _parse_shape(text: str | None) -> Any:
     return torch.zeros(*shape)
 
 
-def _load(spec: str, input_shape: str | None = None, trust_code: bool = False) -> Any:
+@contextlib.contextmanager
+def log_to_stderr(enabled: bool) -> Iterator[None]:
+    """Show the library's INFO log lines (``prunekit.*``, ``examples.*``) on stderr while the body runs.
+
+    Loading an example model may train it first (once, then cached); without these lines the
+    first ``prunekit summary`` would sit silent for up to a minute.
+    """
+    if not enabled:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    loggers = [logging.getLogger("prunekit"), logging.getLogger("examples")]
+    old = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in old:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+def _load(spec: str, input_shape: str | None = None, trust_code: bool = False, *, log: bool = False) -> Any:
     from dataclasses import replace
 
     from prunekit.recipes import load_model
 
-    loaded = load_model(spec, trust_code=trust_code)
+    with log_to_stderr(log):
+        loaded = load_model(spec, trust_code=trust_code)
     shape = _parse_shape(input_shape)
     if shape is not None:
         loaded = replace(loaded, example_inputs=shape)
@@ -367,7 +397,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from prunekit.recipes import layer_rows
     from prunekit.weights import sparsity
 
-    loaded = _load(args.model, args.input_shape, args.trust_code)
+    loaded = _load(args.model, args.input_shape, args.trust_code, log=not (args.quiet or args.json))
     model, example = loaded.model, loaded.example_inputs
     info: dict[str, Any] = {
         "model": args.model,
@@ -445,7 +475,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             f"the recipe {args.recipe} names Python code for its model ({spec!r}); give MODEL on the command "
             "line, or pass --trust-code if you trust the recipe"
         )
-    loaded = _load(spec, trust_code=args.trust_code)
+    loaded = _load(spec, trust_code=args.trust_code, log=not (args.quiet or args.json))
     data = _data(args, recipe.seed)
     loss_fn, data = _task(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
@@ -487,7 +517,8 @@ def _task(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
     from prunekit.errors import ConfigError
     from prunekit.recipes import hf_tokenizer, task_loss, text_batches
 
-    loss_fn = task_loss(args.task, loaded.model)
+    task = args.task or (default_text_task(loaded.model) if args.calibration else "classification")
+    loss_fn = task_loss(task, loaded.model)
     if args.calibration:
         if data is not None:
             raise ConfigError("give --data or --calibration, not both")
@@ -500,11 +531,21 @@ def _task(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
             )
         batches = text_batches(args.calibration, hf_tokenizer(base), batch_size=args.batch_size)
         data = (batches, batches)
-        if args.task == "classification":
+        if task == "classification":
             raise ConfigError(
                 "--calibration text has no labels: choose --task embedding, causal-lm or masked-lm"
             )
     return loss_fn, data
+
+
+def default_text_task(model: Any) -> str:
+    """The task a calibration text file implies for ``model`` when ``--task`` is not given."""
+    name = type(model).__name__
+    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
+        return "causal-lm"
+    if name.endswith("ForMaskedLM"):
+        return "masked-lm"
+    return "embedding"
 
 
 def _check_out(out: str, overwrite: bool) -> None:

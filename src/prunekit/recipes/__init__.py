@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
 from prunekit.recipes.sources import (
@@ -26,6 +27,7 @@ __all__ = [
     "load_model",
     "LoadedModel",
     "measure_model",
+    "OneShotStep",
     "Recipe",
     "RecipeResult",
     "save_model_dir",

@@ -9,6 +9,7 @@ One run::
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -33,9 +34,11 @@ from prunekit.io import file_size
 from prunekit.training import train as train_model
 
 if TYPE_CHECKING:
+    from prunekit.recipes.oneshot_step import OneShotStep
     from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
     from prunekit.recipes.sources import DataBundle
 
+logger = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LAYER_TYPES = (
     nn.Linear,
@@ -260,6 +263,39 @@ def _apply_channels(
     prune_channels(model, example_inputs, **kwargs)
 
 
+def _apply_oneshot(
+    model: nn.Module, st: OneShotStep, frac: float, bundle: DataBundle | None
+) -> dict[str, Any]:
+    """``prune_oneshot`` with the step's config on the run's calibration batches (inputs only)."""
+    from dataclasses import replace
+
+    from prunekit.core import inputs_only
+    from prunekit.oneshot import prune_oneshot
+
+    if bundle is None:
+        raise DataRequiredError(
+            "a oneshot step calibrates on data: give --calibration FILE.txt (an HF model's tokenizer reads "
+            "it), --data, a 'data' section, or data= in Python"
+        )
+    cfg = st.config
+    if frac < 1.0:
+        if cfg.sparsity is None or cfg.pattern is not None:
+            return {}  # an N:M pattern is applied whole, in the last round
+        cfg = replace(cfg, sparsity=cfg.sparsity * frac)
+    limit = cfg.max_batches
+    batches = [inputs_only(b) for b in islice(iter(bundle.train), limit)]
+    # the recipe's own bar shows the step; a second (tqdm) bar under rich's would garble the terminal
+    result = prune_oneshot(model, batches, config=replace(cfg, progress=False, max_batches=None))
+    logger.info("%s", result)
+    return {
+        "method": result.method,
+        "sparsity": result.sparsity,
+        "error": result.error,
+        "calibration_tokens": result.calibration_tokens,
+        "seconds": result.seconds,
+    }
+
+
 def _apply_layers(
     model: nn.Module, st: LayersStep, n: int, example_inputs: Any, calib: list[Any] | None, loss_fn: LossFn
 ) -> None:
@@ -269,7 +305,13 @@ def _apply_layers(
         return
     blocks = list(st.include) if isinstance(st.include, tuple) else st.include
     prune_layers(
-        model, example_inputs, n=n, data=calib, loss_fn=loss_fn, criterion=cast(Any, st.criterion), include=blocks
+        model,
+        example_inputs,
+        n=n,
+        data=calib,
+        loss_fn=loss_fn,
+        criterion=cast(Any, st.criterion),
+        include=blocks,
     )
 
 
@@ -284,6 +326,7 @@ def run_recipe(
     measure: bool = True,
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
+    from prunekit.recipes.oneshot_step import OneShotStep
     from prunekit.recipes.schema import ChannelsStep, LayersStep, RecipeResult, WeightsStep
     from prunekit.recipes.sources import first_inputs
 
@@ -293,10 +336,16 @@ def run_recipe(
     torch.manual_seed(recipe.seed)
     bundle = _as_bundle(data, recipe)
     if bundle is None and recipe.needs_data():
-        why = "fine-tunes" if recipe.finetune is not None else "uses a data-aware criterion"
+        why = (
+            "fine-tunes"
+            if recipe.finetune is not None
+            else "has a oneshot step, which calibrates on data"
+            if any(st.what == "oneshot" for st in recipe.steps)
+            else "uses a data-aware criterion"
+        )
         raise DataRequiredError(
             f"this recipe {why}: give it data (a 'data' section in the recipe, --data on the command line, "
-            "or data= in Python)"
+            "--calibration FILE.txt for a Hugging Face model, or data= in Python)"
         )
     if example_inputs is None and bundle is not None:
         example_inputs = first_inputs(bundle)
@@ -339,12 +388,21 @@ def run_recipe(
             _point(0, "dense", model, example_inputs, before["accuracy"], before["loss"])
         ]
         layers_done = 0
+        notes: list[str] = []
         for k in range(1, rounds + 1):
             frac = k / rounds
             for st in recipe.steps:
                 bar.describe(f"round {k}/{rounds}: {st.what}")
                 if isinstance(st, WeightsStep):
                     _apply_weights(model, st, frac, calib, loss_fn)
+                elif isinstance(st, OneShotStep):
+                    done = _apply_oneshot(model, st, frac, bundle)
+                    if done:
+                        notes.append(
+                            f"oneshot {done['method']}: {done['sparsity']:.1%} of the pruned layers, mean "
+                            f"reconstruction error {done['error']:.4f}, {done['calibration_tokens']:,} "
+                            f"calibration tokens, {done['seconds']:.1f} s"
+                        )
                 elif isinstance(st, ChannelsStep):
                     _apply_channels(model, st, rounds, example_inputs, calib, loss_fn)
                 else:
@@ -394,6 +452,7 @@ def run_recipe(
         history=history,
         hardware=hardware_info(m.threads).to_dict(),
         seconds=time.perf_counter() - start,
+        notes=tuple(notes),
         example_inputs=example_inputs,
     )
 

@@ -36,11 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.recipes.oneshot_step import OneShotStep, OneShotStepSchema
 
 DATA_AWARE = {
     "weights": ("taylor", "snip", "wanda"),
     "channels": ("taylor", "activation", "wanda"),
     "layers": ("loss",),
+    "oneshot": ("magnitude", "wanda", "sparsegpt", "refit"),  # every one-shot method calibrates
 }
 _PATTERN = re.compile(r"^\d+:\d+$")
 
@@ -158,7 +160,9 @@ class _LayersSchema(_Strict):
         return renamed_step_keys(data, {"blocks": "include"}, "layers")
 
 
-_StepSchema = Annotated[_WeightsSchema | _ChannelsSchema | _LayersSchema, Field(discriminator="what")]
+_StepSchema = Annotated[
+    _WeightsSchema | _ChannelsSchema | _LayersSchema | OneShotStepSchema, Field(discriminator="what")
+]
 
 
 class _DataSchema(_Strict):
@@ -217,6 +221,7 @@ _STEP_SCHEMAS: dict[str, type[BaseModel]] = {
     "weights": _WeightsSchema,
     "channels": _ChannelsSchema,
     "layers": _LayersSchema,
+    "oneshot": OneShotStepSchema,
 }
 
 
@@ -304,7 +309,7 @@ class LayersStep:
         _validate(_LayersSchema, asdict(self))
 
 
-Step = WeightsStep | ChannelsStep | LayersStep
+Step = WeightsStep | ChannelsStep | LayersStep | OneShotStep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -499,8 +504,12 @@ class Recipe:
                         prune_heads=st.prune_heads,
                     )
                 )
+            elif isinstance(st, OneShotStepSchema):
+                steps.append(OneShotStep(config=st.to_config()))
             else:
-                blocks = st.include if isinstance(st.include, str) or st.include is None else tuple(st.include)
+                blocks = (
+                    st.include if isinstance(st.include, str) or st.include is None else tuple(st.include)
+                )
                 steps.append(LayersStep(n=st.n, criterion=st.criterion, include=blocks))
         return cls(
             steps=tuple(steps),
@@ -525,7 +534,12 @@ class Recipe:
         if self.data is not None:
             out["data"] = asdict(self.data)
         out["prune"] = [
-            {"what": st.what, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()}}
+            st.to_dict()
+            if isinstance(st, OneShotStep)
+            else {
+                "what": st.what,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()},
+            }
             for st in self.steps
         ]
         out["schedule"] = asdict(self.schedule)
@@ -737,6 +751,7 @@ __all__ = [
     "Finetune",
     "LayersStep",
     "Measure",
+    "OneShotStep",
     "Recipe",
     "RecipeResult",
     "Schedule",

@@ -6,6 +6,7 @@ needs to be correct, seeded and quiet. Evaluation is :func:`prunekit.core.evalua
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,8 @@ from prunekit.errors import ConfigError, FormatError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("adam", "adamw", "sgd")
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -81,7 +84,10 @@ def train(
     n_batches = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     whole, frac = int(epochs), epochs - int(epochs)
     plan = [None] * whole + ([max(1, int(round(frac * n_batches)))] if frac and n_batches else [])
-    for limit in plan:
+    from prunekit.training.progress import StepLog
+
+    progress = StepLog(log, f"train {epochs:g} epochs", len(plan), unit="epoch", min_seconds=2.0)
+    for epoch, limit in enumerate(plan, 1):
         for i, batch in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -93,6 +99,8 @@ def train(
             last = float(loss.detach())
             if on_batch is not None:
                 on_batch()
+        progress.step(epoch, loss=last)
+    progress.done(f"last loss {last:.4g}")
     model.eval()
     return last
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from prunekit.training.common import OptimizerLike, check_optimizer, make_optimi
 from prunekit.training.loop import fit
 from prunekit.training.results import ResultsTable, RunResult
 from prunekit.training.schedules import IterativeSchedule
+
+log = logging.getLogger(__name__)
 
 
 @register_config
@@ -124,6 +127,11 @@ def iterative_prune(
         r = evaluate(model, val_loader, loss_fn)
         table.rows.append({"round": 0, "sparsity": 0.0, "loss": r.loss, "accuracy": r.accuracy})
     final = None
+    from prunekit.training.progress import StepLog
+
+    progress = StepLog(
+        log, f"iterative_prune to {cfg.sparsity:.1%}", schedule.rounds, unit="round", min_seconds=0
+    )
     for k in range(schedule.rounds):
         sparsity = schedule.sparsity(k)
         prune_weights(model, sparsity, criterion=criterion, scope=scope, include=include, exclude=exclude)
@@ -137,6 +145,10 @@ def iterative_prune(
         if final is not None:
             row.update(loss=final.loss, accuracy=final.accuracy)
         table.rows.append(row)
+        progress.step(
+            k + 1, sparsity=float(row["sparsity"]), **({"loss": float(final.loss)} if final else {})
+        )
+    progress.done(f"sparsity {weight_sparsity(model):.1%}")
     return RunResult(
         table=table,
         sparsity=weight_sparsity(model),

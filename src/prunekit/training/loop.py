@@ -39,6 +39,7 @@ from prunekit.training.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
+
 class StepHook(Protocol):
     """Anything with ``step()`` and ``state_dict``/``load_state_dict`` (e.g. a Pruner)."""
 
@@ -76,7 +77,9 @@ def train_step(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     out = call_model(model, to_device(inputs, dev))
-    loss = (loss_fn or F.cross_entropy)(model_output(out) if loss_fn is None else out, to_device(targets, dev))
+    loss = (loss_fn or F.cross_entropy)(
+        model_output(out) if loss_fn is None else out, to_device(targets, dev)
+    )
     loss.backward()
     optimizer.step()
     if pruner is not None:
@@ -216,6 +219,9 @@ def fit(
             return FitResult(steps=step, history=history, final=final)
 
     n_batches = len(train_loader)
+    from prunekit.training.progress import StepLog
+
+    progress = StepLog(log, "fit", steps)
     while step < steps:
         if resumed_batches:
             # replay this epoch's shuffle from its start, then put the current RNG state back
@@ -247,6 +253,9 @@ def fit(
                 on_step(step)
             if val_loader is not None and eval_every and step % eval_every == 0:
                 history.append(_record(step))
+                progress.step(step, val_loss=float(history[-1]["loss"]))
+            else:
+                progress.step(step)
             if step >= steps:
                 break
             if step % checkpoint_every == 0:
@@ -260,6 +269,7 @@ def fit(
         if not history or history[-1]["step"] != step:
             history.append(_record(step))
     save(done=True, final=final)
+    progress.done(f"validation loss {final.loss:.4g}" if final is not None else f"{step} steps")
     if any(math.isnan(h["loss"]) for h in history):
         log.warning("validation loss became NaN during fit")
     return FitResult(steps=step, history=history, final=final)

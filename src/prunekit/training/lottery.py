@@ -208,8 +208,10 @@ def lottery_ticket(
     check_optimizer(optimizer)
     unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(LotteryConfig)})
     if unknown:
-        raise ConfigError(f"lottery_ticket: unknown option(s) {unknown}; LotteryConfig fields are "
-                          f"{', '.join(f.name for f in dataclasses.fields(LotteryConfig))}")
+        raise ConfigError(
+            f"lottery_ticket: unknown option(s) {unknown}; LotteryConfig fields are "
+            f"{', '.join(f.name for f in dataclasses.fields(LotteryConfig))}"
+        )
     config = merge_config(LotteryConfig, config, verb="lottery_ticket", **kwargs)
     if isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(
@@ -256,7 +258,12 @@ def lottery_ticket(
                 atomic_save_tensors(rewind_file, rewind_state)
 
     table = ResultsTable("lottery")
+    from prunekit.training.progress import StepLog
+
+    runs = 1 + config.rounds * (1 + len(config.controls))
+    progress = StepLog(log, "lottery_ticket", runs, unit="training run", min_seconds=0)
     res = train(0, "ticket", model, capture)
+    progress.step(1)
     if rewind_state is None:  # pragma: no cover - resumed after the capture without its file
         raise ConfigError(f"rewind state for step {config.rewind_step} is missing from {ckdir}")
     dense_row = _row(0, "dense", model, res)
@@ -286,6 +293,7 @@ def lottery_ticket(
             table.rows.append(_row(level, kind, control, res_c))
             del control
         log.info("lottery level %d: %.1f%% of weights remain", level, 100 * (1 - weight_sparsity(model)))
+        progress.step(1 + level * (1 + len(config.controls)))
     if output_dir is not None:
         table.write(
             output_dir,
@@ -296,6 +304,7 @@ def lottery_ticket(
             invert_x=True,
             title="Lottery tickets: accuracy and early-stop iteration vs weights remaining",
         )
+    progress.done(f"{config.rounds} levels")
     last = table.rows[-1 - len(config.controls)] if config.rounds else dense_row
     return RunResult(
         table=table,
