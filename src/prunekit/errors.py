@@ -66,10 +66,15 @@ class UnsavableDefaultWarning(PrunekitWarning):
 
 def __getattr__(name: str) -> type[PrunekitError]:
     if name == "ModuleNotFound":  # the 0.1 name, easy to confuse with the builtin ModuleNotFoundError
-        from prunekit.compat import moved_name
+        import warnings
 
-        cls: type[PrunekitError] = moved_name(__name__, name)
-        return cls
+        warnings.warn(
+            "prunekit.errors.ModuleNotFound is deprecated and will be removed in prunekit 0.3; use "
+            "prunekit.errors.UnknownModuleError",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return UnknownModuleError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

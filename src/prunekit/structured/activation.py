@@ -24,7 +24,7 @@ from torch import nn
 from prunekit.core import EvalMode, call_model, model_device, take_inputs, to_device
 from prunekit.errors import DataRequiredError
 from prunekit.graph import Group
-from prunekit.structured.criteria import L2, reduce_members
+from prunekit.structured.criteria import CRITERIA, L2, reduce_members
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,10 @@ class Activation:
 
         total = reduce_members(group, params, per_index)
         return total if used[0] else L2().score(group, params, module_types)
+
+
+for _name in ("activation", "wanda"):  # ||W_out[:, j]|| x ||a_j|| on calibration data
+    CRITERIA.register(_name, Activation, overwrite=False)
 
 
 __all__ = ["Activation", "input_norms"]

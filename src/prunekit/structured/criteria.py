@@ -211,16 +211,6 @@ for _name, _cls in (
     CRITERIA.register(_name, _cls, overwrite=False)
 
 
-def _activation() -> ChannelCriterion:
-    from prunekit.structured.activation import Activation  # it builds on this module
-
-    return Activation()
-
-
-for _name in ("activation", "wanda"):  # ||W_out[:, j]|| x ||a_j|| on calibration data
-    CRITERIA.register(_name, _activation, overwrite=False)
-
-
 def get_criterion(criterion: str | ChannelCriterion) -> ChannelCriterion:
     """Resolve a name or pass through an object with the :class:`ChannelCriterion` protocol.
 

@@ -24,7 +24,6 @@ Removal deletes the blocks from their container (re-indexed), and for Hugging Fa
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,7 +45,15 @@ from prunekit.core import (
     take_inputs,
 )
 from prunekit.errors import ConfigError, DataRequiredError, PlanError, UnknownModuleError
-from prunekit.structured.blocks import BlockInfo, block_influence, find_blocks, skip_blocks
+from prunekit.structured.blocks import (
+    BlockInfo,
+    block_influence,
+    find_blocks,
+    layer_removals,
+    remove_blocks,
+    remove_blocks_undoable,
+    skip_blocks,
+)
 from prunekit.structured.surgery import LayerRemoval, Plan, record_plan
 
 LayerCriterion = Literal["block_influence", "loss", "position"]
@@ -144,105 +151,6 @@ class LayerPruningResult:
 # ----------------------------------------------------------------------------------------------
 # Removal.
 # ----------------------------------------------------------------------------------------------
-
-
-def _owning_config(model: nn.Module, container: str) -> Any:
-    """The ``config`` of the nearest module above ``container`` that has one (HF models), else None."""
-    parts = container.split(".") if container else []
-    for i in range(len(parts) - 1, -1, -1):
-        owner = model.get_submodule(".".join(parts[:i])) if i else model
-        config = getattr(owner, "config", None)
-        if config is not None and hasattr(config, "num_hidden_layers"):
-            return config
-    return None
-
-
-def _update_hf_config(config: Any, old_len: int, removed_idx: Sequence[int], new_len: int) -> tuple[str, ...]:
-    if config is None:
-        return ()
-    updated: list[str] = []
-    if getattr(config, "num_hidden_layers", None) == old_len:
-        config.num_hidden_layers = new_len
-        updated.append("num_hidden_layers")
-    for key in ("layer_types", "sliding_window_pattern_list"):  # per-layer lists
-        values = getattr(config, key, None)
-        if isinstance(values, (list, tuple)) and len(values) == old_len:
-            setattr(config, key, [t for i, t in enumerate(values) if i not in set(removed_idx)])
-            updated.append(key)
-    return tuple(updated)
-
-
-def _drop_children(container: nn.Module, drop: set[int]) -> None:
-    """Delete children at positions ``drop`` in place; integer keys are renumbered 0..n-1."""
-    items = [(k, m) for i, (k, m) in enumerate(container._modules.items()) if i not in drop]
-    renumber = all(k.isdigit() for k, _ in items)
-    container._modules = OrderedDict((str(i) if renumber else k, m) for i, (k, m) in enumerate(items))
-
-
-def remove_blocks(model: nn.Module, blocks: Sequence[BlockInfo]) -> tuple[str, ...]:
-    """Delete ``blocks`` from their containers in place; update HF config and ``layer_idx``.
-
-    The containers stay the same objects (their children are re-indexed). Returns the names of the
-    updated config fields.
-    """
-    updated, _ = remove_blocks_undoable(model, blocks)
-    return updated
-
-
-def remove_blocks_undoable(
-    model: nn.Module, blocks: Sequence[BlockInfo]
-) -> tuple[tuple[str, ...], Callable[[], None]]:
-    """:func:`remove_blocks`, also returning a function that puts every block, index and config back."""
-    by_container: dict[str, set[int]] = {}
-    for b in blocks:
-        by_container.setdefault(b.container, set()).add(b.index)
-    containers = {c: model.get_submodule(c) if c else model for c in by_container}
-    saved = {c: OrderedDict(m._modules) for c, m in containers.items()}
-    saved_idx = [
-        (sub, sub.layer_idx) for sub in model.modules() if isinstance(getattr(sub, "layer_idx", None), int)
-    ]
-    configs = {id(cfg): cfg for cfg in (_owning_config(model, c) for c in by_container) if cfg is not None}
-    keys = ("num_hidden_layers", "layer_types", "sliding_window_pattern_list")
-    saved_cfg = [(cfg, k, getattr(cfg, k)) for cfg in configs.values() for k in keys if hasattr(cfg, k)]
-
-    def undo() -> None:
-        for c, container in containers.items():
-            container._modules = saved[c]
-        for sub, idx in saved_idx:
-            setattr(sub, "layer_idx", idx)  # noqa: B010
-        for cfg, k, v in saved_cfg:
-            setattr(cfg, k, v)
-
-    updated: list[str] = []
-    try:
-        for c, container in containers.items():
-            old = list(container.children())
-            kept = [i for i in range(len(old)) if i not in by_container[c]]
-            _drop_children(container, by_container[c])
-            for new_i, old_i in enumerate(kept):
-                for sub in old[old_i].modules():
-                    if isinstance(getattr(sub, "layer_idx", None), int) and sub.layer_idx == old_i:
-                        setattr(sub, "layer_idx", new_i)  # noqa: B010  (typed as Tensor | Module)
-            config = _owning_config(model, c)
-            for f in _update_hf_config(config, len(old), sorted(by_container[c]), len(kept)):
-                if f not in updated:
-                    updated.append(f)
-    except Exception:
-        undo()
-        raise
-    return tuple(updated), undo
-
-
-def layer_removals(model: nn.Module, blocks: Sequence[BlockInfo]) -> list[dict[str, Any]]:
-    """The plan records of removing ``blocks``: ``{"container", "size", "kept"}`` per container."""
-    by_container: dict[str, set[int]] = {}
-    for b in blocks:
-        by_container.setdefault(b.container, set()).add(b.index)
-    out = []
-    for c, drop in by_container.items():
-        size = len(list((model.get_submodule(c) if c else model).children()))
-        out.append({"container": c, "size": size, "kept": [i for i in range(size) if i not in drop]})
-    return out
 
 
 @renamed_kwargs(blocks="include")

@@ -287,8 +287,7 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
             snap.attrs.append((mod, a.name, getattr(mod, a.name)))
             setattr(mod, a.name, a.new)
         if plan.layers:
-            from prunekit.structured.blocks import BlockInfo
-            from prunekit.structured.layers import remove_blocks_undoable  # layers imports us
+            from prunekit.structured.blocks import BlockInfo, remove_blocks_undoable  # blocks imports us
 
             blocks = [
                 BlockInfo(name=f"{r.container}.{i}" if r.container else str(i), container=r.container,
