@@ -57,7 +57,7 @@ MOVED_MODULES: dict[str, str] = {
     "prunekit.metrics": "prunekit.core.metrics",
     "prunekit.optim_state": "prunekit.structured.optim_state",
     "prunekit.pruner": "prunekit.training",
-    "prunekit.runner": "prunekit.recipes.runner",
+    "prunekit.runner": "prunekit.recipes",
     "prunekit.schedules": "prunekit.training.schedules",
     "prunekit.selection": "prunekit.core.select",
     "prunekit.sensitivity": "prunekit.analysis.sweep",

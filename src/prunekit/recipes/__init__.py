@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
-from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
+from prunekit.recipes.schema import Recipe
 from prunekit.recipes.sources import (
     LoadedModel,
     check_fits,
@@ -14,6 +14,7 @@ from prunekit.recipes.sources import (
     save_model_dir,
     write_pretrained,
 )
+from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
 from prunekit.recipes.tasks import hf_tokenizer, task_loss, text_batches
 
 __all__ = [

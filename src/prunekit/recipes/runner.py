@@ -35,8 +35,9 @@ from prunekit.training import train as train_model
 
 if TYPE_CHECKING:
     from prunekit.recipes.oneshot_step import OneShotStep
-    from prunekit.recipes.schema import ChannelsStep, LayersStep, Recipe, RecipeResult, WeightsStep
+    from prunekit.recipes.schema import Recipe
     from prunekit.recipes.sources import DataBundle
+    from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
 
 logger = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -327,8 +328,8 @@ def run_recipe(
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
     from prunekit.recipes.oneshot_step import OneShotStep
-    from prunekit.recipes.schema import ChannelsStep, LayersStep, RecipeResult, WeightsStep
     from prunekit.recipes.sources import first_inputs
+    from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
 
     start = time.perf_counter()
     task_loss = loss_fn  # None: the scores' cross-entropy (classification)
