@@ -203,6 +203,7 @@ def allocate(
             "Lower the budget, add 'heads' or 'mlp' to what=, or raise max_layer_ratio"
         )
     removed = dict.fromkeys(chunks, 0)
+    taken = dict.fromkeys(chunks, 0)  # chunks taken per group (always a prefix)
     spent = 0.0
     while heap:
         _, gid, i = heapq.heappop(heap)
@@ -211,13 +212,28 @@ def allocate(
         if spent + c > goal and spent + c - goal >= goal - spent:
             continue  # overshoots more than it fills: smaller units elsewhere may fit (group closed)
         removed[gid] += size
+        taken[gid] += 1
         spent += c
         if spent >= goal:
             break
         if i + 1 < len(chunks[gid]):
             nxt = chunks[gid][i + 1]
             heapq.heappush(heap, (nxt[1] / (nxt[0] * cost[gid]), gid, i + 1))
-    return removed
+    # closest fit: take the next chunk of the group that brings the total nearest the goal, while one does
+    while True:
+        best: tuple[float, int] | None = None
+        for gid, lst in chunks.items():
+            if taken[gid] < len(lst):
+                gap = abs(goal - spent - lst[taken[gid]][0] * cost[gid])
+                if gap < abs(goal - spent) and (best is None or gap < best[0]):
+                    best = (gap, gid)
+        if best is None:
+            return removed
+        gid = best[1]
+        size = chunks[gid][taken[gid]][0]
+        removed[gid] += size
+        taken[gid] += 1
+        spent += size * cost[gid]
 
 
 __all__ = ["Kind", "UnitGroup", "allocate", "ratio_counts", "unit_groups"]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from prunekit.core import UNSET, count_params, merge_config, take_inputs
-from prunekit.errors import ConfigError, PlanError
+from prunekit.errors import ConfigError, PlanError, PrunekitError
 from prunekit.graph import Group, build_graph, record
 from prunekit.io import is_hf_model, sync_hf_config
 from prunekit.oneshot.api import eval_mode
@@ -146,6 +146,13 @@ def _relative_error(
     return num / den if den > 0 else 0.0
 
 
+def _misfit(model: nn.Module, e: Exception) -> PrunekitError:
+    return PrunekitError(
+        f"the calibration data does not fit {type(model).__name__}: {type(e).__name__}: {e}. Pass batches "
+        "that model(**batch) / model(batch) accepts (e.g. a tokenizer's output); the model is unchanged"
+    )
+
+
 def prune_structured_oneshot(
     model: nn.Module,
     data: Iterable[Any],
@@ -206,7 +213,12 @@ def prune_structured_oneshot(
     block_params = sum(p.numel() for p in blocks.parameters())
     with eval_mode(model):
         batches, hidden = capture_inputs(model, blocks[0], raw, None)
-        graph = build_graph(record(model, raw[0]), prune_heads=True, gqa=cfg.gqa)
+        try:
+            graph = build_graph(record(model, raw[0]), prune_heads=True, gqa=cfg.gqa)
+        except PrunekitError:
+            raise
+        except Exception as e:
+            raise _misfit(model, e) from e
     groups = unit_groups(graph, blocks_name, len(blocks), linear_names, cfg.what)
     if not groups:
         raise ConfigError(
@@ -231,11 +243,13 @@ def prune_structured_oneshot(
                     gqa=cfg.gqa, check=cfg.check,  # type: ignore[arg-type]
                 )
                 plan = res.plan
-    except BaseException:
+    except BaseException as e:
         with torch.no_grad():
             for p, old in saved.values():
                 if tuple(p.shape) == tuple(old.shape):
                     p.copy_(old)
+        if isinstance(e, Exception) and not isinstance(e, PrunekitError):
+            raise _misfit(model, e) from e
         raise
     synced: bool | None = None
     if is_hf_model(model):
