@@ -84,17 +84,34 @@ def main() -> None:
             if not args.quick:
                 s1 = lat["1"] / measure_latency(model, one, repeats=50, threads=1).median_ms
                 s32 = lat["32"] / measure_latency(model, b32, repeats=15, threads=1).median_ms
-            rows.append((label, method, float(cos.mean()), float(cos.min()), res.removed_fraction,
-                         dense_macs / macs, s1, s32, res.seconds))
+            rows.append(
+                (
+                    label,
+                    method,
+                    float(cos.mean()),
+                    float(cos.min()),
+                    res.removed_fraction,
+                    dense_macs / macs,
+                    s1,
+                    s32,
+                    res.seconds,
+                )
+            )
             print(f"  done {label} / {method}: cos {float(cos.mean()):.4f}", file=sys.stderr)
-    print(f"dense latency: batch 1 {lat.get('1', float('nan')):.2f} ms, batch 32 {lat.get('32', float('nan')):.1f} ms"
-          " (1 thread, median)")
-    print("| case | compensation | mean cos | min cos | encoder params removed | ideal MAC ratio | "
-          "speedup b1 | speedup b32 | prune s |")
+    print(
+        f"dense latency: batch 1 {lat.get('1', float('nan')):.2f} ms, batch 32 {lat.get('32', float('nan')):.1f} ms"
+        " (1 thread, median)"
+    )
+    print(
+        "| case | compensation | mean cos | min cos | encoder params removed | ideal MAC ratio | "
+        "speedup b1 | speedup b32 | prune s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.4f} | {r[3]:.3f} | {r[4]:.1%} | {r[5]:.2f}x | {r[6]:.2f}x | "
-              f"{r[7]:.2f}x | {r[8]:.1f} |")
+        print(
+            f"| {r[0]} | {r[1]} | {r[2]:.4f} | {r[3]:.3f} | {r[4]:.1%} | {r[5]:.2f}x | {r[6]:.2f}x | "
+            f"{r[7]:.2f}x | {r[8]:.1f} |"
+        )
 
 
 if __name__ == "__main__":

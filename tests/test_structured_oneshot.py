@@ -56,7 +56,9 @@ def _same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     )
 
 
-def _reference(model: Net, data: list[torch.Tensor], remove: int, method: str) -> list[tuple[torch.Tensor, ...]]:
+def _reference(
+    model: Net, data: list[torch.Tensor], remove: int, method: str
+) -> list[tuple[torch.Tensor, ...]]:
     """Independent block loop in plain torch: (kept rows, W_up, b_up, W_down, b_down) per block."""
     model = copy.deepcopy(model)
     xs = [x.reshape(-1, x.shape[-1]) for x in data]
@@ -102,7 +104,9 @@ def test_refit_is_the_least_squares_optimum_and_beats_bias() -> None:
     from prunekit.oneshot.engine import LayerStats
 
     g = torch.Generator().manual_seed(3)
-    a = torch.randn(200, 12, generator=g) @ torch.randn(12, 12, generator=g) + 0.7  # correlated, non-zero mean
+    a = (
+        torch.randn(200, 12, generator=g) @ torch.randn(12, 12, generator=g) + 0.7
+    )  # correlated, non-zero mean
     w, b = torch.randn(5, 12, generator=g), torch.randn(5, generator=g)
     st = LayerStats(a.T @ a, a.sum(0), a.shape[0])
     keep = torch.ones(12, dtype=torch.bool)
@@ -125,8 +129,13 @@ def _bert(hidden: int = 32, inter: int = 64, heads: int = 4, layers: int = 2) ->
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
-        vocab_size=96, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=inter, max_position_embeddings=32, attn_implementation="eager",
+        vocab_size=96,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=32,
+        attn_implementation="eager",
     )
     return transformers.BertModel(cfg, add_pooling_layer=False).eval()
 
@@ -135,9 +144,18 @@ def _llama(inter: int = 96) -> nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-        head_dim=8, intermediate_size=inter, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
-        pad_token_id=0, attn_implementation="eager",
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=inter,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        attn_implementation="eager",
     )
     return transformers.LlamaModel(cfg).eval()
 
@@ -197,12 +215,16 @@ def test_refit_is_closer_to_dense_than_bias_and_none() -> None:
     assert errs["refit"] < errs["bias"] < errs["none"]
 
 
-@pytest.mark.parametrize(("make", "budget", "round_to"), [(_bert, 0.3, 8), (_llama, 0.25, None), (_bert, 0.2, None)])
+@pytest.mark.parametrize(
+    ("make", "budget", "round_to"), [(_bert, 0.3, 8), (_llama, 0.25, None), (_bert, 0.2, None)]
+)
 def test_budget_is_met_within_one_percent(make: Any, budget: float, round_to: int | None) -> None:
     # big enough that one unit (a KV group, 8 MLP channels) is below 1% of the target
     model = make(inter=384) if make is _llama else make(hidden=64, inter=512, layers=3)
-    before = sum(p.numel() for p in model.layers.parameters()) if make is _llama else sum(
-        p.numel() for p in model.encoder.layer.parameters()
+    before = (
+        sum(p.numel() for p in model.layers.parameters())
+        if make is _llama
+        else sum(p.numel() for p in model.encoder.layer.parameters())
     )
     res = pk.prune_structured_oneshot(model, _tokens(), budget=budget, round_to=round_to, method="bias")
     assert res.block_params_before == before
@@ -226,7 +248,9 @@ def test_impossible_budget_and_bad_input_leave_the_model_unchanged() -> None:
     with pytest.raises(ConfigError):
         pk.prune_structured_oneshot(model, _tokens(), ratio=0.2, what=("layers",))
     with pytest.raises(PrunekitError, match="does not fit"):
-        pk.prune_structured_oneshot(model, [{"input_ids": torch.full((2, 5), 500)}])  # ids beyond the vocabulary
+        pk.prune_structured_oneshot(
+            model, [{"input_ids": torch.full((2, 5), 500)}]
+        )  # ids beyond the vocabulary
     with pytest.raises(PrunekitError):
         pk.prune_structured_oneshot(model, [])
     assert _same_state(model, state)
@@ -258,7 +282,10 @@ def test_failure_after_compensation_restores_the_weights(monkeypatch: pytest.Mon
 
 def test_uniform_widths_round_trip_through_save_pretrained(tmp_path: Any) -> None:
     transformers = pytest.importorskip("transformers")
-    for make, what, cls in ((_bert, ("mlp",), transformers.BertModel), (_llama, ("mlp", "heads"), transformers.LlamaModel)):
+    for make, what, cls in (
+        (_bert, ("mlp",), transformers.BertModel),
+        (_llama, ("mlp", "heads"), transformers.LlamaModel),
+    ):
         model = make()
         data = _tokens()
         res = pk.prune_structured_oneshot(model, data, ratio=0.5, what=what)
@@ -285,8 +312,15 @@ def test_config_round_trip_and_validation() -> None:
     cfg = pk.StructuredOneShotConfig(ratio={"mlp": 0.5}, what=["mlp"], method="bias", round_to=8)
     assert cfg.what == ("mlp",)
     assert pk.StructuredOneShotConfig.from_dict(cfg.to_dict()) == cfg
-    for bad in ({"ratio": -0.1}, {"ratio": {"mlp": 1.0}}, {"method": "obs"}, {"budget": 1.5},
-                {"round_to": 0}, {"criterion": "taylor"}, {"ratio": {"experts": 0.1}}):
+    for bad in (
+        {"ratio": -0.1},
+        {"ratio": {"mlp": 1.0}},
+        {"method": "obs"},
+        {"budget": 1.5},
+        {"round_to": 0},
+        {"criterion": "taylor"},
+        {"ratio": {"experts": 0.1}},
+    ):
         with pytest.raises(ConfigError):
             pk.StructuredOneShotConfig(**bad)
     model = Net()

@@ -88,10 +88,16 @@ def unit_groups(
         kind: Kind = "heads" if g.kind == "multi" else "mlp"
         if kind not in what:
             continue
-        readers = [m for m in g.members if m.dim == 1 and m.name.endswith(".weight")
-                   and m.name[: -len(".weight")] in linear_names]
-        producers = [m for m in g.members if m.dim == 0 and m.name.endswith(".weight")
-                     and m.name[: -len(".weight")] in linear_names]
+        readers = [
+            m
+            for m in g.members
+            if m.dim == 1 and m.name.endswith(".weight") and m.name[: -len(".weight")] in linear_names
+        ]
+        producers = [
+            m
+            for m in g.members
+            if m.dim == 0 and m.name.endswith(".weight") and m.name[: -len(".weight")] in linear_names
+        ]
         if len(readers) != 1 or not producers:
             continue
         n_params = 0
@@ -126,7 +132,9 @@ def _param_shapes(graph: DependencyGraph) -> dict[str, torch.Size]:
     return {n: torch.Size(trace.values[v].shape) for n, v in trace.param_values.items()}
 
 
-def ratio_counts(groups: Sequence[UnitGroup], ratio: Mapping[str, float], round_to: int | None) -> dict[int, int]:
+def ratio_counts(
+    groups: Sequence[UnitGroup], ratio: Mapping[str, float], round_to: int | None
+) -> dict[int, int]:
     """Units to remove per group for a per-kind ratio (``floor(r · n)``, kept count a multiple of ``round_to``)."""
     out: dict[int, int] = {}
     for g in groups:

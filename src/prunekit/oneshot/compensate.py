@@ -42,14 +42,18 @@ def column_scores(weight: torch.Tensor, stats: LayerStats, criterion: str) -> to
     """
     col = weight.detach().to(torch.float32).norm(dim=0)
     energy = stats.hessian.diagonal().clamp_min(0)
+    out: torch.Tensor
     if criterion == "activation":
-        return col * energy.sqrt()
+        out = col * energy.sqrt()
+        return out
     if criterion == "fluctuation":
         mean = column_means(stats)
         var = (energy / max(stats.tokens, 1) - mean * mean).clamp_min(0)
-        return col.square() * var
+        out = col.square() * var
+        return out
     if criterion == "weight":
-        return col
+        out = col
+        return out
     raise PlanError(f"unknown column criterion {criterion!r}; valid: {', '.join(COLUMN_CRITERIA)}")
 
 

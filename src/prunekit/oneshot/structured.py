@@ -35,6 +35,7 @@ from prunekit.io import is_hf_model, sync_hf_config
 from prunekit.oneshot.api import eval_mode
 from prunekit.oneshot.budget import UnitGroup, allocate, ratio_counts, unit_groups
 from prunekit.oneshot.compensate import bias_compensation, column_scores, refit_columns, removal_error
+from prunekit.oneshot.driver import bias_of, weight_of
 from prunekit.oneshot.engine import (
     Batch,
     LayerStats,
@@ -77,8 +78,11 @@ class ChosenUnits:
 
 
 def _stats_for(
-    block: nn.Module, names: Sequence[str], modules: Mapping[str, nn.Module],
-    batches: Sequence[Batch], hidden: Sequence[torch.Tensor],
+    block: nn.Module,
+    names: Sequence[str],
+    modules: Mapping[str, nn.Module],
+    batches: Sequence[Batch],
+    hidden: Sequence[torch.Tensor],
 ) -> dict[str, LayerStats]:
     stats = block_statistics(block, {n: modules[n] for n in names}, batches, hidden)
     missing = [n for n in names if n not in stats]
@@ -87,7 +91,9 @@ def _stats_for(
     return stats
 
 
-def _unit_errors(g: UnitGroup, weight: torch.Tensor, st: LayerStats, compensated: bool, scale: float) -> np.ndarray:
+def _unit_errors(
+    g: UnitGroup, weight: torch.Tensor, st: LayerStats, compensated: bool, scale: float
+) -> np.ndarray:
     return g.unit_sums(removal_error(weight, st, compensated)) / max(scale, 1e-30)
 
 
@@ -100,8 +106,8 @@ def _stream_energy(hidden: Sequence[torch.Tensor]) -> float:
 def _compensate(
     g: UnitGroup, module: nn.Module, st: LayerStats, removed_units: np.ndarray, cfg: StructuredOneShotConfig
 ) -> StructuredGroup:
-    weight: nn.Parameter = module.weight  # type: ignore[assignment]
-    bias = module.bias if isinstance(getattr(module, "bias", None), torch.Tensor) else None
+    weight = weight_of(module)
+    bias = bias_of(module)
     cols = g.column_mask(removed_units)
     keep = ~cols
     w0 = weight.detach().to(torch.float32).clone()
@@ -119,10 +125,17 @@ def _compensate(
                 bias.add_(bias_compensation(w0, st, cols).to(bias.dtype))
                 compensated = "bias"
             weight[:, cols] = 0.0
-    error = _relative_error(w0, b0, weight.detach().float(), bias.detach().float() if bias is not None else None, st)
+    error = _relative_error(
+        w0, b0, weight.detach().float(), bias.detach().float() if bias is not None else None, st
+    )
     return StructuredGroup(
-        name=g.producer, kind=g.kind, block=g.block, before=g.n_units,
-        after=g.n_units - len(removed_units), compensation=compensated, error=error,
+        name=g.producer,
+        kind=g.kind,
+        block=g.block,
+        before=g.n_units,
+        after=g.n_units - len(removed_units),
+        compensation=compensated,
+        error=error,
     )
 
 
@@ -201,9 +214,21 @@ def prune_structured_oneshot(
     """
     t0 = time.perf_counter()
     cfg = merge_config(
-        StructuredOneShotConfig, config, verb="prune_structured_oneshot", ratio=ratio, what=what, method=method,
-        criterion=criterion, budget=budget, budget_metric=budget_metric, round_to=round_to,
-        max_batches=max_batches, dampening=dampening, gqa=gqa, max_layer_ratio=max_layer_ratio, check=check,
+        StructuredOneShotConfig,
+        config,
+        verb="prune_structured_oneshot",
+        ratio=ratio,
+        what=what,
+        method=method,
+        criterion=criterion,
+        budget=budget,
+        budget_metric=budget_metric,
+        round_to=round_to,
+        max_batches=max_batches,
+        dampening=dampening,
+        gqa=gqa,
+        max_layer_ratio=max_layer_ratio,
+        check=check,
     )
     blocks_name, blocks = find_blocks(model)
     raw = take_inputs(data, cfg.max_batches, "prune_structured_oneshot")
@@ -239,8 +264,13 @@ def prune_structured_oneshot(
             plan: dict[str, Any] = {}
             if ratios:
                 res = prune_channels(
-                    model, raw[0], ratio=ratios, criterion=ChosenUnits(removed_cols), prune_heads=True,
-                    gqa=cfg.gqa, check=cfg.check,  # type: ignore[arg-type]
+                    model,
+                    raw[0],
+                    ratio=ratios,
+                    criterion=ChosenUnits(removed_cols),
+                    prune_heads=True,
+                    gqa=cfg.gqa,
+                    check=cfg.check,
                 )
                 plan = res.plan
     except BaseException as e:
@@ -268,8 +298,13 @@ def prune_structured_oneshot(
 
 
 def _counts(
-    cfg: StructuredOneShotConfig, groups: Sequence[UnitGroup], blocks: nn.ModuleList,
-    modules: Mapping[str, nn.Module], batches: Sequence[Batch], hidden: Sequence[torch.Tensor], block_params: int,
+    cfg: StructuredOneShotConfig,
+    groups: Sequence[UnitGroup],
+    blocks: nn.ModuleList,
+    modules: Mapping[str, nn.Module],
+    batches: Sequence[Batch],
+    hidden: Sequence[torch.Tensor],
+    block_params: int,
 ) -> dict[int, int]:
     if cfg.budget is None:
         return ratio_counts(groups, cfg.kind_ratios(), cfg.round_to)
@@ -278,26 +313,36 @@ def _counts(
     state = list(hidden)
     total = block_params
     if cfg.budget_metric == "macs":  # per-token MACs of the blocks' Linear layers
-        total = sum(int(getattr(m, "weight").numel()) for m in blocks.modules() if is_linear(m))
+        total = sum(weight_of(m).numel() for m in blocks.modules() if is_linear(m))
     for b, block in enumerate(blocks):
         mine = [g for g in groups if g.block == b]
         if mine:
             stats = _stats_for(block, sorted({g.consumer for g in mine}), modules, batches, state)
             scale = _stream_energy(state)
             for g in mine:
-                w = modules[g.consumer].weight  # type: ignore[union-attr]
-                errors[g.gid] = _unit_errors(g, w, stats[g.consumer], compensated, scale)  # type: ignore[arg-type]
+                w = weight_of(modules[g.consumer])
+                errors[g.gid] = _unit_errors(g, w, stats[g.consumer], compensated, scale)
         state = propagate(block, batches, state)
     assert cfg.budget is not None
     return allocate(
-        groups, errors, cfg.budget, metric=cfg.budget_metric, total=total,  # type: ignore[arg-type]
-        round_to=cfg.round_to, max_ratio=cfg.max_layer_ratio,
+        groups,
+        errors,
+        cfg.budget,
+        metric=cfg.budget_metric,
+        total=total,
+        round_to=cfg.round_to,
+        max_ratio=cfg.max_layer_ratio,
     )
 
 
 def _run(
-    cfg: StructuredOneShotConfig, groups: Sequence[UnitGroup], counts: Mapping[int, int], blocks: nn.ModuleList,
-    modules: Mapping[str, nn.Module], batches: Sequence[Batch], hidden: Sequence[torch.Tensor],
+    cfg: StructuredOneShotConfig,
+    groups: Sequence[UnitGroup],
+    counts: Mapping[int, int],
+    blocks: nn.ModuleList,
+    modules: Mapping[str, nn.Module],
+    batches: Sequence[Batch],
+    hidden: Sequence[torch.Tensor],
 ) -> tuple[list[StructuredGroup], dict[str, np.ndarray]]:
     records: list[StructuredGroup] = []
     removed_cols: dict[str, np.ndarray] = {}
@@ -311,7 +356,7 @@ def _run(
             for g in mine:
                 module = modules[g.consumer]
                 st = stats[g.consumer]
-                scores = g.unit_sums(column_scores(module.weight, st, cfg.criterion))  # type: ignore[arg-type]
+                scores = g.unit_sums(column_scores(weight_of(module), st, cfg.criterion))
                 drop = np.sort(np.argsort(scores, kind="stable")[: counts[g.gid]])
                 records.append(_compensate(g, module, st, drop, cfg))
                 removed_cols[f"{g.consumer}.weight"] = g.column_mask(drop).numpy()

@@ -71,7 +71,9 @@ class StructuredOneShotConfig(ConfigMixin):
             unknown = sorted(set(self.ratio) - set(KINDS))
             if unknown:
                 raise ConfigError(f"ratio= keys must be in {list(KINDS)}, got {unknown}")
-            object.__setattr__(self, "ratio", {k: _fraction(v, f"ratio[{k!r}]") for k, v in self.ratio.items()})
+            object.__setattr__(
+                self, "ratio", {k: _fraction(v, f"ratio[{k!r}]") for k, v in self.ratio.items()}
+            )
         else:
             _fraction(self.ratio, "ratio")
         if self.method not in COMPENSATIONS:
@@ -87,10 +89,16 @@ class StructuredOneShotConfig(ConfigMixin):
         ):
             raise ConfigError(f"round_to must be a positive int or None, got {self.round_to!r}")
         if self.max_batches is not None and (
-            isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int) or self.max_batches < 1
+            isinstance(self.max_batches, bool)
+            or not isinstance(self.max_batches, int)
+            or self.max_batches < 1
         ):
             raise ConfigError(f"max_batches must be a positive int or None, got {self.max_batches!r}")
-        if isinstance(self.dampening, bool) or not isinstance(self.dampening, (int, float)) or self.dampening < 0:
+        if (
+            isinstance(self.dampening, bool)
+            or not isinstance(self.dampening, (int, float))
+            or self.dampening < 0
+        ):
             raise ConfigError(f"dampening must be a number >= 0, got {self.dampening!r}")
         if self.gqa not in ("kv_groups", "query_heads"):
             raise ConfigError(f"gqa must be 'kv_groups' or 'query_heads', got {self.gqa!r}")
