@@ -81,9 +81,11 @@ def main() -> None:
             cos = torch.nn.functional.cosine_similarity(emb, ref, dim=1)
             macs = count_macs(model, b32)
             s1 = s32 = float("nan")
-            if not args.quick:
-                s1 = lat["1"] / measure_latency(model, one, repeats=50, threads=1).median_ms
-                s32 = lat["32"] / measure_latency(model, b32, repeats=15, threads=1).median_ms
+            if not args.quick:  # dense re-timed right before each case: the machine's load drifts
+                d1 = measure_latency(dense, one, repeats=50, threads=1).median_ms
+                s1 = d1 / measure_latency(model, one, repeats=50, threads=1).median_ms
+                d32 = measure_latency(dense, b32, repeats=15, threads=1).median_ms
+                s32 = d32 / measure_latency(model, b32, repeats=15, threads=1).median_ms
             rows.append(
                 (
                     label,
