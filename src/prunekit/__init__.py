@@ -132,7 +132,16 @@ _API: dict[str, str] = {
     ),
     **dict.fromkeys(["Recipe", "RecipeResult"], "prunekit.recipes"),
     **dict.fromkeys(
-        ["OneShotConfig", "OneShotResult", "calibration_batches", "prune_checkpoint", "prune_oneshot"],
+        [
+            "OneShotConfig",
+            "OneShotResult",
+            "StructuredOneShotConfig",
+            "StructuredOneShotResult",
+            "calibration_batches",
+            "prune_checkpoint",
+            "prune_oneshot",
+            "prune_structured_oneshot",
+        ],
         "prunekit.oneshot",
     ),
     **dict.fromkeys(
@@ -191,6 +200,8 @@ __all__ = [
     "SensitivityResult",
     "SparsityReport",
     "SpeedupWarning",
+    "StructuredOneShotConfig",
+    "StructuredOneShotResult",
     "UNSET",
     "UnknownModuleError",
     "UnsupportedOpError",
@@ -228,6 +239,7 @@ __all__ = [
     "prune_heads",
     "prune_layers",
     "prune_oneshot",
+    "prune_structured_oneshot",
     "prune_weights",
     "register_coupling_rule",
     "register_criterion",
@@ -345,9 +357,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
     from prunekit.oneshot import (
         OneShotConfig,
         OneShotResult,
+        StructuredOneShotConfig,
+        StructuredOneShotResult,
         calibration_batches,
         prune_checkpoint,
         prune_oneshot,
+        prune_structured_oneshot,
     )
     from prunekit.recipes import (
         Recipe,

@@ -12,6 +12,10 @@
     streaming.py    prune_checkpoint: a checkpoint directory in, a pruned one out, block by block
     result.py       OneShotResult
     calibration.py  calibration_batches
+    structured.py   prune_structured_oneshot: MLP channels / heads removed block by block, compensated
+    structured_types.py  its config and result
+    compensate.py   bias compensation and exact least-squares refit of a consuming layer
+    budget.py       unit groups per block and a global params/MACs budget
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from prunekit.oneshot.calibration import calibration_batches
 from prunekit.oneshot.config import OneShotConfig
 from prunekit.oneshot.result import OneShotLayer, OneShotResult
 from prunekit.oneshot.streaming import prune_checkpoint
+from prunekit.oneshot.structured import prune_structured_oneshot
+from prunekit.oneshot.structured_types import (
+    StructuredGroup,
+    StructuredOneShotConfig,
+    StructuredOneShotResult,
+)
 
 __all__ = [
     "calibration_batches",
@@ -29,4 +39,8 @@ __all__ = [
     "OneShotResult",
     "prune_checkpoint",
     "prune_oneshot",
+    "prune_structured_oneshot",
+    "StructuredGroup",
+    "StructuredOneShotConfig",
+    "StructuredOneShotResult",
 ]
