@@ -88,3 +88,25 @@ def test_import_time_budget() -> None:
         for _ in range(3)
     ]
     assert min(times) < 0.15, times
+
+
+def test_no_module_is_longer_than_600_lines() -> None:
+    """One concept per module: 100-400 lines where the concept allows, none above 600."""
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert long == {}
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter")
+    graph = grimp.build_graph("prunekit", exclude_type_checking_imports=True)
+    cycles = [
+        (a, b)
+        for a in graph.modules
+        for b in graph.find_modules_directly_imported_by(a)
+        if graph.chain_exists(importer=b, imported=a)
+    ]
+    assert cycles == []

@@ -56,7 +56,7 @@ def test_iterative_prune_logs_each_round(caplog: pytest.LogCaptureFixture) -> No
 
 
 def test_cli_shows_library_log_lines_while_loading(capsys: pytest.CaptureFixture[str]) -> None:
-    from prunekit.cli.main import log_to_stderr
+    from prunekit.cli.commands import log_to_stderr
 
     with log_to_stderr(True):
         logging.getLogger("examples.models").info("training the example model x")
