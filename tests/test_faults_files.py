@@ -344,3 +344,19 @@ def test_hf_directory_with_only_pickle_weights_is_refused(tmp_path: Path) -> Non
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(pk.FormatError, match="pickle weights are not loaded.*convert to safetensors"):
         load_model(str(tmp_path))
+
+
+def test_a_recipe_naming_a_data_factory_does_not_run_it_without_opt_in(tmp_path: Path) -> None:
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil_data.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\ndef data():\n    return []\n"
+    )
+    recipe = pk.Recipe.from_string(
+        f"data: {{source: '{tmp_path / 'evil_data.py'}:data'}}\nprune:\n  - {{what: weights, sparsity: 0.5}}\n"
+    )
+    model = nn.Sequential(nn.Linear(4, 4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.ConfigError, match="trust_code"):
+        recipe.run(model, torch.randn(1, 4))
+    assert not marker.exists()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -214,8 +214,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     loss_fn, data = task_for(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
     result = recipe.run(
-        loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn
-    )
+        loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
+        trust_code=args.trust_code,
+    )  # fmt: skip
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
     if args.dry_run:
         if args.json:

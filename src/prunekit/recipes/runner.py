@@ -168,13 +168,19 @@ def measure_model(
     return out
 
 
-def _as_bundle(data: Any, recipe: Recipe) -> DataBundle | None:
+def _as_bundle(data: Any, recipe: Recipe, trust_code: bool = False) -> DataBundle | None:
     from prunekit.recipes.sources import DataBundle, load_data
 
     if data is None:
         if recipe.data is None:
             return None
         d = recipe.data
+        if ":" in d.source and not trust_code:  # module:factory or file.py:factory: code named by a file
+            raise ConfigError(
+                f"the recipe names the data factory {d.source!r}: prunekit does not import code named by a "
+                "recipe unless you trust it; pass trust_code=True (CLI: --trust-code), or give the data "
+                "yourself (data=... / --data)"
+            )
         return load_data(d.source, data_dir=d.dir, batch_size=d.batch_size, seed=recipe.seed, limit=d.limit)
     if isinstance(data, DataBundle):
         return data
@@ -325,6 +331,7 @@ def run_recipe(
     progress: bool = False,
     loss_fn: LossFn | None = None,
     measure: bool = True,
+    trust_code: bool = False,
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
     from prunekit.recipes.oneshot_step import OneShotStep
@@ -335,7 +342,7 @@ def run_recipe(
     task_loss = loss_fn  # None: the scores' cross-entropy (classification)
     loss_fn = loss_fn or nn.functional.cross_entropy
     torch.manual_seed(recipe.seed)
-    bundle = _as_bundle(data, recipe)
+    bundle = _as_bundle(data, recipe, trust_code)
     if bundle is None and recipe.needs_data():
         why = (
             "fine-tunes"

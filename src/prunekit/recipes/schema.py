@@ -306,6 +306,7 @@ class Recipe:
         progress: bool = False,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         measure: bool = True,
+        trust_code: bool = False,
     ) -> RecipeResult:
         """Run the recipe on ``model`` in place and return what happened, measured before and after.
 
@@ -317,6 +318,8 @@ class Recipe:
             progress: show a progress bar on stderr.
             loss_fn: default cross-entropy.
             measure: measure latency / memory / file size before and after.
+            trust_code: allow a ``data: {source: module:factory}`` named in the recipe to be imported and
+                run (a recipe from someone else must not run code unless you say so; CLI: ``--trust-code``).
 
         Raises:
             ConfigError, DataRequiredError: the recipe cannot run on this model or without data.
@@ -324,8 +327,9 @@ class Recipe:
         from prunekit.recipes.runner import run_recipe
 
         return run_recipe(
-            self, model, example_inputs, data=data, progress=progress, loss_fn=loss_fn, measure=measure
-        )
+            self, model, example_inputs, data=data, progress=progress, loss_fn=loss_fn, measure=measure,
+            trust_code=trust_code,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
