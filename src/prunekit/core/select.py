@@ -80,10 +80,16 @@ class Target:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A module that was a candidate for pruning but was left alone, and why."""
+    """A module (or op) that was a candidate for pruning but was left alone, and why: the one skip record of
+    every verb's result."""
 
     name: str
     reason: str
+
+    @property
+    def where(self) -> str:
+        """The module (or ``'op' in 'module'``) kept: the same as :attr:`name`."""
+        return self.name
 
 
 Spec: TypeAlias = "str | type[nn.Module] | nn.Module"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from prunekit.core import (
+    LossFn,
     count_macs,
     count_nonzeros,
     count_params,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
 
 logger = logging.getLogger(__name__)
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LAYER_TYPES = (
     nn.Linear,
     nn.Conv1d,

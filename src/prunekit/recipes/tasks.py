@@ -18,17 +18,17 @@ a text file with the model's tokenizer (``prunekit prune ... --calibration sente
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunekit.core import LossFn
 from prunekit.errors import ConfigError
 
 TASKS = ("classification", "embedding", "causal-lm", "masked-lm")
-LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 def _hidden(outputs: Any) -> torch.Tensor:

@@ -35,6 +35,7 @@ from prunekit.compat import renamed_kwargs
 from prunekit.core import (
     UNSET,
     ConfigMixin,
+    Skipped,
     count_macs,
     count_params,
     exclusive_verb,
@@ -170,14 +171,6 @@ class GroupChange:
     before: int
     after: int
     members: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Skipped:
-    """Something kept at full width, and why."""
-
-    where: str
-    reason: str
 
 
 @dataclasses.dataclass

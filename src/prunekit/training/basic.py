@@ -14,10 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.core import call_model, model_output, split_batch
+from prunekit.core import LossFn, call_model, model_output, split_batch
 from prunekit.errors import ConfigError, FormatError
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def train(
             inputs, targets = split_batch(batch)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(forward(model, inputs), targets)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
             last = float(loss.detach())
             if on_batch is not None:

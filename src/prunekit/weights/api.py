@@ -36,6 +36,7 @@ from torch import nn
 from prunekit.core import (
     UNSET,
     ConfigMixin,
+    LossFn,
     Skipped,
     Target,
     get_mask,
@@ -47,7 +48,7 @@ from prunekit.core import (
     restored_on_error,
 )
 from prunekit.errors import ConfigError, DataRequiredError
-from prunekit.weights.criteria import Calibration, LossFn, Magnitude, WeightCriterion, get_criterion
+from prunekit.weights.criteria import Calibration, Magnitude, WeightCriterion, get_criterion
 from prunekit.weights.rows import apply_rows, warn_pruned_away
 from prunekit.weights.select import Scorer, apply_threshold, check_pattern, full_scores, kth_key, pruned_count
 

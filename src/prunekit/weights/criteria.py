@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from prunekit.core import (
+    LossFn,
     Target,
     criterion_registry,
     inputs_only,
@@ -57,7 +58,6 @@ from prunekit.errors import ConfigError, DataRequiredError
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
