@@ -23,6 +23,7 @@ from typing import Any
 from prunekit.core import atomic_dir
 from prunekit.report.plots import make_plots, sensitivity_curves
 from prunekit.report.tables import (
+    LAYER_COLUMNS,
     STATE_COLUMNS,
     before_after_rows,
     demo_table,
@@ -284,16 +285,7 @@ def render_html(report: dict[str, Any], plots: dict[str, str] | None = None) -> 
         parts.append("<h2>Layers</h2>")
         parts.append(
             html_table(
-                (
-                    "layer",
-                    "type",
-                    "shape before",
-                    "shape after",
-                    "params before",
-                    "params after",
-                    "non-zeros",
-                    "sparsity",
-                ),
+                LAYER_COLUMNS,
                 layer_table_rows(report["layers"]),
                 num_from=4,
             )

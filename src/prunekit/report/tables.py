@@ -94,6 +94,18 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], num_from: 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+LAYER_COLUMNS = (
+    "layer",
+    "type",
+    "shape before",
+    "shape after",
+    "params before",
+    "params after",
+    "non-zeros",
+    "sparsity",
+)  # the per-layer table of every report (HTML and terminal); columns from index 4 are numbers
+
+
 def layer_table_rows(layers: list[dict[str, Any]]) -> list[list[str]]:
     out = []
     for r in layers:
@@ -169,18 +181,7 @@ def rich_layers(layers: list[dict[str, Any]], title: str = "Layers") -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for i, col in enumerate(
-        (
-            "layer",
-            "type",
-            "shape before",
-            "shape after",
-            "params before",
-            "params after",
-            "non-zeros",
-            "sparsity",
-        )
-    ):
+    for i, col in enumerate(LAYER_COLUMNS):
         table.add_column(col, justify="right" if i >= 4 else "left")
     for row in layer_table_rows(layers):
         table.add_row(*row)
