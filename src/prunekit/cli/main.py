@@ -184,19 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _out_args(p)
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
-    p.add_argument(
-        "--task",
-        default=None,
-        metavar="TASK",
-        help="what the loss is: classification, embedding, causal-lm, masked-lm, or module:fn (default: "
-        "classification; with --calibration text, from the MODEL: causal-lm for *ForCausalLM, masked-lm for "
-        "*ForMaskedLM, else embedding)",
-    )
-    p.add_argument(
-        "--calibration",
-        metavar="FILE.txt",
-        help="text file (one example a line) tokenised with the MODEL's tokenizer: the data, no labels needed",
-    )
+    _task_args(p)
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -227,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model", metavar="MODEL", help="prunekit directory, Hugging Face directory, or module:factory"
     )
-    _data_args(p, required=True)
+    _data_args(p, required=False)
+    _task_args(p)
     _out_args(p)
     from prunekit.analysis import AllocationConfig, SensitivityConfig
     from prunekit.core import criterion_registry
@@ -272,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_compare)
     return parser
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        default=None,
+        metavar="TASK",
+        help="what the loss is: classification, embedding, causal-lm, masked-lm, or module:fn (default: "
+        "classification; with --calibration text, from the MODEL: causal-lm for *ForCausalLM, masked-lm for "
+        "*ForMaskedLM, else embedding)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="FILE.txt",
+        help="text file (one example a line) tokenised with the MODEL's tokenizer: the data, no labels needed",
+    )
 
 
 def _data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
