@@ -69,12 +69,6 @@ def head_units(
     ]
 
 
-def get_tensor(model: nn.Module, fqn: str) -> torch.Tensor:
-    from prunekit.structured import get_tensor as get
-
-    return get(model, fqn)
-
-
 def _zero(t: torch.Tensor, dim: int, idx: np.ndarray) -> None:
     t.index_fill_(dim, torch.as_tensor(idx, dtype=torch.long, device=t.device), 0)
 
@@ -120,6 +114,8 @@ def analyse_heads(
             "the dependency graph has no group of whole heads. Use granularity='channel' or 'layer'"
         )
     names = sorted({fqn for _, _, heads in groups for head in heads for fqn, _, _ in head})
+    from prunekit.structured import get_tensor
+
     tensors = {n: get_tensor(model, n) for n in names}
     grads: dict[str, torch.Tensor] = {}
     fishers: dict[str, torch.Tensor] = {}
