@@ -67,11 +67,12 @@ def wanda(
     return keep_by_row(weight.abs() * norms.unsqueeze(0), sparsity, nm)
 
 
-def damped_cholesky(hessian: torch.Tensor, dampening: float, name: str = "") -> torch.Tensor:
-    """Lower Cholesky factor of ``H + λI``, ``λ = dampening · mean(diag H)``, raising λ until it exists.
+def damped_inverse_upper(hessian: torch.Tensor, dampening: float, name: str = "") -> torch.Tensor:
+    """Upper Cholesky factor ``U`` of ``(H + λI)⁻¹`` (``(H + λI)⁻¹ = UᵀU``), ``λ = dampening · mean(diag H)``.
 
-    Inputs never seen (a zero diagonal entry) get a unit diagonal. A Hessian that is still not
-    positive definite gets 10x more dampening (up to 6 times) and a warning, never NaN.
+    Inputs never seen (a zero diagonal entry) get a unit diagonal. When either factorisation fails
+    (``H + λI`` not positive definite, or its inverse too ill-conditioned in float32 to factor: both
+    depend on the CPU's rounding), λ grows 10x (up to 6 times) with a warning, never NaN.
 
     Raises:
         ConfigError: the Hessian holds NaN/inf (the calibration activations overflowed).
@@ -93,24 +94,19 @@ def damped_cholesky(hessian: torch.Tensor, dampening: float, name: str = "") -> 
         added = lam
         chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0 and bool(torch.isfinite(chol).all()):
-            if attempt:
-                warnings.warn(
-                    f"Hessian of {name or 'a layer'} is not positive definite with dampening={dampening}; "
-                    f"used {lam / mean:.3g} x mean diagonal instead",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            return chol  # type: ignore[no-any-return]
+            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            if int(info) == 0 and bool(torch.isfinite(upper).all()):
+                if attempt:
+                    warnings.warn(
+                        f"Hessian of {name or 'a layer'} is not positive definite with dampening={dampening}; "
+                        f"used {lam / mean:.3g} x mean diagonal instead",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                return upper  # type: ignore[no-any-return]
         del chol
         lam = max(lam, 1e-8 * mean) * 10
     raise ConfigError(f"Hessian of {name or 'a layer'} is not positive definite even with heavy dampening")
-
-
-def inverse_upper(chol: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor ``U`` of ``H⁻¹`` (``H⁻¹ = UᵀU``) from the lower factor of ``H``."""
-    inv = torch.cholesky_inverse(chol)
-    upper: torch.Tensor = torch.linalg.cholesky(inv, upper=True)
-    return upper
 
 
 def sparsegpt(
@@ -150,9 +146,7 @@ def sparsegpt(
     w = weight.detach().to(torch.float32).clone()
     rows, cols = w.shape
     last = cols - tail  # columns [last, cols) are never pruned
-    chol = damped_cholesky(hessian.to(torch.float32), dampening, name)
-    u = inverse_upper(chol)
-    del chol
+    u = damped_inverse_upper(hessian.to(torch.float32), dampening, name)
     keep = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -193,7 +187,9 @@ def sparsegpt(
     return w, keep
 
 
-def masked_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor, max_rows: int = 256) -> float:
+def masked_error(
+    weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor, max_rows: int = 256
+) -> float:
     """Relative reconstruction error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` on the calibration inputs.
 
     Measured on at most ``max_rows`` evenly spaced output rows (a report, not an objective: the
@@ -209,8 +205,7 @@ def masked_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor,
 
 
 __all__ = [
-    "damped_cholesky",
-    "inverse_upper",
+    "damped_inverse_upper",
     "keep_by_row",
     "magnitude",
     "masked_error",

@@ -21,7 +21,7 @@ import torch
 def ridge(hessian: torch.Tensor, dampening: float) -> float:
     """The dampening ``λ = dampening · mean(diag H)`` used by every solver."""
     diag = hessian.diagonal()
-    diag = torch.where(diag > 0, diag, torch.ones((), dtype=diag.dtype))  # as damped_cholesky does
+    diag = torch.where(diag > 0, diag, torch.ones((), dtype=diag.dtype))  # as damped_inverse_upper does
     return dampening * float(diag.mean()) if diag.numel() else 0.0
 
 
