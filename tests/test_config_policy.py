@@ -170,7 +170,7 @@ def test_merge_config_rejects_a_wrong_config_type() -> None:
 CONFIGS = [
     pk.WeightPruningConfig(sparsity=0.5, pattern="2:4", scope="layer", exclude=["fc", "conv*"]),
     pk.ChannelPruneConfig(ratio={"0": 0.5, "2": 0.25}, round_to=4, exclude=("head",)),
-    pk.ChannelPruneConfig(target_macs=0.5, scope="global", criterion="taylor"),
+    pk.ChannelPruneConfig(reduce_macs=0.5, scope="global", criterion="taylor"),
     pk.LayerPruningConfig(n=2, criterion="position", include="model.layers", exclude=("model.layers.0",)),
     pk.SensitivityConfig(ratios=(0.2, 0.4), granularity="channel", include=("0",)),
     pk.AllocationConfig(target=0.7, by="macs", exclude=("a",), costs={"b": 3.0}),
@@ -259,6 +259,34 @@ def test_iterative_prune_target_warns_and_works() -> None:
     with pytest.deprecated_call(match=r"iterative_prune\(target=\).*iterative_prune\(sparsity=\)"):
         res = pk.iterative_prune(model, _data(), target=0.5, rate=0.5, optimizer=ADAM, steps_per_round=1)
     assert res.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_channel_config_target_warns_and_equals_reduce(kind: str) -> None:
+    with pytest.deprecated_call(match=rf"ChannelPruneConfig\(target_{kind}=\).*reduce_{kind}="):
+        old = pk.ChannelPruneConfig(**{f"target_{kind}": 0.75})  # type: ignore[arg-type]
+    assert old == pk.ChannelPruneConfig(**{f"reduce_{kind}": 0.25})  # type: ignore[arg-type]
+    assert f"target_{kind}" not in old.to_dict()  # only the new spelling is written
+    with pytest.deprecated_call():  # a dict written before 0.3 still loads
+        again = pk.ChannelPruneConfig.from_dict({**old.to_dict(), f"reduce_{kind}": None, f"target_{kind}": 0.75})
+    assert again == old
+    assert pk.ChannelPruneConfig.from_dict({**old.to_dict(), f"target_{kind}": None}) == old
+    with pytest.raises(pk.ConfigError, match="not both"):
+        pk.ChannelPruneConfig(**{f"target_{kind}": 0.75, f"reduce_{kind}": 0.25})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_recipe_target_key_warns_and_gives_the_reduce_step(kind: str) -> None:
+    with pytest.deprecated_call(match=rf"recipe key channels\.target_{kind}.*reduce_{kind}"):
+        old = Recipe.from_dict({"prune": [{"what": "channels", f"target_{kind}": 0.75}]})
+    new = Recipe.from_dict({"prune": [{"what": "channels", f"reduce_{kind}": 0.25}]})
+    assert old == new and old.steps[0].config.cost_goal() == (kind, 0.75)
+    assert f"target_{kind}" not in old.to_yaml()
+    # a recipe.yaml written before 0.3 lists both old keys as null: read without a warning
+    assert Recipe.from_dict({"prune": [{**new.to_dict()["prune"][0], "target_macs": None, "target_params": None}]}) == new
+    with pytest.raises(pk.ConfigError, match=rf"prune\[0\]\.target_{kind}: target_{kind} is the fraction to keep"):
+        with pytest.deprecated_call():
+            Recipe.from_dict({"prune": [{"what": "channels", f"target_{kind}": 0.0}]})
 
 
 def test_recipe_ignore_and_blocks_keys_warn_and_work() -> None:

@@ -227,7 +227,9 @@ def config_from_dict(data: Mapping[str, Any], config_cls: type[C] | None = None)
             f"{config_cls.__name__} dict has version {version!r}; this prunekit reads version <= {CONFIG_VERSION}"
         )
     body = {k: v for k, v in data.items() if k not in ("kind", "version")}
-    check_keys(body, option_names(config_cls), config_cls.__name__)
+    old_spellings = getattr(config_cls, "DEPRECATED_OPTIONS", {})  # init-only names a dict may still hold
+    body = {k: v for k, v in body.items() if not (k in old_spellings and v is None)}
+    check_keys(body, (*option_names(config_cls), *(k for k in old_spellings if k in body)), config_cls.__name__)
     try:
         return config_cls(**{k: from_plain(v) for k, v in body.items()})
     except TypeError as e:  # a required field is missing
