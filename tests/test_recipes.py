@@ -103,7 +103,10 @@ def _error(text: str) -> str:
             "prune:\n  - what: channels\n    ratio: 0.5\n    reduce_macs: 0.5\n",
             ["r.yaml:2: prune[0]", "exactly one of ratio, reduce_macs, reduce_params"],
         ),
-        ("prune:\n  - what: layers\n    criterion: position\n", ["r.yaml:2: prune[0].n: required key is missing"]),
+        (
+            "prune:\n  - what: layers\n    criterion: position\n",
+            ["r.yaml:2: prune[0].n: required key is missing"],
+        ),
         (
             "prune:\n  - what: channels\n    ratio: 0.5\n    round_to: 0\n",
             ["r.yaml:4: prune[0].round_to", "positive int"],
@@ -174,7 +177,9 @@ def test_steps_validate_too() -> None:
 
 
 def test_old_step_constructor_warns_and_builds_the_same_step() -> None:
-    with pytest.deprecated_call(match=r"WeightsStep\(sparsity=, criterion=\).*WeightsStep\(config=WeightPruningConfig"):
+    with pytest.deprecated_call(
+        match=r"WeightsStep\(sparsity=, criterion=\).*WeightsStep\(config=WeightPruningConfig"
+    ):
         old = WeightsStep(sparsity=0.5, criterion="wanda")
     assert old == WeightsStep.from_mapping({"sparsity": 0.5, "criterion": "wanda"})
     assert old.config == pk.WeightPruningConfig(sparsity=0.5, criterion="wanda", scope="row")

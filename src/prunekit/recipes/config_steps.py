@@ -148,7 +148,7 @@ class ConfigStep(Generic[C]):
 
     @classmethod
     def fill(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """Defaults that depend on other keys (override); ``values`` holds the keys given."""
+        """Defaults that depend on other keys (override); ``values`` holds the keys given, not yet checked."""
         return values
 
     @classmethod
@@ -175,6 +175,7 @@ class ConfigStep(Generic[C]):
                 del values[old]  # a recipe.yaml written before 0.3 lists it as null
             elif old in values:
                 warn(f"the recipe key {where}.{old}", new, stacklevel=5)
+        values = cls.fill(values)
         try:
             checked = cls.yaml_model().model_validate(values)
         except ValidationError as e:
@@ -183,11 +184,10 @@ class ConfigStep(Generic[C]):
         errors = cls.check_one_of(given)
         if errors:
             return None, errors
-        options = cls.fill(given)
         try:
             with warnings.catch_warnings():  # the deprecated key was warned about above, as a recipe key
                 warnings.simplefilter("ignore", DeprecationWarning)
-                config = cls.config_cls(**{k: _from_yaml(v) for k, v in options.items()})
+                config = cls.config_cls(**{k: _from_yaml(v) for k, v in given.items()})
             return cls(config=config), []
         except (ConfigError, ValueError, TypeError) as e:
             return None, [_err(_key_named(str(e), list(given), cls.keys()), str(e), "value_error")]

@@ -7,15 +7,16 @@
     model: examples.models:digits_cnn      # optional; the CLI's MODEL argument wins
     data: {source: digits, batch_size: 64}  # built-in name or module:factory
     prune:                                  # applied in order, every round
-      - what: weights                       # weights | channels | layers
-        sparsity: 0.9
+      - what: weights                       # weights | channels | layers | oneshot
+        sparsity: 0.9                       # a step's keys are its verb's config fields
         criterion: magnitude
         exclude: [fc]
     schedule: {kind: iterative, rounds: 3}  # one-shot (default) | iterative
     finetune: {epochs: 1, lr: 0.001, optimizer: adam}
 
-The YAML is checked by a pydantic schema at the boundary; errors name the file, line and key and
-say what is allowed. The result is a frozen :class:`Recipe` (plain dataclasses)::
+The YAML is checked at the boundary (sections by a pydantic schema; each prune step is its verb's
+config, ``WeightPruningConfig`` for ``weights`` etc., see :mod:`prunekit.recipes.config_steps`); errors
+name the file, line and key and say what is allowed. The result is a frozen :class:`Recipe`::
 
     recipe = pk.Recipe.from_yaml("recipe.yaml")
     result = recipe.run(model, example_inputs, data=(train_loader, test_loader))
@@ -72,7 +73,7 @@ class Recipe:
         >>> Recipe.from_dict({"prune": [{"what": "weights", "sparsty": 0.5}]})
         Traceback (most recent call last):
         ...
-        prunekit.errors.ConfigError: recipe: prune[0].sparsty: unknown key (did you mean 'sparsity'?); allowed keys: what, sparsity, criterion, scope, pattern, include, exclude
+        prunekit.errors.ConfigError: recipe: prune[0].sparsty: unknown key (did you mean 'sparsity'?); allowed keys: what, sparsity, scope, pattern, max_batches, chunk_elements, criterion, include, exclude
     """
 
     steps: tuple[Step, ...]

@@ -101,7 +101,7 @@ class WeightsStep(ConfigStep[WeightPruningConfig]):
 
             try:
                 scope = get_criterion(values.get("criterion", "magnitude")).default_scope
-            except ConfigError:  # the config names the bad criterion, at its key
+            except (ConfigError, TypeError):  # the config names the bad criterion, at its key
                 scope = "global"
             values = {**values, "scope": scope}
         return values
