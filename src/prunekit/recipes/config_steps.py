@@ -36,14 +36,15 @@ import types
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Generic, Literal, TypeVar, Union
+from typing import Any, ClassVar, Generic, Literal, TypeVar, Union, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from prunekit.errors import ConfigError
 
 C = TypeVar("C")
-S = TypeVar("S", bound="type[ConfigStep[Any]]")
+S = TypeVar("S", bound="ConfigStep[Any]")
+K = TypeVar("K", bound="type[ConfigStep[Any]]")
 
 #: what -> step class, filled by :func:`register_step` (the ``what:`` values a recipe accepts).
 STEP_KINDS: dict[str, type[ConfigStep[Any]]] = {}
@@ -54,6 +55,8 @@ _PLAIN = (bool, int, float, str, type(None))
 
 def yaml_type(hint: Any) -> Any:
     """The type a YAML value of a config field with annotation ``hint`` must have (for pydantic)."""
+    if isinstance(hint, dataclasses.InitVar):  # a deprecated init-only spelling
+        return yaml_type(hint.type)
     if hint is Any:
         return Union[str, list[str], None]  # noqa: UP007 - a module selection: names and globs in YAML
     origin = typing.get_origin(hint)
@@ -134,14 +137,15 @@ class ConfigStep(Generic[C]):
         """The pydantic model of the YAML types of :meth:`keys` (generated from the config's fields)."""
         cached = cls.__dict__.get("_yaml_model")
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cast("type[BaseModel]", cached)
         hints = typing.get_type_hints(cls.config_cls)
         spec: dict[str, Any] = {}
         for name in (*cls.keys(), *cls.deprecated):
             t = yaml_type(hints.get(name, Any))
             spec[name] = (Any if t is _NO_YAML else t, ... if name in cls.required else None)
-        model = create_model(
-            f"{cls.__name__}Yaml", __config__=ConfigDict(extra="forbid", frozen=True), **spec
+        model = cast(
+            "type[BaseModel]",
+            create_model(f"{cls.__name__}Yaml", __config__=ConfigDict(extra="forbid", frozen=True), **spec),
         )
         setattr(cls, "_yaml_model", model)  # noqa: B010 - a cache on the class, not a field
         return model
@@ -213,7 +217,7 @@ class ConfigStep(Generic[C]):
         return re.split(r"[\s(=]", new, maxsplit=1)[0]
 
     @classmethod
-    def from_mapping(cls: type[S], data: Mapping[str, Any], label: Callable[[str], str] | None = None) -> S:  # type: ignore[misc]
+    def from_mapping(cls: type[S], data: Mapping[str, Any], label: Callable[[str], str] | None = None) -> S:
         """Validate a plain mapping of the config's options (``what`` optional), as a recipe step.
 
         Args:
@@ -229,7 +233,7 @@ class ConfigStep(Generic[C]):
             raise ConfigError(
                 "; ".join(f"{name(str(e['loc'][0]) if e['loc'] else '')}: {error_text(e)}" for e in errors)
             )
-        return step  # type: ignore[return-value]
+        return cast(S, step)
 
     @classmethod
     def parse_option(cls, name: str, text: str) -> Any:
@@ -267,7 +271,7 @@ class ConfigStep(Generic[C]):
         return out
 
 
-def register_step(cls: S) -> S:
+def register_step(cls: K) -> K:
     """Class decorator: make a :class:`ConfigStep` subclass a recipe step kind (``what: <cls.what>``)."""
     if not cls.what or not dataclasses.is_dataclass(cls.config_cls):
         raise TypeError(f"{cls.__name__} needs a 'what' and a dataclass 'config_cls'")

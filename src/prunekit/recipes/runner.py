@@ -219,8 +219,10 @@ def _apply_weights(
         return  # an N:M pattern is applied whole, in the last round
     if cfg.sparsity is not None and frac < 1.0:
         cfg = replace(cfg, sparsity=cfg.sparsity * frac)
-    data = {"data": calib, "loss_fn": loss_fn} if calib is not None else {}
-    prune_weights(model, config=cfg, **data)
+    if calib is not None:
+        prune_weights(model, config=cfg, data=calib, loss_fn=loss_fn)
+    else:
+        prune_weights(model, config=cfg)
 
 
 def _apply_channels(
@@ -244,7 +246,7 @@ def _apply_channels(
         cfg = replace(cfg, exclude=tuple(exclude))
 
     def per_round(removed: float) -> float:  # R rounds of this reach ``removed``
-        return 1 - (1 - removed) ** (1 / rounds)
+        return float(1 - (1 - removed) ** (1 / rounds))
 
     if rounds > 1:
         if cfg.reduce_macs is not None:
@@ -255,8 +257,9 @@ def _apply_channels(
             cfg = replace(cfg, ratio={k: per_round(v) for k, v in cfg.ratio.items()})
         else:
             cfg = replace(cfg, ratio=per_round(cfg.ratio))
-    data = {"data": calib, "loss_fn": loss_fn} if calib is not None else {}
-    prune_channels(model, example_inputs, config=cfg, **data)
+    prune_channels(
+        model, example_inputs, config=cfg, data=calib, loss_fn=loss_fn if calib is not None else None
+    )
 
 
 def _apply_oneshot(
