@@ -25,6 +25,7 @@ from prunekit.recipes import (
     LayersStep,
     OneShotStep,
     Recipe,
+    StepRun,
     WeightsStep,
 )
 from prunekit.recipes import register_step as register
@@ -67,13 +68,28 @@ def test_a_new_config_field_appears_in_yaml_and_on_the_command_line() -> None:
             if not 0 <= self.amount < 1:
                 raise ConfigError(f"amount must be in [0, 1), got {self.amount}")
 
+    applied: list[tuple[ToyConfig, int, int]] = []
+
     @register
     @dataclasses.dataclass(frozen=True, init=False)
     class ToyStep(ConfigStep[ToyConfig]):
         what: ClassVar[str] = "toy"
         config_cls: ClassVar[type[Any]] = ToyConfig
 
+        def apply(self, model: nn.Module, run: StepRun) -> str | None:
+            applied.append((self.config, run.round, run.rounds))
+            return f"toy {run.round}/{run.rounds}"
+
     try:
+        result = Recipe.from_dict(
+            {
+                "prune": [{"what": "toy", "amount": 0.25}],
+                "schedule": {"kind": "iterative", "rounds": 2},
+                "finetune": {"epochs": 0},
+            }
+        ).run(_mlp(), torch.randn(2, 8), data=[(torch.randn(4, 8), torch.randint(0, 4, (4,)))], measure=False)
+        assert applied == [(ToyConfig(amount=0.25), 1, 2), (ToyConfig(amount=0.25), 2, 2)]
+        assert result.notes == ("toy 1/2", "toy 2/2")
         r = Recipe.from_string("prune:\n  - what: toy\n    brand_new: 7\n")
         assert r.steps[0].config == ToyConfig(brand_new=7)
         assert r.to_dict()["prune"][0] == {"what": "toy", "amount": 0.5, "brand_new": 7}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prunekit.recipes.config_steps import STEP_KINDS, ConfigStep, register_step
+from prunekit.recipes.config_steps import STEP_KINDS, ConfigStep, StepRun, register_step
 from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import Recipe
@@ -36,6 +36,7 @@ __all__ = [
     "register_step",
     "save_model_dir",
     "STEP_KINDS",
+    "StepRun",
     "task_loss",
     "text_batches",
     "WeightsStep",

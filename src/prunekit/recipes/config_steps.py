@@ -25,6 +25,8 @@ reported at the key it names. A step class may also declare:
 - ``fill(values)``: defaults that depend on other keys (``weights``: the criterion's own ``scope``).
 
 ``step.config`` is the config the runner passes to the verb; ``step.<field>`` reads the config's field.
+A new kind also overrides :meth:`ConfigStep.apply` (one call of its verb with ``config=self.config``); the
+module holding it must be imported by ``prunekit.recipes`` so that it registers.
 """
 
 from __future__ import annotations
@@ -76,6 +78,27 @@ def yaml_type(hint: Any) -> Any:
     return _NO_YAML
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepRun:
+    """What a round of a recipe run gives a step's :meth:`ConfigStep.apply`.
+
+    Attributes:
+        round: this round, 1-based.
+        rounds: rounds in the schedule (a step reaches ``round / rounds`` of its amount in this round).
+        example_inputs: one batch of inputs (for tracing), or None.
+        calibration: the run's calibration batches (``(inputs, targets)``), or None without data.
+        loss_fn: ``loss_fn(outputs, targets)``.
+        data: the run's :class:`~prunekit.recipes.sources.DataBundle`, or None.
+    """
+
+    round: int
+    rounds: int
+    example_inputs: Any = None
+    calibration: list[Any] | None = None
+    loss_fn: Any = None
+    data: Any = None
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class ConfigStep(Generic[C]):
     """One prune step: ``config`` is the verb's config (see the module docstring for the class attributes).
@@ -116,6 +139,16 @@ class ConfigStep(Generic[C]):
 
     def check(self) -> None:
         """Checks of the step beyond its config's (override; raise ``ConfigError``)."""
+
+    def apply(self, model: Any, run: StepRun) -> str | None:
+        """Prune ``model`` by this step in round ``run.round`` of ``run.rounds``; a note for the report, or None.
+
+        The built-in kinds are applied by the runner; a new kind overrides this (typically one call of its
+        verb with ``config=self.config``), so registering it is all the runner needs.
+        """
+        raise ConfigError(
+            f"the runner has no way to apply a {self.what!r} step: its class defines no apply()"
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name == "config":  # copy/pickle probe before config is set
@@ -335,4 +368,4 @@ def error_text(err: Mapping[str, Any]) -> str:
     return msg
 
 
-__all__ = ["STEP_KINDS", "ConfigStep", "error_text", "register_step", "yaml_type"]
+__all__ = ["STEP_KINDS", "ConfigStep", "StepRun", "error_text", "register_step", "yaml_type"]

@@ -316,6 +316,7 @@ def run_recipe(
     trust_code: bool = False,
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
+    from prunekit.recipes.config_steps import StepRun
     from prunekit.recipes.oneshot_step import OneShotStep
     from prunekit.recipes.sources import first_inputs
     from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
@@ -399,8 +400,12 @@ def run_recipe(
                     n_k = round(st.config.n * frac) - layers_done
                     _apply_layers(model, st, n_k, example_inputs, calib, loss_fn)
                     layers_done += max(n_k, 0)
-                else:
-                    raise ConfigError(f"the runner has no way to apply a {st.what!r} step")
+                else:  # a registered kind applies itself (one call of its verb)
+                    run = StepRun(round=k, rounds=rounds, example_inputs=example_inputs, calibration=calib,
+                                  loss_fn=loss_fn, data=bundle)  # fmt: skip
+                    note = st.apply(model, run)
+                    if note:
+                        notes.append(note)
                 bar.advance()
             ev = evaluate(model, test, loss_fn) if test is not None else None
             history.append(
