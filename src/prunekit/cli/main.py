@@ -324,12 +324,14 @@ def step_options(p: argparse.ArgumentParser, how: argparse._MutuallyExclusiveGro
                     choices = []
                     break
             doc = " ".join(option_help(cls).get(name, "").split())
-            shown = {k: defaults[k].get(name) for k in kinds}
+            shown = {k: STEP_KINDS[k].default_notes.get(name, defaults[k].get(name)) for k in kinds}
             shown = {k: v for k, v in shown.items() if v is not None and v is not dataclasses.MISSING}
-            if len(set(map(repr, shown.values()))) == 1 and len(shown) == len(kinds):
+            if any(name in STEP_KINDS[k].required for k in kinds):
+                doc += " (required)"
+            elif len(set(map(repr, shown.values()))) == 1 and len(shown) == len(kinds):
                 doc += f" (default: {next(iter(shown.values()))})"
             elif shown:
-                doc += f" (default: {', '.join(f'{v} for {k}' for k, v in shown.items())})"
+                doc += f" (default: {'; '.join(f'{k}: {v}' for k, v in shown.items())})"
             if len(kinds) > 1:
                 doc += f" [{', '.join(kinds)}]"
             config_option(

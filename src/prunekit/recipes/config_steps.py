@@ -22,7 +22,8 @@ reported at the key it names. A step class may also declare:
 - ``required``: keys a recipe must spell out although the config has a default (``layers: n``);
 - ``one_of``: exactly one of these keys (``channels``: ``ratio`` or a ``reduce_*`` cost goal); the first
   is the config's default amount, a later one that is set replaces it (and only it is written back);
-- ``fill(values)``: defaults that depend on other keys (``weights``: the criterion's own ``scope``).
+- ``fill(values)``: defaults that depend on other keys (``weights``: the criterion's own ``scope``), with
+  ``default_notes`` saying so in ``--help``.
 
 ``step.config`` is the config the runner passes to the verb; ``step.<field>`` reads the config's field.
 A new kind also overrides :meth:`ConfigStep.apply` (one call of its verb with ``config=self.config``); the
@@ -115,6 +116,7 @@ class ConfigStep(Generic[C]):
     deprecated: ClassVar[Mapping[str, str]] = {}
     required: ClassVar[tuple[str, ...]] = ()
     one_of: ClassVar[tuple[str, ...]] = ()
+    default_notes: ClassVar[Mapping[str, str]] = {}  # key -> its default in words, where ``fill`` sets it
 
     def __init__(self, config: C | None = None, **options: Any) -> None:
         cls = type(self)

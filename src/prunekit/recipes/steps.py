@@ -93,6 +93,7 @@ class WeightsStep(ConfigStep[WeightPruningConfig]):
 
     what: ClassVar[str] = "weights"
     config_cls: ClassVar[type[Any]] = WeightPruningConfig
+    default_notes: ClassVar[Mapping[str, str]] = {"scope": "the criterion's own (row for wanda, else global)"}
 
     @classmethod
     def fill(cls, values: dict[str, Any]) -> dict[str, Any]:
