@@ -74,7 +74,9 @@ CONFLICTS: dict[str, tuple[Any, str]] = {
         "criterion",
     ),
     "prune_channels": (
-        lambda: pk.prune_channels(_mlp(), torch.randn(2, 8), config=pk.ChannelPruneConfig(ratio=0.5), ratio=0.25),
+        lambda: pk.prune_channels(
+            _mlp(), torch.randn(2, 8), config=pk.ChannelPruneConfig(ratio=0.5), ratio=0.25
+        ),
         "ratio",
     ),
     "prune_channels/exclude": (
@@ -93,7 +95,10 @@ CONFLICTS: dict[str, tuple[Any, str]] = {
         ),
         "ratios",
     ),
-    "allocate": (lambda: pk.allocate(_sens_result(), config=pk.AllocationConfig(target=0.5), by="macs"), "by"),
+    "allocate": (
+        lambda: pk.allocate(_sens_result(), config=pk.AllocationConfig(target=0.5), by="macs"),
+        "by",
+    ),
     "Pruner": (lambda: pk.Pruner(_mlp(), pk.PrunerConfig(schedule=SCHED), schedule=SCHED), "schedule"),
     "Pruner/scope": (lambda: pk.Pruner(_mlp(), pk.PrunerConfig(schedule=SCHED), scope="layer"), "scope"),
     "ChannelPruner": (
@@ -170,13 +175,15 @@ def test_merge_config_rejects_a_wrong_config_type() -> None:
 CONFIGS = [
     pk.WeightPruningConfig(sparsity=0.5, pattern="2:4", scope="layer", exclude=["fc", "conv*"]),
     pk.ChannelPruneConfig(ratio={"0": 0.5, "2": 0.25}, round_to=4, exclude=("head",)),
-    pk.ChannelPruneConfig(target_macs=0.5, scope="global", criterion="taylor"),
+    pk.ChannelPruneConfig(reduce_macs=0.5, scope="global", criterion="taylor"),
     pk.LayerPruningConfig(n=2, criterion="position", include="model.layers", exclude=("model.layers.0",)),
     pk.SensitivityConfig(ratios=(0.2, 0.4), granularity="channel", include=("0",)),
     pk.AllocationConfig(target=0.7, by="macs", exclude=("a",), costs={"b": 3.0}),
     pk.PrunerConfig(schedule=pk.CubicSchedule(final_sparsity=0.8, start_step=0, end_step=10), exclude=("2",)),
     pk.PrunerConfig(schedule=SCHED, regrowth=pk.RegrowthConfig(end_step=100, method="set")),
-    pk.ChannelPrunerConfig(schedule=pk.IterativeSchedule(final_sparsity=0.5, rate=0.2, every=3), include=("0",)),
+    pk.ChannelPrunerConfig(
+        schedule=pk.IterativeSchedule(final_sparsity=0.5, rate=0.2, every=3), include=("0",)
+    ),
     pk.LotteryConfig(rounds=2, steps_per_round=10, controls=("reinit",)),
     pk.IterativePruneConfig(sparsity=0.9, rate=0.3, steps_per_round=5),
     pk.FinetuneConfig(sparsity=0.5, steps=3, eval_every=1),
@@ -261,6 +268,43 @@ def test_iterative_prune_target_warns_and_works() -> None:
     assert res.sparsity == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_channel_config_target_warns_and_equals_reduce(kind: str) -> None:
+    with pytest.deprecated_call(match=rf"ChannelPruneConfig\(target_{kind}=\).*reduce_{kind}="):
+        old = pk.ChannelPruneConfig(**{f"target_{kind}": 0.75})  # type: ignore[arg-type]
+    assert old == pk.ChannelPruneConfig(**{f"reduce_{kind}": 0.25})  # type: ignore[arg-type]
+    assert f"target_{kind}" not in old.to_dict()  # only the new spelling is written
+    with pytest.deprecated_call():  # a dict written before 0.3 still loads
+        again = pk.ChannelPruneConfig.from_dict(
+            {**old.to_dict(), f"reduce_{kind}": None, f"target_{kind}": 0.75}
+        )
+    assert again == old
+    assert pk.ChannelPruneConfig.from_dict({**old.to_dict(), f"target_{kind}": None}) == old
+    with pytest.raises(pk.ConfigError, match="not both"):
+        pk.ChannelPruneConfig(**{f"target_{kind}": 0.75, f"reduce_{kind}": 0.25})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_recipe_target_key_warns_and_gives_the_reduce_step(kind: str) -> None:
+    with pytest.deprecated_call(match=rf"recipe key channels\.target_{kind}.*reduce_{kind}"):
+        old = Recipe.from_dict({"prune": [{"what": "channels", f"target_{kind}": 0.75}]})
+    new = Recipe.from_dict({"prune": [{"what": "channels", f"reduce_{kind}": 0.25}]})
+    assert old == new and old.steps[0].config.cost_goal() == (kind, 0.75)
+    assert f"target_{kind}" not in old.to_yaml()
+    # a recipe.yaml written before 0.3 lists both old keys as null: read without a warning
+    assert (
+        Recipe.from_dict(
+            {"prune": [{**new.to_dict()["prune"][0], "target_macs": None, "target_params": None}]}
+        )
+        == new
+    )
+    with pytest.raises(
+        pk.ConfigError, match=rf"prune\[0\]\.target_{kind}: target_{kind} is the fraction to keep"
+    ):
+        with pytest.deprecated_call():
+            Recipe.from_dict({"prune": [{"what": "channels", f"target_{kind}": 0.0}]})
+
+
 def test_recipe_ignore_and_blocks_keys_warn_and_work() -> None:
     with pytest.deprecated_call(match="channels.ignore.*exclude"):
         r = Recipe.from_dict({"prune": [{"what": "channels", "ratio": 0.5, "ignore": ["fc"]}]})
@@ -299,7 +343,9 @@ def test_a_criterion_registered_once_works_from_python_yaml_and_cli(tmp_path: Pa
         kept = model[0].weight.ne(0)
         assert w0[kept].max() <= w0[~kept].min()  # the largest half was pruned
 
-        text = "prune:\n  - what: weights\n    sparsity: 0.5\n    criterion: largest_first\n    scope: layer\n"
+        text = (
+            "prune:\n  - what: weights\n    sparsity: 0.5\n    criterion: largest_first\n    scope: layer\n"
+        )
         recipe = Recipe.from_string(text, source="r.yaml")
         ymodel = _mlp()
         recipe.run(ymodel, torch.randn(2, 8), measure=False)
@@ -316,7 +362,9 @@ def test_a_criterion_registered_once_works_from_python_yaml_and_cli(tmp_path: Pa
             "measure: {latency: false}\n"
         )
         out = tmp_path / "out"
-        code = main(["prune", "examples.models:digits_mlp", "--recipe", str(yaml_path), "--out", str(out), "--quiet"])
+        code = main(
+            ["prune", "examples.models:digits_mlp", "--recipe", str(yaml_path), "--out", str(out), "--quiet"]
+        )
         assert code == 0 and (out / "report.json").exists()
         report = json.loads((out / "report.json").read_text())
         assert "largest_first" in json.dumps(report)
@@ -336,8 +384,15 @@ def test_sensitivity_and_channel_criteria_register_too() -> None:
     pk.register_criterion("neg_abs", neg, granularity="sensitivity")
     pk.register_criterion("l2_again", pk.criterion_registry("channel")["l2"], granularity="channel")
     try:
-        res = pk.sensitivity(_mlp(), _data(), nn.functional.cross_entropy, ratios=(0.5,), criterion="neg_abs",
-                             progress=False, estimate=False)
+        res = pk.sensitivity(
+            _mlp(),
+            _data(),
+            nn.functional.cross_entropy,
+            ratios=(0.5,),
+            criterion="neg_abs",
+            progress=False,
+            estimate=False,
+        )
         assert res.criterion == "neg_abs" and calls
         a, b = _mlp(), _mlp()
         pk.prune_channels(a, torch.randn(2, 8), ratio=0.5, criterion="l2_again")

@@ -69,11 +69,11 @@ def _refused(make: Callable[[], nn.Module], call: Callable[[nn.Module], Any], *w
 REAL_PARAMS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Any], Any], str]] = {
     "prune_weights.sparsity": (_mlp, lambda m, v: pk.prune_weights(m, v), "sparsity"),
     "prune_channels.ratio": (_mlp, lambda m, v: pk.prune_channels(m, X, v), "ratio"),
-    "prune_channels.target_macs": (_mlp, lambda m, v: pk.prune_channels(m, X, target_macs=v), "target_macs"),
-    "prune_channels.target_params": (
+    "prune_channels.reduce_macs": (_mlp, lambda m, v: pk.prune_channels(m, X, reduce_macs=v), "reduce_macs"),
+    "prune_channels.reduce_params": (
         _mlp,
-        lambda m, v: pk.prune_channels(m, X, target_params=v),
-        "target_params",
+        lambda m, v: pk.prune_channels(m, X, reduce_params=v),
+        "reduce_params",
     ),
 }
 COUNT_PARAMS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Any], Any], str]] = {
@@ -87,8 +87,8 @@ COUNT_PARAMS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Any]
 @given(case=st.sampled_from(sorted(REAL_PARAMS)), value=st.sampled_from(BAD_REALS))
 def test_bad_real_arguments_are_refused(case: str, value: Any) -> None:
     make, call, name = REAL_PARAMS[case]
-    if value in (None, 1.0) and value is not True and case.endswith(("target_macs", "target_params")):
-        return  # None is "not given" there, 1.0 keeps everything
+    if value is None and case.endswith(("reduce_macs", "reduce_params")):
+        return  # None is "not given" there
     if case == "prune_channels.ratio" and value is None:
         return
     _refused(make, lambda m: call(m, value), name)
@@ -123,11 +123,11 @@ CHOICES: dict[str, tuple[Callable[[nn.Module], Any], str]] = {
     "channels.scope": (lambda m: pk.prune_channels(m, X, 0.5, scope="nope"), "scope"),
     "channels.exclude": (lambda m: pk.prune_channels(m, X, 0.5, exclude=["nope"]), "nope"),
     "channels.both_targets": (
-        lambda m: pk.prune_channels(m, X, target_macs=0.5, target_params=0.5),
+        lambda m: pk.prune_channels(m, X, reduce_macs=0.5, reduce_params=0.5),
         "at most one",
     ),
-    "channels.unreachable_macs": (lambda m: pk.prune_channels(m, X, target_macs=0.01), "allow_partial=True"),
-    "channels.unreachable_params": (lambda m: pk.prune_channels(m, X, target_params=0.001), "target_params"),
+    "channels.unreachable_macs": (lambda m: pk.prune_channels(m, X, reduce_macs=0.99), "allow_partial=True"),
+    "channels.unreachable_params": (lambda m: pk.prune_channels(m, X, reduce_params=0.999), "reduce_params"),
     "channels.taylor_no_data": (lambda m: pk.prune_channels(m, X, 0.5, criterion="taylor"), "taylor"),
     "sensitivity.ratios": (lambda m: pk.sensitivity(m, DATA, LOSS, ratios=[1.5], progress=False), "ratio"),
     "sensitivity.criterion": (
@@ -154,7 +154,7 @@ def test_bad_choices_are_refused_and_the_model_is_unchanged(case: str) -> None:
 def test_unreachable_target_with_allow_partial_warns_and_prunes() -> None:
     model = _mlp()
     with pytest.warns(UserWarning, match="cannot be reached"):
-        pk.prune_channels(model, X, target_macs=0.01, allow_partial=True)
+        pk.prune_channels(model, X, reduce_macs=0.99, allow_partial=True)
     assert model[0].out_features < 16
 
 

@@ -11,7 +11,7 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.recipes import OneShotStep, Recipe
-from prunekit.recipes.oneshot_step import NOT_IN_RECIPES, OneShotStepSchema
+from prunekit.recipes.oneshot_step import NOT_IN_RECIPES
 
 YAML = """version: 1
 prune:
@@ -25,7 +25,8 @@ prune:
 
 def test_step_keys_are_the_config_fields() -> None:
     config_fields = {f.name for f in fields(pk.OneShotConfig)} - set(NOT_IN_RECIPES)
-    assert set(OneShotStepSchema.model_fields) - {"what"} == config_fields
+    assert set(OneShotStep.keys()) == config_fields
+    assert set(OneShotStep.yaml_model().model_fields) == config_fields
 
 
 def test_yaml_gives_the_config_and_round_trips() -> None:
@@ -54,9 +55,9 @@ def test_errors_name_the_line_and_key(line: int, bad: str, expect: str) -> None:
     assert f"r.yaml:{line}:" in str(e.value) and expect in str(e.value)
 
 
-def test_config_level_error_is_reported_at_the_step() -> None:
+def test_config_level_error_is_reported_at_the_key_it_names() -> None:
     text = "version: 1\nprune:\n  - what: oneshot\n    pattern: '2:4'\n    sparsity: 0.2\n"
-    with pytest.raises(ConfigError, match=r"r\.yaml:3: prune\[0\]: .*below what pattern"):
+    with pytest.raises(ConfigError, match=r"r\.yaml:5: prune\[0\]\.sparsity: .*below what pattern"):
         Recipe.from_string(text, source="r.yaml")
 
 

@@ -88,7 +88,7 @@ def _error(text: str) -> str:
         ),
         (
             "name: x\nprune:\n  - what: weights\n    sparsity: 1.5\n",
-            ["r.yaml:4: prune[0].sparsity", "less than 1"],
+            ["r.yaml:4: prune[0].sparsity: sparsity must be in [0, 1)", "got 1.5"],
         ),
         (
             "prune:\n  - what: weights\n    sparsity: 0.5\n    scope: everywhere\n",
@@ -96,12 +96,20 @@ def _error(text: str) -> str:
         ),
         (
             "prune:\n  - what: weights\n    sparsity: 0.5\n    criterion: biggest\n",
-            ["r.yaml:4: prune[0].criterion", "'magnitude'", "'wanda'"],
+            ["r.yaml:4: prune[0].criterion", "'biggest'", "magnitude", "wanda"],
         ),
         ("prune:\n  - what: neurons\n", ["r.yaml:2: prune[0]", "weights, channels, layers"]),
         (
-            "prune:\n  - what: channels\n    ratio: 0.5\n    target_macs: 0.5\n",
-            ["r.yaml:2: prune[0]", "exactly one of ratio, target_macs, target_params"],
+            "prune:\n  - what: channels\n    ratio: 0.5\n    reduce_macs: 0.5\n",
+            ["r.yaml:2: prune[0]", "exactly one of ratio, reduce_macs, reduce_params"],
+        ),
+        (
+            "prune:\n  - what: layers\n    criterion: position\n",
+            ["r.yaml:2: prune[0].n: required key is missing"],
+        ),
+        (
+            "prune:\n  - what: channels\n    ratio: 0.5\n    round_to: 0\n",
+            ["r.yaml:4: prune[0].round_to", "positive int"],
         ),
         (
             "seed: 1\nfinetun:\n  epochs: 1\nprune:\n  - {what: weights, sparsity: 0.5}\n",
@@ -113,7 +121,7 @@ def _error(text: str) -> str:
         ),
         (
             "prune:\n  - {what: weights, sparsity: 0.5, pattern: '4:2'}\n",
-            ["r.yaml:2: prune[0].pattern", "1 <= N < M"],
+            ["r.yaml:2: prune[0].pattern", "0 < N < M"],
         ),
         ("name: x\n", ["r.yaml:1: prune: required key is missing"]),
         ("prune: []\n", ["r.yaml:1: prune", "at least 1"]),
@@ -151,16 +159,30 @@ def test_unquoted_nm_pattern_stays_a_pattern() -> None:
     assert r.steps[0].pattern == "2:4" and r.steps[1].sparsity == 0.5
 
 
-def test_dataclasses_validate_too() -> None:
+def test_steps_validate_too() -> None:
     with pytest.raises(ConfigError, match="sparsity"):
-        WeightsStep(sparsity=1.5)
+        WeightsStep.from_mapping({"sparsity": 1.5})
+    with pytest.raises(ConfigError, match="sparsity"):
+        WeightsStep(config=pk.WeightPruningConfig(sparsity=1.5))
     with pytest.raises(ConfigError, match="exactly one"):
-        ChannelsStep()
+        ChannelsStep.from_mapping({})
+    with pytest.raises(ConfigError, match="must be a LayerPruningConfig"):
+        LayersStep(config=pk.WeightPruningConfig(sparsity=0.5))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at least one step"):
         Recipe(steps=())
-    step = WeightsStep(sparsity=0.5)
+    step = WeightsStep(config=pk.WeightPruningConfig(sparsity=0.5))
+    assert step.sparsity == step.config.sparsity == 0.5  # a step reads as its config
     with pytest.raises(dataclasses.FrozenInstanceError):
-        step.sparsity = 0.9  # type: ignore[misc]
+        step.config = pk.WeightPruningConfig(sparsity=0.9)  # type: ignore[misc]
+
+
+def test_old_step_constructor_warns_and_builds_the_same_step() -> None:
+    with pytest.deprecated_call(
+        match=r"WeightsStep\(sparsity=, criterion=\).*WeightsStep\(config=WeightPruningConfig"
+    ):
+        old = WeightsStep(sparsity=0.5, criterion="wanda")
+    assert old == WeightsStep.from_mapping({"sparsity": 0.5, "criterion": "wanda"})
+    assert old.config == pk.WeightPruningConfig(sparsity=0.5, criterion="wanda", scope="row")
 
 
 _weights = st.fixed_dictionaries(
@@ -253,4 +275,6 @@ def test_recipe_is_exported() -> None:
         "n": 1,
         "criterion": "block_influence",
         "include": None,
+        "exclude": None,
+        "max_batches": None,
     }

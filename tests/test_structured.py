@@ -208,7 +208,7 @@ def test_taylor_needs_data_and_uses_it() -> None:
     assert len(before) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("which", ["target_macs", "target_params"])
+@pytest.mark.parametrize("which", ["reduce_macs", "reduce_params"])
 def test_targets_reached(which: str) -> None:
     model = _randomize_bn(ResNetish())
     x = torch.randn(1, 3, 8, 8)
@@ -221,7 +221,7 @@ def test_targets_reached(which: str) -> None:
 
     p0 = count_params(model)
     res = pk.prune_channels(model, x, **{which: 0.5})
-    if which == "target_params":
+    if which == "reduce_params":
         assert count_params(model) <= 0.5 * p0 and count_params(model) >= 0.35 * p0
         assert res.params_after == count_params(model)
     else:
@@ -238,7 +238,7 @@ def test_bad_input_leaves_model_untouched() -> None:
         ({"criterion": "nope"}, ConfigError),
         ({"scope": "all"}, ConfigError),
         ({"exclude": ["nothing.*"]}, UnknownModuleError),
-        ({"target_macs": 0.5, "target_params": 0.5}, ConfigError),
+        ({"reduce_macs": 0.5, "reduce_params": 0.5}, ConfigError),
         ({"round_to": 0}, ConfigError),
     ]:
         with pytest.raises(err):

@@ -53,7 +53,8 @@ def test_reduce_is_one_minus_target(kind: str) -> None:
     x = torch.randn(2, 6)
     a, b = _net(), _net()
     ra = pk.prune_channels(a, x, **{f"reduce_{kind}": 0.4})
-    rb = pk.prune_channels(b, x, **{f"target_{kind}": 0.6})
+    with pytest.deprecated_call(match=rf"prune_channels\(target_{kind}=\).*prune_channels\(reduce_{kind}=\)"):
+        rb = pk.prune_channels(b, x, **{f"target_{kind}": 0.6})  # deprecated: the fraction kept
     assert ra.plan == rb.plan and ra.plan["entries"]
     before = ra.macs_before if kind == "macs" else ra.params_before
     after = ra.macs_after if kind == "macs" else ra.params_after
@@ -62,11 +63,11 @@ def test_reduce_is_one_minus_target(kind: str) -> None:
 
 def test_cost_goals_are_exclusive_and_validated() -> None:
     with pytest.raises(pk.ConfigError, match="at most one"):
-        pk.ChannelPruneConfig(reduce_macs=0.5, target_params=0.5)
+        pk.ChannelPruneConfig(reduce_macs=0.5, reduce_params=0.5)
     with pytest.raises(pk.ConfigError, match="fraction to remove"):
         pk.ChannelPruneConfig(reduce_macs=1.0)
     with pytest.raises(pk.ConfigError, match="fraction to keep"):
-        pk.ChannelPruneConfig(target_macs=0.0)
+        pk.ChannelPruneConfig(target_macs=0.0)  # the deprecated spelling is checked before it warns
     cfg = pk.ChannelPruneConfig(reduce_params=0.25)
     assert cfg.cost_goal() == ("params", 0.75)
     assert pk.ChannelPruneConfig.from_dict(cfg.to_dict()) == cfg

@@ -192,7 +192,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from prunekit.recipes import Recipe, save_model_dir, write_pretrained
     from prunekit.report import prune_report, rich_before_after, rich_layers, write_report
 
-    recipe = Recipe.from_yaml(args.recipe)
+    if args.what:  # one step from the command line: its options are the fields of the verb's config
+        if not args.model:
+            raise ConfigError(
+                f"--what {args.what}: give MODEL (a directory, a Hugging Face directory or module:factory)"
+            )
+        recipe = Recipe(steps=(step_from_args(args),))
+    else:
+        recipe = Recipe.from_yaml(args.recipe)
     spec = args.model or recipe.model
     if not spec:
         raise ConfigError("no MODEL: give it on the command line or as 'model:' in the recipe")
@@ -243,6 +250,34 @@ def cmd_prune(args: argparse.Namespace) -> int:
     console.print(rich_layers(report["layers"]))
     console.print(f"wrote {args.out}/report.html, report.json, model.safetensors ({result.seconds:.1f} s)")
     return EXIT_OK
+
+
+def step_from_args(args: argparse.Namespace) -> Any:
+    """The one recipe step that ``--what`` and the step options describe.
+
+    Raises:
+        ConfigError: an option that is not one of the kind's, or a value its config refuses (named by flag).
+    """
+    from prunekit.errors import ConfigError
+    from prunekit.recipes import STEP_KINDS
+
+    kind = STEP_KINDS[args.what]
+    owners = {
+        n: [w for w, k in STEP_KINDS.items() if n in k.keys()] for k in STEP_KINDS.values() for n in k.keys()
+    }
+    values = {n: getattr(args, n) for n in owners if getattr(args, n, None) is not None}
+    foreign = [n for n in values if n not in kind.keys()]
+    if foreign:
+        raise ConfigError(
+            "; ".join(f"{flag_of(n)} is not an option of --what {args.what} (it is one of --what "
+                      f"{', '.join(owners[n])})" for n in foreign)
+        )  # fmt: skip
+    return kind.from_mapping(values, label=lambda key: flag_of(key) if key else f"--what {args.what}")
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a config field (``round_to`` -> ``--round-to``)."""
+    return "--" + name.replace("_", "-")
 
 
 def task_for(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
@@ -313,7 +348,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     loaded = load_model_spec(args.model, trust_code=args.trust_code)
     data = load_data_arg(args)
     if data is None and not args.calibration:
-        raise ConfigError("analyze needs data: --data DATA (labelled batches) or --calibration FILE.txt (text)")
+        raise ConfigError(
+            "analyze needs data: --data DATA (labelled batches) or --calibration FILE.txt (text)"
+        )
     loss_fn, data = task_for(args, loaded, data)  # --task / --calibration: encoders and LLMs too
     eval_batches = data.test if hasattr(data, "test") else data[1]
     if hasattr(data, "test"):
@@ -495,6 +532,8 @@ __all__ = [
     "cmd_compare",
     "cmd_demo",
     "cmd_prune",
+    "flag_of",
+    "step_from_args",
     "cmd_summary",
     "make_console",
     "default_text_task",

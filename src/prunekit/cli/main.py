@@ -23,6 +23,7 @@ from prunekit.cli.commands import (
     cmd_demo,
     cmd_prune,
     cmd_summary,
+    flag_of,
 )
 
 _EPILOG = """\
@@ -165,22 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "prune",
-        help="run a YAML recipe on a model; write the pruned model, report.html and report.json",
+        help="prune a model by a YAML recipe or one --what step; write the pruned model, report.html and report.json",
         description=_wrap(
-            "Run a pruning recipe (what, how much, criterion, schedule, fine-tuning, exclusions) on MODEL "
-            "and write DIR: model.safetensors + prunekit-model.json (a MODEL directory for the other commands), "
-            "recipe.yaml, report.json (every number) and report.html (tables and plots). DIR is written only when "
-            "the whole run succeeded."
+            "Run a pruning recipe (what, how much, criterion, schedule, fine-tuning, exclusions) on MODEL, or one "
+            "step given on the command line (--what and the step's options, which are the fields of the verb's "
+            "config), and write DIR: model.safetensors + prunekit-model.json (a MODEL directory for the other "
+            "commands), recipe.yaml, report.json (every number) and report.html (tables and plots). DIR is written "
+            "only when the whole run succeeded."
         ),
         epilog="examples:\n"
         "  prunekit prune examples.models:trained_digits_cnn --recipe examples/magnitude-90.yaml --out runs/mag90\n"
         "  prunekit prune --recipe examples/nm-2-4.yaml --out runs/nm24     # MODEL taken from the recipe\n"
         "  prunekit prune runs/mag90 --recipe examples/channels-50.yaml --out runs/mag90-ch50 --data digits\n"
-        "  prunekit prune examples.models:mnist_lenet --recipe r.yaml --out runs/mnist --data mnist --data-dir ../data",
+        "  prunekit prune examples.models:mnist_lenet --recipe r.yaml --out runs/mnist --data mnist --data-dir ../data\n"
+        "  prunekit prune examples.models:trained_digits_cnn --what weights --sparsity 0.9 --exclude fc --out runs/w90\n"
+        "  prunekit prune examples.models:trained_digits_cnn --what channels --ratio 0.3 --out runs/ch30\n"
+        "  prunekit prune examples.models:trained_digits_resmlp --what layers --n 2 --out runs/l2",
         formatter_class=_Formatter,
     )
     p.add_argument("model", metavar="MODEL", nargs="?", help="the model (default: the recipe's 'model')")
-    p.add_argument("--recipe", required=True, metavar="RECIPE.yaml", help="the recipe (see examples/*.yaml)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--recipe", metavar="RECIPE.yaml", help="the recipe (see examples/*.yaml)")
     _out_args(p)
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
@@ -196,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a Hugging Face from_pretrained directory (config, weights, tokenizer files)",
     )
     _common(p)
-    p.set_defaults(func=cmd_prune)
+    step_options(p, how)
+    p.set_defaults(func=cmd_prune, parser=p)
 
     p = sub.add_parser(
         "analyze",
@@ -263,6 +270,93 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: a step option whose values are looked up in a criterion registry: step kind -> granularity
+_CRITERION_REGISTRY = {"weights": "weight", "channels": "channel"}
+
+
+def step_options(p: argparse.ArgumentParser, how: argparse._MutuallyExclusiveGroup) -> None:
+    """``--what KIND`` and one option per field of every step kind's config, grouped by kind.
+
+    The options are the recipe step's keys (:meth:`prunekit.recipes.config_steps.ConfigStep.keys`), added with
+    :func:`config_option`: help is the field's doc, choices come from ``Literal`` types and the criterion
+    registry. An option shared by several kinds (``--sparsity``, ``--criterion``) is listed once, under the
+    first kind, and named in the later kinds' group headers; its choices are the union of the kinds'.
+    """
+    import dataclasses
+    import typing
+
+    from prunekit.core import criterion_registry, option_help
+    from prunekit.recipes import STEP_KINDS
+
+    how.add_argument(
+        "--what",
+        choices=list(STEP_KINDS),
+        help="prune without a recipe: one step of this kind, with the options below (its config's fields)",
+    )
+    owners: dict[str, list[str]] = {}
+    for what, kind in STEP_KINDS.items():
+        for name in kind.keys():
+            owners.setdefault(name, []).append(what)
+    defaults = {
+        w: {f.name: f.default for f in dataclasses.fields(k.config_cls)} for w, k in STEP_KINDS.items()
+    }
+    done: set[str] = set()
+    for what, kind in STEP_KINDS.items():
+        cls = kind.config_cls
+        shared = [n for n in kind.keys() if n in done]
+        group = p.add_argument_group(
+            f"--what {what} ({cls.__name__}; the keys of a '{what}' recipe step)",
+            f"also takes {', '.join(flag_of(n) for n in shared)} (listed above)" if shared else None,
+        )
+        for name in kind.keys():
+            if name in done:
+                continue
+            done.add(name)
+            kinds = owners[name]
+            choices: list[Any] = []
+            for k in kinds:
+                k_hint = typing.get_type_hints(STEP_KINDS[k].config_cls).get(name)
+                if name == "criterion" and k in _CRITERION_REGISTRY:
+                    choices += criterion_registry(_CRITERION_REGISTRY[k]).names()
+                elif typing.get_origin(k_hint) is typing.Literal:
+                    choices += typing.get_args(k_hint)
+                else:
+                    choices = []
+                    break
+            doc = " ".join(option_help(cls).get(name, "").split())
+            shown = {k: STEP_KINDS[k].default_notes.get(name, defaults[k].get(name)) for k in kinds}
+            shown = {k: v for k, v in shown.items() if v is not None and v is not dataclasses.MISSING}
+            if any(name in STEP_KINDS[k].required for k in kinds):
+                doc += " (required)"
+            elif len(set(map(repr, shown.values()))) == 1 and len(shown) == len(kinds):
+                doc += f" (default: {next(iter(shown.values()))})"
+            elif shown:
+                doc += f" (default: {'; '.join(f'{k}: {v}' for k, v in shown.items())})"
+            if len(kinds) > 1:
+                doc += f" [{', '.join(kinds)}]"
+            config_option(
+                group,
+                flag_of(name),
+                cls,
+                name,
+                help=doc.replace("%", "%%"),
+                type=_OptionValue(kind, name),
+                choices=list(dict.fromkeys(choices)) or None,
+                metavar=None if choices else name.upper(),
+            )
+
+
+class _OptionValue:
+    """argparse ``type=``: one option value read as its recipe key's YAML value (a list: comma-separated)."""
+
+    def __init__(self, kind: Any, name: str) -> None:
+        self.kind, self.name = kind, name
+        self.__name__ = "value"  # argparse names it in "invalid value" errors
+
+    def __call__(self, text: str) -> Any:
+        return self.kind.parse_option(self.name, text)
+
+
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
@@ -303,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
+    if args.command == "prune" and not args.recipe and not args.what:
+        args.parser.error("give --recipe RECIPE.yaml, or --what KIND and the step's options (see --help)")
     try:
         return func(args)
     except KeyboardInterrupt:

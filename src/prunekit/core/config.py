@@ -215,9 +215,7 @@ def config_from_dict(data: Mapping[str, Any], config_cls: type[C] | None = None)
     kind = data.get("kind")
     if config_cls is None:
         if kind not in CONFIG_KINDS:
-            raise ConfigError(
-                f"unknown config kind {kind!r}; known kinds: {', '.join(sorted(CONFIG_KINDS))}"
-            )
+            raise ConfigError(f"unknown config kind {kind!r}; known kinds: {', '.join(sorted(CONFIG_KINDS))}")
         config_cls = CONFIG_KINDS[kind]
     elif kind is not None and kind != config_cls.__name__:
         raise ConfigError(f"expected a {config_cls.__name__} dict, got kind {kind!r}")
@@ -227,7 +225,11 @@ def config_from_dict(data: Mapping[str, Any], config_cls: type[C] | None = None)
             f"{config_cls.__name__} dict has version {version!r}; this prunekit reads version <= {CONFIG_VERSION}"
         )
     body = {k: v for k, v in data.items() if k not in ("kind", "version")}
-    check_keys(body, option_names(config_cls), config_cls.__name__)
+    old_spellings = getattr(config_cls, "DEPRECATED_OPTIONS", {})  # init-only names a dict may still hold
+    body = {k: v for k, v in body.items() if not (k in old_spellings and v is None)}
+    check_keys(
+        body, (*option_names(config_cls), *(k for k in old_spellings if k in body)), config_cls.__name__
+    )
     try:
         return config_cls(**{k: from_plain(v) for k, v in body.items()})
     except TypeError as e:  # a required field is missing

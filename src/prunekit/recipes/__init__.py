@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunekit.recipes.config_steps import STEP_KINDS, ConfigStep, StepRun, register_step
 from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import Recipe
@@ -20,6 +21,7 @@ from prunekit.recipes.tasks import hf_tokenizer, task_loss, text_batches
 __all__ = [
     "ChannelsStep",
     "check_fits",
+    "ConfigStep",
     "hf_tokenizer",
     "import_object",
     "layer_rows",
@@ -31,7 +33,10 @@ __all__ = [
     "OneShotStep",
     "Recipe",
     "RecipeResult",
+    "register_step",
     "save_model_dir",
+    "STEP_KINDS",
+    "StepRun",
     "task_loss",
     "text_batches",
     "WeightsStep",

@@ -8,13 +8,13 @@ One run::
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from itertools import islice
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -208,32 +208,21 @@ def _modules(model: nn.Module, names: Iterable[str] | None) -> list[nn.Module] |
     return out
 
 
-def _accepts(func: Callable[..., Any], name: str) -> bool:
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 def _apply_weights(
     model: nn.Module, st: WeightsStep, frac: float, calib: list[Any] | None, loss_fn: LossFn
 ) -> None:
+    """``prune_weights`` with the step's config, at ``frac`` of its sparsity (round k of R: k/R)."""
     from prunekit.weights import prune_weights
 
-    kwargs: dict[str, Any] = {"criterion": st.criterion, "pattern": st.pattern}
-    if st.scope is not None:
-        kwargs["scope"] = st.scope
-    if st.include is not None:
-        kwargs["include"] = list(st.include)
-    if st.exclude is not None:
-        kwargs["exclude"] = list(st.exclude)
-    if calib is not None:
-        kwargs.update(data=calib, loss_fn=loss_fn)
-    sparsity = None if st.sparsity is None else st.sparsity * frac
-    if st.pattern is not None and frac < 1.0 and st.sparsity is None:
+    cfg = st.config
+    if cfg.pattern is not None and frac < 1.0 and cfg.sparsity is None:
         return  # an N:M pattern is applied whole, in the last round
-    prune_weights(model, sparsity, **kwargs)
+    if cfg.sparsity is not None and frac < 1.0:
+        cfg = replace(cfg, sparsity=cfg.sparsity * frac)
+    if calib is not None:
+        prune_weights(model, config=cfg, data=calib, loss_fn=loss_fn)
+    else:
+        prune_weights(model, config=cfg)
 
 
 def _apply_channels(
@@ -244,38 +233,39 @@ def _apply_channels(
     calib: list[Any] | None,
     loss_fn: LossFn,
 ) -> None:
+    """``prune_channels`` with the step's config; each of R rounds removes the same share of what is left."""
     from prunekit.structured import prune_channels
 
     if example_inputs is None:
         raise ConfigError(
             "channel pruning traces the model: give example inputs (a factory returning (model, inputs))"
         )
-    kwargs: dict[str, Any] = {"criterion": st.criterion, "scope": st.scope, "round_to": st.round_to}
-    exclude = _modules(model, st.exclude)
-    if exclude is not None:
-        kwargs["exclude"] = exclude
-    if _accepts(prune_channels, "prune_heads"):
-        kwargs["prune_heads"] = st.prune_heads
-    if calib is not None and _accepts(prune_channels, "data"):
-        kwargs["data"] = calib
-        if _accepts(prune_channels, "loss_fn"):
-            kwargs["loss_fn"] = loss_fn
-    # each round removes the same fraction of what is left, so R rounds reach the target
-    if st.ratio is not None:
-        kwargs["ratio"] = 1 - (1 - st.ratio) ** (1 / rounds)
-    elif st.target_macs is not None:
-        kwargs["target_macs"] = st.target_macs ** (1 / rounds)
-    else:
-        kwargs["target_params"] = st.target_params ** (1 / rounds)  # type: ignore[operator]
-    prune_channels(model, example_inputs, **kwargs)
+    cfg = st.config
+    exclude = _modules(model, cfg.exclude if isinstance(cfg.exclude, tuple) else None)
+    if exclude is not None:  # names checked here, so the error names the recipe key
+        cfg = replace(cfg, exclude=tuple(exclude))
+
+    def per_round(removed: float) -> float:  # R rounds of this reach ``removed``
+        return float(1 - (1 - removed) ** (1 / rounds))
+
+    if rounds > 1:
+        if cfg.reduce_macs is not None:
+            cfg = replace(cfg, reduce_macs=per_round(cfg.reduce_macs))
+        elif cfg.reduce_params is not None:
+            cfg = replace(cfg, reduce_params=per_round(cfg.reduce_params))
+        elif isinstance(cfg.ratio, Mapping):
+            cfg = replace(cfg, ratio={k: per_round(v) for k, v in cfg.ratio.items()})
+        else:
+            cfg = replace(cfg, ratio=per_round(cfg.ratio))
+    prune_channels(
+        model, example_inputs, config=cfg, data=calib, loss_fn=loss_fn if calib is not None else None
+    )
 
 
 def _apply_oneshot(
     model: nn.Module, st: OneShotStep, frac: float, bundle: DataBundle | None
 ) -> dict[str, Any]:
     """``prune_oneshot`` with the step's config on the run's calibration batches (inputs only)."""
-    from dataclasses import replace
-
     from prunekit.core import inputs_only
     from prunekit.oneshot import prune_oneshot
 
@@ -306,20 +296,12 @@ def _apply_oneshot(
 def _apply_layers(
     model: nn.Module, st: LayersStep, n: int, example_inputs: Any, calib: list[Any] | None, loss_fn: LossFn
 ) -> None:
+    """``prune_layers`` with the step's config, removing ``n`` blocks in this round."""
     from prunekit.structured import prune_layers
 
     if n <= 0:
         return
-    blocks = list(st.include) if isinstance(st.include, tuple) else st.include
-    prune_layers(
-        model,
-        example_inputs,
-        n=n,
-        data=calib,
-        loss_fn=loss_fn,
-        criterion=cast(Any, st.criterion),
-        include=blocks,
-    )
+    prune_layers(model, example_inputs, data=calib, loss_fn=loss_fn, config=replace(st.config, n=n))
 
 
 def run_recipe(
@@ -334,6 +316,7 @@ def run_recipe(
     trust_code: bool = False,
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
+    from prunekit.recipes.config_steps import StepRun
     from prunekit.recipes.oneshot_step import OneShotStep
     from prunekit.recipes.sources import first_inputs
     from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
@@ -413,10 +396,16 @@ def run_recipe(
                         )
                 elif isinstance(st, ChannelsStep):
                     _apply_channels(model, st, rounds, example_inputs, calib, loss_fn)
-                else:
-                    n_k = round(st.n * frac) - layers_done
+                elif isinstance(st, LayersStep):
+                    n_k = round(st.config.n * frac) - layers_done
                     _apply_layers(model, st, n_k, example_inputs, calib, loss_fn)
                     layers_done += max(n_k, 0)
+                else:  # a registered kind applies itself (one call of its verb)
+                    run = StepRun(round=k, rounds=rounds, example_inputs=example_inputs, calibration=calib,
+                                  loss_fn=loss_fn, data=bundle)  # fmt: skip
+                    note = st.apply(model, run)
+                    if note:
+                        notes.append(note)
                 bar.advance()
             ev = evaluate(model, test, loss_fn) if test is not None else None
             history.append(

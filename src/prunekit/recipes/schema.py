@@ -7,15 +7,16 @@
     model: examples.models:digits_cnn      # optional; the CLI's MODEL argument wins
     data: {source: digits, batch_size: 64}  # built-in name or module:factory
     prune:                                  # applied in order, every round
-      - what: weights                       # weights | channels | layers
-        sparsity: 0.9
+      - what: weights                       # weights | channels | layers | oneshot
+        sparsity: 0.9                       # a step's keys are its verb's config fields
         criterion: magnitude
         exclude: [fc]
     schedule: {kind: iterative, rounds: 3}  # one-shot (default) | iterative
     finetune: {epochs: 1, lr: 0.001, optimizer: adam}
 
-The YAML is checked by a pydantic schema at the boundary; errors name the file, line and key and
-say what is allowed. The result is a frozen :class:`Recipe` (plain dataclasses)::
+The YAML is checked at the boundary (sections by a pydantic schema; each prune step is its verb's
+config, ``WeightPruningConfig`` for ``weights`` etc., see :mod:`prunekit.recipes.config_steps`); errors
+name the file, line and key and say what is allowed. The result is a frozen :class:`Recipe`::
 
     recipe = pk.Recipe.from_yaml("recipe.yaml")
     result = recipe.run(model, example_inputs, data=(train_loader, test_loader))
@@ -23,7 +24,6 @@ say what is allowed. The result is a frozen :class:`Recipe` (plain dataclasses):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,10 +35,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.recipes.oneshot_step import OneShotStep, OneShotStepSchema
+from prunekit.recipes.config_steps import ConfigStep
+from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.steps import (
     DATA_AWARE,
-    ChannelsSchema,
     ChannelsStep,
     DataSpec,
     Finetune,
@@ -47,57 +47,19 @@ from prunekit.recipes.steps import (
     RecipeResult,
     RecipeSchema,
     Schedule,
-    WeightsSchema,
     WeightsStep,
-    check_criterion,
     format_errors,
     line_of,
-    tuple_or_none,
+    step_errors,
 )
+from prunekit.recipes.yaml_checks import RecipeLoader
 
 # ----------------------------------------------------------------------------------------------
-# Schema (pydantic): the YAML boundary. Unknown keys are errors.
-# ----------------------------------------------------------------------------------------------
-
-
-class _RecipeLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """SafeLoader without YAML 1.1 base-60 numbers (``pattern: 2:4`` stays '2:4'), refusing duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        from prunekit.recipes.yaml_checks import check_duplicate_keys
-
-        check_duplicate_keys(node)
-        return dict(super().construct_mapping(node, deep=deep))
-
-
-_RecipeLoader.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"),
-)
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-        r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-
-# ----------------------------------------------------------------------------------------------
-# Frozen dataclasses: what Python code uses.
+# Frozen dataclasses: what Python code uses (a step is its verb's config, see config_steps).
 # ----------------------------------------------------------------------------------------------
 
 
-Step = WeightsStep | ChannelsStep | LayersStep | OneShotStep
+Step = ConfigStep[Any]  # WeightsStep | ChannelsStep | LayersStep | OneShotStep | any registered kind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +73,7 @@ class Recipe:
         >>> Recipe.from_dict({"prune": [{"what": "weights", "sparsty": 0.5}]})
         Traceback (most recent call last):
         ...
-        prunekit.errors.ConfigError: recipe: prune[0].sparsty: unknown key (did you mean 'sparsity'?); allowed keys: what, sparsity, criterion, scope, pattern, include, exclude
+        prunekit.errors.ConfigError: recipe: prune[0].sparsty: unknown key (did you mean 'sparsity'?); allowed keys: what, sparsity, scope, pattern, max_batches, chunk_elements, criterion, include, exclude
     """
 
     steps: tuple[Step, ...]
@@ -158,8 +120,8 @@ class Recipe:
 
         try:
             check_depth(text, source)
-            node = yaml.compose(text, Loader=_RecipeLoader)
-            data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+            node = yaml.compose(text, Loader=RecipeLoader)
+            data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
         except DuplicateKeyError as e:
             raise ConfigError(f"{source}:{e.line}: {e}") from None
         except RecursionError:
@@ -201,12 +163,18 @@ class Recipe:
 
     @classmethod
     def _from_mapping(cls, data: dict[str, Any], node: yaml.Node | None, source: str) -> Recipe:
+        errors: list[Any] = []
         try:
             schema = RecipeSchema.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(format_errors(e, node, data, source)) from None
+            errors += e.errors()
+        steps, step_errs = step_errors(data)  # each step is its verb's config, checked by its class
+        errors += step_errs
+        if errors:
+            errors.sort(key=lambda err: [str(p) for p in err["loc"]][:1] != ["prune"])  # steps first
+            raise ConfigError(format_errors(errors, node, data, source)) from None
         try:
-            return cls._from_schema(schema, source if source not in ("recipe", "<recipe>") else None)
+            return cls._from_schema(schema, steps, source if source not in ("recipe", "<recipe>") else None)
         except ConfigError as e:
             key = str(e).split(":", 1)[0]
             line = line_of(node, (key,)) if node is not None else None
@@ -214,40 +182,7 @@ class Recipe:
             raise ConfigError(prefix + str(e)) from None
 
     @classmethod
-    def _from_schema(cls, s: RecipeSchema, source_path: str | None) -> Recipe:
-        steps: list[Step] = []
-        for st in s.prune:
-            if isinstance(st, WeightsSchema):
-                steps.append(
-                    WeightsStep(
-                        sparsity=st.sparsity,
-                        criterion=st.criterion,
-                        scope=st.scope,
-                        pattern=st.pattern,
-                        include=tuple_or_none(st.include),
-                        exclude=tuple_or_none(st.exclude),
-                    )
-                )
-            elif isinstance(st, ChannelsSchema):
-                steps.append(
-                    ChannelsStep(
-                        ratio=st.ratio,
-                        target_macs=st.target_macs,
-                        target_params=st.target_params,
-                        criterion=st.criterion,
-                        scope=st.scope,
-                        exclude=tuple_or_none(st.exclude),
-                        round_to=st.round_to,
-                        prune_heads=st.prune_heads,
-                    )
-                )
-            elif isinstance(st, OneShotStepSchema):
-                steps.append(OneShotStep(config=st.to_config()))
-            else:
-                blocks = (
-                    st.include if isinstance(st.include, str) or st.include is None else tuple(st.include)
-                )
-                steps.append(LayersStep(n=st.n, criterion=st.criterion, include=blocks))
+    def _from_schema(cls, s: RecipeSchema, steps: list[Step], source_path: str | None) -> Recipe:
         return cls(
             steps=tuple(steps),
             name=s.name,
@@ -270,15 +205,7 @@ class Recipe:
         out["seed"] = self.seed
         if self.data is not None:
             out["data"] = asdict(self.data)
-        out["prune"] = [
-            st.to_dict()
-            if isinstance(st, OneShotStep)
-            else {
-                "what": st.what,
-                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()},
-            }
-            for st in self.steps
-        ]
+        out["prune"] = [st.to_dict() for st in self.steps]
         out["schedule"] = asdict(self.schedule)
         if self.finetune is not None:
             out["finetune"] = asdict(self.finetune)
@@ -294,7 +221,7 @@ class Recipe:
     def needs_data(self) -> bool:
         """Whether running this recipe needs data (fine-tuning or a data-aware criterion)."""
         return self.finetune is not None or any(
-            st.criterion in DATA_AWARE[st.what] for st in self.steps
+            st.criterion in DATA_AWARE.get(st.what, ()) for st in self.steps
         )  # layers by block_influence use the data when given, else the example inputs; position needs none
 
     def run(
@@ -347,7 +274,6 @@ def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
 
 
 __all__ = [
-    "check_criterion",
     "ChannelsStep",
     "DataSpec",
     "Finetune",

@@ -1,19 +1,20 @@
-"""What a recipe is made of: the validated schema of each YAML section (pydantic), the steps as plain frozen data that the runner executes, and the result of a run."""
+"""What a recipe is made of: the schema of each YAML section (pydantic), the prune steps (each one its verb's config, see :mod:`prunekit.recipes.config_steps`), and the result of a run."""
 
 from __future__ import annotations
 
-import difflib
-import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.recipes.oneshot_step import OneShotStepSchema
+from prunekit.oneshot import OneShotConfig
+from prunekit.recipes.config_steps import STEP_KINDS, ConfigStep, error_text, register_step
+from prunekit.structured import ChannelPruneConfig, LayerPruningConfig
+from prunekit.weights import WeightPruningConfig
 
 if TYPE_CHECKING:
     from prunekit.recipes.schema import Recipe
@@ -27,116 +28,8 @@ DATA_AWARE = {
 }
 
 
-PATTERN = re.compile(r"^\d+:\d+$")
-
-
-def check_criterion(granularity: str, name: str) -> str:
-    """``name`` if it is registered for ``granularity`` (looked up at run time, so user criteria work)."""
-    import prunekit.analysis  # noqa: F401  (registers the built-in criteria of every granularity)
-    import prunekit.structured  # noqa: F401
-    import prunekit.weights  # noqa: F401
-    from prunekit.core import criterion_registry
-
-    registry = criterion_registry(granularity)
-    if name.lower() not in registry:
-        valid = ", ".join(repr(n) for n in registry.names())
-        raise ValueError(f"unknown {registry.what} {name!r}; valid names are {valid}")
-    return name
-
-
-def renamed_step_keys(step: Any, renames: Mapping[str, str], where: str) -> Any:
-    """Map a deprecated step key onto its new name (with a DeprecationWarning naming it)."""
-    if not isinstance(step, dict):
-        return step
-    from prunekit.compat import warn
-
-    for old, new in renames.items():
-        if old in step and new not in step:
-            warn(f"the recipe key {where}.{old}", f"{new}", stacklevel=4)
-            step = {**{k: v for k, v in step.items() if k != old}, new: step[old]}
-    return step
-
-
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WeightsSchema(StrictModel):
-    what: Literal["weights"]
-    sparsity: float | None = Field(
-        default=None, ge=0.0, lt=1.0, description="total fraction of zeros, in [0, 1)"
-    )
-    criterion: str = "magnitude"
-    scope: Literal["global", "layer", "row"] | None = None  # None: the criterion's default (wanda: row)
-    pattern: str | None = Field(default=None, description="N:M pattern such as '2:4'")
-    include: list[str] | None = None
-    exclude: list[str] | None = None
-
-    @field_validator("criterion")
-    @classmethod
-    def _criterion(cls, v: str) -> str:
-        return check_criterion("weight", v)
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str | None) -> str | None:
-        if v is not None:
-            if (
-                not PATTERN.match(v)
-                or int(v.split(":")[0]) >= int(v.split(":")[1])
-                or int(v.split(":")[0]) < 1
-            ):
-                raise ValueError(f"pattern must be 'N:M' with 1 <= N < M (e.g. '2:4'), got {v!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _amount(self) -> WeightsSchema:
-        if self.sparsity is None and self.pattern is None:
-            raise ValueError("give sparsity (e.g. 0.9) or pattern (e.g. '2:4'), or both")
-        return self
-
-
-class ChannelsSchema(StrictModel):
-    what: Literal["channels"]
-    ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
-    target_macs: float | None = Field(default=None, gt=0.0, le=1.0)
-    target_params: float | None = Field(default=None, gt=0.0, le=1.0)
-    criterion: str = "l2"
-    scope: Literal["layer", "global"] = "layer"
-    exclude: list[str] | None = None
-    round_to: int | None = Field(default=None, ge=1)
-    prune_heads: bool | Literal["auto"] = "auto"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return renamed_step_keys(data, {"ignore": "exclude"}, "channels")
-
-    @field_validator("criterion")
-    @classmethod
-    def _criterion(cls, v: str) -> str:
-        return check_criterion("channel", v)
-
-    @model_validator(mode="after")
-    def _one_amount(self) -> ChannelsSchema:
-        given = [k for k in ("ratio", "target_macs", "target_params") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of ratio, target_macs, target_params (got {given or 'none'})")
-        return self
-
-
-class LayersSchema(StrictModel):
-    what: Literal["layers"]
-    n: int = Field(ge=1, description="how many blocks to remove")
-    criterion: Literal["block_influence", "loss", "position"] = "block_influence"
-    include: str | list[str] | None = Field(
-        default=None, description="container name or block names to choose from"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        return renamed_step_keys(data, {"blocks": "include"}, "layers")
 
 
 class DataSchema(StrictModel):
@@ -172,11 +65,6 @@ class MeasureSchema(StrictModel):
     threads: int = Field(default=1, ge=1)
 
 
-StepSchema = Annotated[
-    WeightsSchema | ChannelsSchema | LayersSchema | OneShotStepSchema, Field(discriminator="what")
-]
-
-
 class RecipeSchema(StrictModel):
     version: Literal[1] = 1
     name: str | None = None
@@ -184,57 +72,102 @@ class RecipeSchema(StrictModel):
     model: str | None = None
     seed: int = 0
     data: DataSchema | None = None
-    prune: list[StepSchema] = Field(min_length=1)
+    prune: list[dict[str, Any]] = Field(min_length=1)  # each checked by its step class
     schedule: ScheduleSchema = ScheduleSchema()
     finetune: FinetuneSchema | None = None
     measure: MeasureSchema = MeasureSchema()
 
 
-@dataclass(frozen=True, kw_only=True)
-class WeightsStep:
-    """Prune individual weights to a total ``sparsity`` and/or an N:M ``pattern`` (see ``prune_weights``)."""
+@register_step
+@dataclass(frozen=True, init=False)
+class WeightsStep(ConfigStep[WeightPruningConfig]):
+    """Prune individual weights (``prune_weights``): the keys are :class:`prunekit.WeightPruningConfig`'s fields.
 
-    sparsity: float | None = None
-    criterion: str = "magnitude"
-    scope: str | None = None
-    pattern: str | None = None
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] | None = None
-    what: Literal["weights"] = "weights"
+    Without ``scope`` (or with ``scope: null``) the step takes the criterion's own default, as
+    ``prune_weights`` does (``row`` for Wanda, ``global`` for the others).
 
-    def __post_init__(self) -> None:
-        validate_section(WeightsSchema, asdict(self))
+    Example:
+        >>> WeightsStep.from_mapping({"sparsity": 0.5, "criterion": "wanda"}).config.scope
+        'row'
+    """
 
+    what: ClassVar[str] = "weights"
+    config_cls: ClassVar[type[Any]] = WeightPruningConfig
+    default_notes: ClassVar[Mapping[str, str]] = {"scope": "the criterion's own (row for wanda, else global)"}
 
-@dataclass(frozen=True, kw_only=True)
-class ChannelsStep:
-    """Remove channels/neurons/heads physically (see ``prunekit.prune_channels``)."""
+    @classmethod
+    def fill(cls, values: dict[str, Any]) -> dict[str, Any]:
+        if values.get("scope") is None:
+            from prunekit.weights import get_criterion
 
-    ratio: float | None = None
-    target_macs: float | None = None
-    target_params: float | None = None
-    criterion: str = "l2"
-    scope: str = "layer"
-    exclude: tuple[str, ...] | None = None
-    round_to: int | None = None
-    prune_heads: bool | Literal["auto"] = "auto"
-    what: Literal["channels"] = "channels"
-
-    def __post_init__(self) -> None:
-        validate_section(ChannelsSchema, asdict(self))
+            try:
+                scope = get_criterion(values.get("criterion", "magnitude")).default_scope
+            except (ConfigError, TypeError):  # the config names the bad criterion, at its key
+                scope = "global"
+            values = {**values, "scope": scope}
+        return values
 
 
-@dataclass(frozen=True, kw_only=True)
-class LayersStep:
-    """Remove the ``n`` least important blocks (see ``prunekit.prune_layers``)."""
+@register_step
+@dataclass(frozen=True, init=False)
+class ChannelsStep(ConfigStep[ChannelPruneConfig]):
+    """Remove channels physically (``prune_channels``): the keys are :class:`prunekit.ChannelPruneConfig`'s fields.
 
-    n: int
-    criterion: str = "block_influence"
-    include: str | tuple[str, ...] | None = None
-    what: Literal["layers"] = "layers"
+    Exactly one of ``ratio``, ``reduce_macs``, ``reduce_params``. ``ignore`` (now ``exclude``) and
+    ``target_macs`` / ``target_params`` (fraction kept; now ``reduce_* = 1 - target_*``) still work, with a
+    ``DeprecationWarning``. ``exclude`` holds module names.
+    """
 
-    def __post_init__(self) -> None:
-        validate_section(LayersSchema, asdict(self))
+    what: ClassVar[str] = "channels"
+    config_cls: ClassVar[type[Any]] = ChannelPruneConfig
+    renamed: ClassVar[Mapping[str, str]] = {"ignore": "exclude"}
+    deprecated: ClassVar[Mapping[str, str]] = {
+        "target_macs": "reduce_macs (= 1 - target_macs, the fraction removed)",
+        "target_params": "reduce_params (= 1 - target_params, the fraction removed)",
+    }
+    one_of: ClassVar[tuple[str, ...]] = ("ratio", "reduce_macs", "reduce_params")
+
+
+@register_step
+@dataclass(frozen=True, init=False)
+class LayersStep(ConfigStep[LayerPruningConfig]):
+    """Remove the ``n`` least important blocks (``prune_layers``): :class:`prunekit.LayerPruningConfig`'s fields.
+
+    A recipe spells ``n`` out (no default); ``blocks`` (now ``include``) still works, with a warning.
+    """
+
+    what: ClassVar[str] = "layers"
+    config_cls: ClassVar[type[Any]] = LayerPruningConfig
+    renamed: ClassVar[Mapping[str, str]] = {"blocks": "include"}
+    required: ClassVar[tuple[str, ...]] = ("n",)
+
+
+NOT_IN_RECIPES = ("progress",)  # decided by the run (``progress=`` / the CLI), not by the recipe
+
+
+@register_step
+@dataclass(frozen=True, init=False)
+class OneShotStep(ConfigStep[OneShotConfig]):
+    """Prune in one shot with calibration data (see ``prunekit.prune_oneshot``).
+
+    Example:
+        >>> step = OneShotStep.from_mapping({"method": "wanda", "sparsity": 0.6})
+        >>> step.config.method, step.config.sparsity
+        ('wanda', 0.6)
+    """
+
+    what: ClassVar[str] = "oneshot"
+    config_cls: ClassVar[type[Any]] = OneShotConfig
+    not_in_yaml: ClassVar[tuple[str, ...]] = NOT_IN_RECIPES
+
+    def check(self) -> None:
+        if any(not isinstance(v, str) for v in (*(self.config.include or ()), *(self.config.exclude or ()))):
+            raise ConfigError("a recipe's oneshot include/exclude hold module names or globs, not types")
+
+    @property
+    def criterion(self) -> str:
+        """The method's name (what the other steps call their criterion)."""
+        return str(self.config.method)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -276,18 +209,6 @@ class Measure:
     threads: int = 1
 
 
-def tuple_or_none(v: list[str] | None) -> tuple[str, ...] | None:
-    return tuple(v) if v is not None else None
-
-
-def validate_section(schema: type[BaseModel], data: Mapping[str, Any]) -> BaseModel:
-    clean = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-    try:
-        return schema.model_validate(clean)
-    except ValidationError as e:
-        raise ConfigError(format_errors(e, None, None, "")) from None
-
-
 @dataclass(frozen=True, kw_only=True)
 class RecipeResult:
     """What a recipe run did: metrics before/after, per-layer rows, history of rounds, timing."""
@@ -317,14 +238,6 @@ class RecipeResult:
         }
 
 
-STEP_SCHEMAS: dict[str, type[BaseModel]] = {
-    "weights": WeightsSchema,
-    "channels": ChannelsSchema,
-    "layers": LayersSchema,
-    "oneshot": OneShotStepSchema,
-}
-
-
 SECTION_SCHEMAS: dict[str, type[BaseModel]] = {
     "data": DataSchema,
     "finetune": FinetuneSchema,
@@ -352,12 +265,10 @@ def key_node(node: yaml.Node | None, key: Any) -> yaml.Node | None:
 
 
 def clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
-    """Drop pydantic's union tags (``prune.0.weights.sparsity`` -> ``prune.0.sparsity``)."""
+    """Drop pydantic's validator tags (``schedule.function-after`` -> ``schedule``)."""
     out: list[Any] = []
     cur = data
     for part in loc:
-        if isinstance(cur, dict) and part not in cur and part in STEP_SCHEMAS and cur.get("what") == part:
-            continue
         if (
             isinstance(cur, dict)
             and part not in cur
@@ -401,43 +312,62 @@ def dotted(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def schema_at(loc: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
+def schema_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     if not loc:
         return RecipeSchema
     if loc[0] in SECTION_SCHEMAS and len(loc) == 1:
         return SECTION_SCHEMAS[loc[0]]
-    if loc[0] == "prune" and len(loc) == 2 and isinstance(loc[1], int) and isinstance(data, dict):
-        steps = data.get("prune")
-        if isinstance(steps, list) and loc[1] < len(steps) and isinstance(steps[loc[1]], dict):
-            return STEP_SCHEMAS.get(steps[loc[1]].get("what"))
     return None
 
 
-def format_errors(e: ValidationError, node: yaml.Node | None, data: Any, source: str) -> str:
+def step_errors(data: Mapping[str, Any]) -> tuple[list[ConfigStep[Any]], list[dict[str, Any]]]:
+    """Every ``prune`` step of ``data`` built by its step class, and the errors (``loc`` from the top)."""
+    steps: list[ConfigStep[Any]] = []
+    errors: list[dict[str, Any]] = []
+    prune = data.get("prune")
+    for i, item in enumerate(prune if isinstance(prune, list) else []):
+        if not isinstance(item, Mapping):
+            continue  # RecipeSchema reports it
+        kind = STEP_KINDS.get(item.get("what"))  # type: ignore[arg-type]
+        if kind is None:
+            msg = f"'what' must be one of {', '.join(STEP_KINDS)} (what to prune)"
+            errors.append({"type": "value_error", "loc": ("prune", i), "msg": msg})
+            continue
+        step, errs = kind.validate(item, kind.what)
+        errors += [{**e, "loc": ("prune", i, *e["loc"])} for e in errs]
+        if step is not None:
+            steps.append(step)
+    return steps, errors
+
+
+def format_errors(errors: list[Any], node: yaml.Node | None, data: Any, source: str) -> str:
+    """One line per error: ``file:line: dotted.key: what is wrong`` (joined with "; ")."""
     lines = []
-    for err in e.errors():
+    for err in errors:
         loc = clean_loc(tuple(err["loc"]), data) if data is not None else tuple(err["loc"])
         line = line_of(node, loc)
         where = f"{source}:{line}" if line else (source or "recipe")
-        key = dotted(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            schema = schema_at(loc[:-1], data)
-            allowed = list(schema.model_fields) if schema is not None else []
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            msg = f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
-        elif kind == "missing":
-            msg = "required key is missing"
-        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-            msg = f"'what' must be one of {', '.join(STEP_SCHEMAS)} (what to prune)"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            if (
-                "input" in err
-                and kind not in ("literal_error", "value_error")
-                and not isinstance(err["input"], (dict, list))
-            ):
-                msg += f" (got {err['input']!r})"
-        lines.append(f"{where}: {key}: {msg}")
+        if err["type"] == "extra_forbidden" and "allowed" not in err:
+            schema = schema_at(loc[:-1])
+            err = {**err, "allowed": list(schema.model_fields) if schema is not None else []}
+        lines.append(f"{where}: {dotted(loc)}: {error_text(err)}")
     return "; ".join(lines)
+
+
+__all__ = [
+    "DATA_AWARE",
+    "NOT_IN_RECIPES",
+    "OneShotStep",
+    "ChannelsStep",
+    "DataSpec",
+    "Finetune",
+    "LayersStep",
+    "Measure",
+    "RecipeResult",
+    "RecipeSchema",
+    "Schedule",
+    "WeightsStep",
+    "format_errors",
+    "line_of",
+    "step_errors",
+]

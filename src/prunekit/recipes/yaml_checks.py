@@ -7,6 +7,9 @@ file and line.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import yaml
 
 MAX_DEPTH = 64
@@ -52,4 +55,55 @@ def check_depth(text: str, source: str, limit: int = MAX_DEPTH) -> None:
         raise RecursionError(f"{source}: nesting deeper than {limit}")
 
 
-__all__ = ["DuplicateKeyError", "MAX_DEPTH", "check_depth", "check_duplicate_keys"]
+class RecipeLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """SafeLoader without YAML 1.1 base-60 numbers (``pattern: 2:4`` stays '2:4'), refusing duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        check_duplicate_keys(node)
+        return dict(super().construct_mapping(node, deep=deep))
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+        r"|\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """One value read as a recipe reads it (``2:4`` stays the pattern '2:4'; ``0.5``, ``true``, ``null``).
+
+    Example:
+        >>> yaml_value("2:4"), yaml_value("0.5"), yaml_value("fc")
+        ('2:4', 0.5, 'fc')
+    """
+    try:
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return text  # not YAML on its own (e.g. "a: b: c"): the text itself
+
+
+__all__ = [
+    "DuplicateKeyError",
+    "MAX_DEPTH",
+    "RecipeLoader",
+    "check_depth",
+    "check_duplicate_keys",
+    "yaml_value",
+]

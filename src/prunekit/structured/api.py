@@ -25,13 +25,13 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from prunekit.compat import renamed_kwargs
+from prunekit.compat import renamed_kwargs, warn
 from prunekit.core import (
     UNSET,
     ConfigMixin,
@@ -52,7 +52,7 @@ from prunekit.structured.surgery import masked_reference
 logger = logging.getLogger(__name__)
 
 
-COST_GOALS: tuple[str, ...] = ("reduce_macs", "reduce_params", "target_macs", "target_params")
+COST_GOALS: tuple[str, ...] = ("reduce_macs", "reduce_params")
 
 
 @register_config
@@ -71,10 +71,6 @@ class ChannelPruneConfig(ConfigMixin):
         reduce_macs: Instead of ``ratio``: remove this fraction of the (estimated) MACs, in [0, 1)
             (the same sense as ``ratio`` and ``allocate(target=)``: how much goes).
         reduce_params: Instead of ``ratio``: remove this fraction of the parameters, in [0, 1).
-        target_macs: Instead of ``ratio``: keep this fraction of the (estimated) MACs, in (0, 1]
-            (``target_macs=t`` is ``reduce_macs=1 - t``).
-        target_params: Instead of ``ratio``: keep this fraction of the parameters, in (0, 1]
-            (``target_params=t`` is ``reduce_params=1 - t``).
         criterion: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``, ``"random"`` or a
             :class:`prunekit.structured.criteria.ChannelCriterion` object.
         scope: ``"layer"`` (same ratio per group) or ``"global"`` (normalised scores ranked together).
@@ -92,15 +88,16 @@ class ChannelPruneConfig(ConfigMixin):
         exclude: Modules (objects, name globs, or types) whose output width is kept (was ``ignore``).
         check: Compare the pruned model's outputs with the masked original's (one extra forward); a
             mismatch restores the model and raises.
-        allow_partial: With ``target_macs``/``target_params`` that cannot be reached, prune as much as
+        allow_partial: With ``reduce_macs``/``reduce_params`` that cannot be reached, prune as much as
             allowed instead of raising ``PlanError``.
+
+    ``target_macs=t`` / ``target_params=t`` (the fraction *kept*, in (0, 1]) are deprecated spellings of
+    ``reduce_macs=1 - t`` / ``reduce_params=1 - t``: init-only, they warn and set the ``reduce_*`` field.
     """
 
     ratio: float | Mapping[str, float] = 0.5
     reduce_macs: float | None = None
     reduce_params: float | None = None
-    target_macs: float | None = None
-    target_params: float | None = None
     criterion: str | ChannelCriterion = "l2"
     scope: Literal["layer", "global"] = "layer"
     round_to: int | None = None
@@ -111,8 +108,22 @@ class ChannelPruneConfig(ConfigMixin):
     exclude: Any = None
     check: bool = True
     allow_partial: bool = False
+    target_macs: dataclasses.InitVar[float | None] = None  # deprecated: reduce_macs = 1 - target_macs
+    target_params: dataclasses.InitVar[float | None] = None  # deprecated: reduce_params = 1 - target_params
 
-    def __post_init__(self) -> None:
+    #: deprecated init-only spellings -> their field (``config_from_dict`` still reads them)
+    DEPRECATED_OPTIONS: ClassVar[dict[str, str]] = {
+        "target_macs": "reduce_macs",
+        "target_params": "reduce_params",
+    }
+
+    def __post_init__(self, target_macs: float | None, target_params: float | None) -> None:
+        for old, kept in (("target_macs", target_macs), ("target_params", target_params)):
+            if kept is not None:
+                new = self.DEPRECATED_OPTIONS[old]
+                object.__setattr__(
+                    self, new, removed_for_kept(old, kept, getattr(self, new), "ChannelPruneConfig")
+                )
         if isinstance(self.exclude, (list, set, frozenset)):
             object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.prune_heads not in (True, False, "auto"):
@@ -125,20 +136,13 @@ class ChannelPruneConfig(ConfigMixin):
                 )
         goals = [n for n in COST_GOALS if getattr(self, n) is not None]
         if isinstance(self.ratio, Mapping) and (self.scope != "layer" or goals):
-            raise ConfigError(
-                "a per-module ratio mapping works with scope='layer' and no reduce_*/target_* cost goal"
-            )
+            raise ConfigError("a per-module ratio mapping works with scope='layer' and no reduce_* cost goal")
         if len(goals) > 1:
             raise ConfigError(f"give at most one of {', '.join(COST_GOALS)}; got {', '.join(goals)}")
         for name in goals:
             v = getattr(self, name)
-            keep = name.startswith("target_")
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                0.0 < float(v) <= 1.0 if keep else 0.0 <= float(v) < 1.0
-            )
-            if not ok:
-                what = "the fraction to keep, in (0, 1]" if keep else "the fraction to remove, in [0, 1)"
-                raise ConfigError(f"{name} is {what}; got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0:
+                raise ConfigError(f"{name} is the fraction to remove, in [0, 1); got {v!r}")
         if self.scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
         if self.gqa not in ("kv_groups", "query_heads"):
@@ -154,12 +158,31 @@ class ChannelPruneConfig(ConfigMixin):
     def cost_goal(self) -> tuple[str, float] | None:
         """``("macs" | "params", fraction kept)`` of the cost goal, or ``None`` when ``ratio`` is used."""
         for kind in ("macs", "params"):
-            removed, kept = getattr(self, f"reduce_{kind}"), getattr(self, f"target_{kind}")
+            removed = getattr(self, f"reduce_{kind}")
             if removed is not None:
                 return kind, 1.0 - float(removed)
-            if kept is not None:
-                return kind, float(kept)
         return None
+
+
+def removed_for_kept(old: str, kept: Any, removed: Any, verb: str, stacklevel: int = 5) -> float:
+    """``1 - kept`` for a deprecated ``target_*=kept`` (fraction kept), with a ``DeprecationWarning``.
+
+    Raises:
+        ConfigError: ``kept`` is not in (0, 1], or the new spelling is given too.
+    """
+    new = "reduce_" + old.removeprefix("target_")
+    if removed is not None:
+        raise ConfigError(f"{verb}: give {new}= (the fraction removed), not both {new}= and {old}=")
+    if isinstance(kept, bool) or not isinstance(kept, (int, float)) or not 0.0 < float(kept) <= 1.0:
+        raise ConfigError(
+            f"{old} is the fraction to keep, in (0, 1] (deprecated: use {new}=1 - {old}); got {kept!r}"
+        )
+    warn(
+        f"{verb}({old}=)",
+        f"{verb}({new}=) with the fraction removed ({new}=1 - {old})",
+        stacklevel=stacklevel,
+    )
+    return 1.0 - float(kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,8 +289,8 @@ def prune_channels(
         ratio: Fraction of units to remove (per group for ``scope="layer"``, overall for ``"global"``).
         reduce_macs: Remove this fraction of the estimated MACs instead (searches the ratio).
         reduce_params: Remove this fraction of the parameters instead (searches the ratio).
-        target_macs: Keep this fraction of the estimated MACs instead (``1 - reduce_macs``).
-        target_params: Keep this fraction of the parameters instead (``1 - reduce_params``).
+        target_macs: Deprecated: keep this fraction of the MACs; use ``reduce_macs=1 - target_macs``.
+        target_params: Deprecated: keep this fraction of the parameters; use ``reduce_params=1 - target_params``.
         criterion: Importance of units: ``"l2"``, ``"l1"``, ``"bn_scale"``, ``"taylor"``, ``"fpgm"``,
             ``"random"`` or a :class:`~prunekit.structured.criteria.ChannelCriterion`.
         scope: ``"layer"`` or ``"global"``.
@@ -285,7 +308,7 @@ def prune_channels(
         loss_fn: ``loss_fn(outputs, targets)`` for ``criterion="taylor"``.
         config: A :class:`ChannelPruneConfig` holding every option above (all but ``data``/``loss_fn``);
             a keyword that sets the same option as ``config`` raises ``ConfigError``.
-        allow_partial: An unreachable ``target_macs``/``target_params`` prunes as much as allowed
+        allow_partial: An unreachable ``reduce_macs``/``reduce_params`` prunes as much as allowed
             (with a warning) instead of raising ``PlanError``.
         check: Compare the pruned model's outputs on ``example_inputs`` with the original's with the
             removed slices zeroed (one extra forward); a mismatch restores the model and raises.
@@ -300,6 +323,18 @@ def prune_channels(
         PlanError: the pruned model could not be built or run (the model is restored).
     """
     t0 = time.perf_counter()
+    if target_macs is not UNSET and target_macs is not None:  # deprecated: the fraction kept
+        reduce_macs = removed_for_kept(
+            "target_macs", target_macs, None if reduce_macs is UNSET else reduce_macs, "prune_channels", 6
+        )
+    if target_params is not UNSET and target_params is not None:
+        reduce_params = removed_for_kept(
+            "target_params",
+            target_params,
+            None if reduce_params is UNSET else reduce_params,
+            "prune_channels",
+            6,
+        )
     cfg = merge_config(
         ChannelPruneConfig,
         config,
@@ -307,8 +342,6 @@ def prune_channels(
         ratio=ratio,
         reduce_macs=reduce_macs,
         reduce_params=reduce_params,
-        target_macs=target_macs,
-        target_params=target_params,
         criterion=criterion,
         scope=scope,
         round_to=round_to,
@@ -361,7 +394,9 @@ def prune_channels(
     max_attempts = 8 + len(trace.modules_run)  # each failed attempt keeps at least one more module
     try:
         for _attempt in range(max_attempts):
-            graph, removed, plan, cands, sel = build_plan(model, trace, cfg, crit, frozen_names, params, ignored)
+            graph, removed, plan, cands, sel = build_plan(
+                model, trace, cfg, crit, frozen_names, params, ignored
+            )
             mask = sel.removed_labels(removed)
             failure, applied = apply_checked(model, example_inputs, trace, plan, cands, check, graph, mask)
             if failure is None:
@@ -379,12 +414,18 @@ def prune_channels(
             kind = type(modules[where]) if where in modules else None
             if kind is not None and kind.__module__.startswith("torch.nn"):
                 kind = None
-            twins = [n for n, m in modules.items() if kind is not None and type(m) is kind and n not in auto_names]
+            twins = [
+                n for n, m in modules.items() if kind is not None and type(m) is kind and n not in auto_names
+            ]
             for name in [where] + [n for n in twins if n != where]:
-                logger.info("pruning changed module %s in a way it does not support (%s): keeping it", name, why)
+                logger.info(
+                    "pruning changed module %s in a way it does not support (%s): keeping it", name, why
+                )
                 auto_names.add(name)
                 reason = why if name == where else f"like {where} ({kind.__name__ if kind else ''}): {why}"
-                auto_kept.append(Skipped(name, f"kept at full width: pruning it made the model fail ({reason})"))
+                auto_kept.append(
+                    Skipped(name, f"kept at full width: pruning it made the model fail ({reason})")
+                )
             frozen_names = {**frozen_names, **resolve_ignore(model, [where, *twins], all_dims=True)}
         else:
             raise PlanError(

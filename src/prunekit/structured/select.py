@@ -403,15 +403,16 @@ def build_plan(
         lo, hi = 0.0, 0.999
         best = sel.select(hi, cfg.scope)
         if sel.cost(best)[which] > goal:
-            name = "target_macs" if which == 0 else "target_params"
+            name = "reduce_macs" if which == 0 else "reduce_params"
             reachable = sel.cost(best)[which] / max(sel.cost({})[which], 1e-12)
+            asked = 1 - target  # the fraction to remove
             if not cfg.allow_partial:
                 raise PlanError(
-                    f"{name}={target:g} cannot be reached: the most prunekit can remove keeps {reachable:.3f} "
-                    f"(ignored modules, round_to and coupled slices limit it); raise {name} to at least "
-                    f"{reachable:.3f}, or pass allow_partial=True to prune as much as allowed"
+                    f"{name}={asked:g} cannot be reached: the most prunekit can remove is {1 - reachable:.3f} "
+                    f"(ignored modules, round_to and coupled slices limit it); lower {name} to at most "
+                    f"{1 - reachable:.3f}, or pass allow_partial=True to prune as much as allowed"
                 )
-            warnings.warn(f"{name}={target:g} cannot be reached; pruned as much as allowed (keeps {reachable:.3f})",
+            warnings.warn(f"{name}={asked:g} cannot be reached; pruned as much as allowed (removes {1 - reachable:.3f})",
                           UserWarning, stacklevel=3)  # fmt: skip
         else:
             for _ in range(24):
