@@ -204,3 +204,75 @@ def test_sliced_check_matches_oracle_on_a_conv_net(monkeypatch: pytest.MonkeyPat
     pk.prune_channels(m, x, ratio=0.5, exclude=[m[10]])
     assert calls["conv2d"] >= 2  # conv 2 and 3 were sliced in the check (conv 1: 27 MACs per output, dense)
     torch.testing.assert_close(m(x), masked_reference(orig, m._prunekit_plan)(x), rtol=1e-5, atol=1e-5)
+
+
+class _Unbatched(nn.Module):
+    """conv2 runs on a 3-D (unbatched) input: its unzeroed weight must reach it zeroed (fallback path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        h = torch.stack([torch.relu(self.conv2(h[i])) for i in range(h.shape[0])])
+        return self.fc(h.mean((2, 3)))
+
+
+def test_deferred_weights_are_zeroed_for_calls_that_are_not_sliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.structured import check
+
+    seen: dict[str, int] = {"deferred": 0, "zeroed": 0}
+    real_defer, real_zeroed = check._SkipZeroSlices.defer, check._SkipZeroSlices._zeroed
+
+    def defer(self, *a):  # type: ignore[no-untyped-def]
+        real_defer(self, *a)
+        seen["deferred"] += len(self.deferred)
+
+    def zeroed(self, t):  # type: ignore[no-untyped-def]
+        out = real_zeroed(self, t)
+        seen["zeroed"] += out is not t
+        return out
+
+    monkeypatch.setattr(check._SkipZeroSlices, "defer", defer)
+    monkeypatch.setattr(check._SkipZeroSlices, "_zeroed", zeroed)
+    torch.manual_seed(0)
+    m = _Unbatched().eval()
+    orig = copy.deepcopy(m)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    refs = m.state_dict()
+    x = torch.randn(2, 3, 8, 8)
+    pk.prune_channels(m, x, ratio=0.5, exclude=[m.fc])
+    assert seen["deferred"] >= 1 and seen["zeroed"] >= 1  # conv2's weight was deferred, then zeroed
+    torch.testing.assert_close(m(x), masked_reference(orig, m._prunekit_plan)(x), rtol=1e-5, atol=1e-5)
+    for k, v in refs.items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_deferred_weight_reaches_unsliced_calls_zeroed() -> None:
+    """Oracle for the fallback: an unbatched conv and any other op get the zeroed copy, never the original."""
+    import numpy as np
+
+    from prunekit.structured.check import _SkipZeroSlices
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, padding=1).eval()
+    w = conv.weight
+    rows, cols = _keep(24, 10, 4), _keep(16, 7, 5)
+    km = rows.view(-1, 1, 1, 1) & cols.view(1, -1, 1, 1)
+    wz = torch.where(km, w.detach(), 0)
+    mode = _SkipZeroSlices({id(w): w}, {id(w): {0: rows.numpy(), 1: cols.numpy()}}, {id(w): km})
+    mode.defer({"": [id(w)]}, {"": conv})
+    assert mode.deferred == {id(w)}
+    x3 = torch.randn(16, 6, 6)  # unbatched: not sliced
+    with torch.no_grad():
+        want_conv = F.conv2d(x3, wz, None, 1, 1)
+        want_sum = wz.sum()
+        with mode:
+            got_conv = F.conv2d(x3, w, None, 1, 1)
+            got_sum = torch.sum(w)
+    torch.testing.assert_close(got_conv, want_conv)
+    torch.testing.assert_close(got_sum, want_sum)
+    assert not np.allclose(float(w.detach().sum()), float(want_sum))  # the original was not zeroed
