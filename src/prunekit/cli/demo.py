@@ -246,10 +246,12 @@ def _accelerated_latency(model: nn.Module, batch: torch.Tensor, cfg: DemoConfig)
     Returns ``(median_ms, iqr_ms, latency_note)``; the note names the Linear layers that left dense
     and their kernel, or says that dense won everywhere.
     """
-    from prunekit.accel import accelerate
+    from prunekit.accel import AccelerateConfig, accelerate
 
     fast = copy.deepcopy(model).eval()
-    result = accelerate(fast, batch, threads=cfg.threads, measure_model=False)
+    # 9 alternating rounds per layer (default 15): the demo stays under a minute on a loaded 2-core machine
+    acfg = AccelerateConfig(threads=cfg.threads, rounds=9, measure_model=False)
+    result = accelerate(fast, batch, config=acfg)
     lat = measure_latency(fast, batch, repeats=cfg.latency_repeats, warmup=3, threads=cfg.threads)
     kept = [f"{c.name} {c.kernel}" for c in result.layers if c.kernel != "dense"]
     return lat.median_ms, lat.iqr_ms, "accelerated: " + (", ".join(kept) if kept else "dense won")
