@@ -115,7 +115,7 @@ def test_skip_zero_slices_equals_the_dense_masked_call(
 
     prune_rows, prune_cols, bias = rows_cols_bias
     torch.manual_seed(0)
-    out_f, in_f = 48, (80 if op == "linear" else 40)  # >= min_macs products per output
+    out_f, in_f = 48, (300 if op == "linear" else 40)  # >= min_macs (256) products per output
     w = torch.randn(out_f, in_f) if op == "linear" else torch.randn(out_f, in_f, 3, 3)
     x = torch.randn(2, 7, in_f) if op == "linear" else torch.randn(2, in_f, 9, 9)
     rows = _keep(out_f, 20, 1) if prune_rows else torch.ones(out_f, dtype=torch.bool)
@@ -148,9 +148,9 @@ class _WideLiar(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(16, 64, 3, padding=1)
-        self.a = nn.Linear(64, 128)
-        self.b = nn.Linear(128, 3)
-        self.n = 128
+        self.a = nn.Linear(64, 512)
+        self.b = nn.Linear(512, 3)
+        self.n = 512
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.a(self.conv(x).mean((2, 3)))
@@ -193,7 +193,7 @@ def test_sliced_check_matches_oracle_on_a_conv_net(monkeypatch: pytest.MonkeyPat
     m = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     ).eval()  # fmt: skip
     for bn in (m[1], m[4]):
         bn.running_mean.uniform_(-1, 1)
@@ -258,15 +258,15 @@ def test_a_deferred_weight_reaches_unsliced_calls_zeroed() -> None:
     from prunekit.structured.check import _SkipZeroSlices
 
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 24, 3, padding=1).eval()
+    conv = nn.Conv2d(32, 24, 3, padding=1).eval()
     w = conv.weight
-    rows, cols = _keep(24, 10, 4), _keep(16, 7, 5)
+    rows, cols = _keep(24, 10, 4), _keep(32, 13, 5)
     km = rows.view(-1, 1, 1, 1) & cols.view(1, -1, 1, 1)
     wz = torch.where(km, w.detach(), 0)
     mode = _SkipZeroSlices({id(w): w}, {id(w): {0: rows.numpy(), 1: cols.numpy()}}, {id(w): km})
     mode.defer({"": [id(w)]}, {"": conv})
     assert mode.deferred == {id(w)}
-    x3 = torch.randn(16, 6, 6)  # unbatched: not sliced
+    x3 = torch.randn(32, 6, 6)  # unbatched: not sliced
     with torch.no_grad():
         want_conv = F.conv2d(x3, wz, None, 1, 1)
         want_sum = wz.sum()

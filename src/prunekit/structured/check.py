@@ -143,7 +143,7 @@ class _SkipZeroSlices(TorchFunctionMode):
     original that the pruned model is compared with, only without multiplying by zeros.
     """
 
-    min_macs = 64
+    min_macs = 256
 
     def __init__(
         self,
@@ -200,7 +200,9 @@ class _SkipZeroSlices(TorchFunctionMode):
                 groups = args[6] if len(args) > 6 else 1
                 if func is F.conv2d and x.dim() == 4 and w.dim() == 4 and groups == 1 and big:
                     return self._conv2d(x, w, b, args[3:6], *kept)
-        if self.deferred:  # any other use of an unzeroed weight sees the zeroed copy
+        d = self.deferred
+        if d and (any(id(a) in d for a in args) or any(id(v) in d for v in kwargs.values())):
+            # any other use of an unzeroed weight sees the zeroed copy
             args = tuple(self._zeroed(a) for a in args)
             kwargs = {k: self._zeroed(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
