@@ -45,7 +45,73 @@ def test_demo_table_is_sane(small_result) -> None:  # type: ignore[no-untyped-de
     assert all(r.nonzeros < [w for w in weights if w.target == 0.5][0].nonzeros for r in high)
     for r in (r for r in rows if r.method == "channels"):
         assert r.params < dense.params and r.macs < dense.macs  # channels are really gone
-        assert r.latency_ms is not None and r.latency_ms > 0
+
+
+def test_every_demo_row_has_a_measured_latency(small_result) -> None:  # type: ignore[no-untyped-def]
+    """No row may print "-": weight-pruned rows are timed after pk.accelerate, and the table says so."""
+    rows = small_result.rows
+    assert {r.method for r in rows} == {"dense", "weights", "channels"}
+    for r in rows:
+        assert r.latency_ms is not None and r.latency_ms > 0, r
+        assert r.latency_iqr_ms is not None and r.latency_iqr_ms >= 0, r
+        assert r.latency_note, r
+    for r in rows:
+        if r.method == "weights":
+            assert r.latency_note.startswith("accelerated: "), r.latency_note
+        else:
+            assert r.latency_note == {"dense": "dense", "channels": "physically smaller"}[r.method]
+    assert any("pk.accelerate" in n and "conv layers stay dense" in n for n in small_result.notes)
+
+
+def test_demo_table_prints_every_latency(small_result) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    from prunekit.cli.demo import demo_table
+
+    table = demo_table(small_result)
+    latency = next(c for c in table.columns if c.header.startswith("latency b=256"))
+    cells = list(latency.cells)
+    assert len(cells) == len(small_result.rows)
+    assert all(c.endswith(")") and " ms (" in c for c in cells), cells
+    console = Console(width=250, record=True)
+    console.print(table)
+    assert "accelerated:" in console.export_text()
+
+
+def test_accelerated_latency_keeps_the_model_and_matches_it() -> None:
+    """The demo times a copy: the pruned model keeps its masks and trains; the copy computes the same."""
+    import copy
+
+    import torch
+
+    from prunekit.accel import accelerate
+    from prunekit.cli.demo import _accelerated_latency
+    from prunekit.weights import prune_weights, sparsity
+
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    prune_weights(model, 0.95, scope="layer")
+    before = copy.deepcopy(model.state_dict())
+    ms, iqr, note = _accelerated_latency(model, torch.randn(256, 1, 8, 8), DemoConfig(latency_repeats=3))
+    assert ms > 0 and iqr >= 0 and note.startswith("accelerated: ")
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert float(sparsity(model)) == pytest.approx(0.95, abs=0.01)
+    # every kernel accelerate can choose computes the masked model (forced here, so timing cannot hide it)
+    x = torch.randn(16, 1, 8, 8)
+    for kernel in ("csr", "compact+csr"):
+        fast = copy.deepcopy(model).eval()
+        result = accelerate(fast, x, kernels=(kernel,), measure_model=False, timer=_prefer(kernel))
+        assert any(c.kernel != "dense" for c in result.layers)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def _prefer(kernel: str):  # type: ignore[no-untyped-def]
+    def timer(case, fns):  # type: ignore[no-untyped-def]
+        return {k: (0.1 if k == kernel else 1.0) for k in case.kernels}
+
+    return timer
 
 
 def test_demo_is_seeded() -> None:
@@ -96,5 +162,7 @@ def test_prunekit_demo_command_full(tmp_path) -> None:  # type: ignore[no-untype
     assert len(rows) == 1 + 2 * 4 + 2  # dense, 2 criteria x 4 sparsities, 2 channel ratios
     assert [r["method"] for r in rows].count("channels") == 2
     assert all(r["params"] < rows[0]["params"] for r in rows if r["method"] == "channels")
+    assert all(r["latency_ms"] is not None and r["latency_ms"] > 0 for r in rows), rows
+    assert all(r["latency_note"].startswith("accelerated: ") for r in rows if r["method"] == "weights")
     assert payload["hardware"]["threads"] == 1 and payload["seconds"] > 0
     assert (tmp_path / "demo" / "report.html").stat().st_size > 1000

@@ -200,23 +200,18 @@ def build_graph(
 def _make_groups(
     trace: Trace, param_dims: list[tuple[int, int, int, int]], labels: np.ndarray, frozen_label: int
 ) -> list[Group]:
-    lab_parts, pd_parts, pos_parts = [], [], []
-    for k, (_vid, _d, start, size) in enumerate(param_dims):
-        if size == 0:
-            continue
-        lab = labels[start : start + size]
-        keep = lab != frozen_label
-        if not keep.any():
-            continue
-        pos = np.nonzero(keep)[0]
-        lab_parts.append(lab[pos])
-        pd_parts.append(np.full(len(pos), k, np.int64))
-        pos_parts.append(pos)
-    if not lab_parts:
+    if not param_dims:
         return []
-    lab = np.concatenate(lab_parts)
-    pdk = np.concatenate(pd_parts)
-    pos = np.concatenate(pos_parts)
+    # every element of every parameter dim at once: its param-dim key, index in the dim and label
+    pd_arr = np.asarray(param_dims, dtype=np.int64).reshape(-1, 4)
+    sizes = pd_arr[:, 3]
+    pdk = np.repeat(np.arange(len(param_dims), dtype=np.int64), sizes)
+    pos = np.arange(len(pdk), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    lab = labels[np.repeat(pd_arr[:, 2], sizes) + pos]
+    live = lab != frozen_label
+    if not live.any():
+        return []
+    lab, pdk, pos = lab[live], pdk[live], pos[live]
     order = np.lexsort((pos, pdk, lab))
     lab, pdk, pos = lab[order], pdk[order], pos[order]
     uniq, uid = np.unique(lab, return_inverse=True)

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from prunekit.graph import DependencyGraph, Trace, as_args, flatten_tensors, record
 from prunekit.structured.optim_state import reset_grad_accumulators
@@ -37,6 +39,13 @@ def _masked_outputs(
     that module runs (forward pre/post hooks): extra memory is then one module's tensors at a time and the
     same buffers are reused. Any other tensor (used by a parent module, in place, ...) is swapped for the
     whole forward (and every tensor when norm statistics are replayed over kept channels).
+
+    Dense convolutions and linear layers whose zeroed weight has whole removed rows/columns skip the
+    multiplications by those zeros (:class:`_SkipZeroSlices`): exact for any input, about the pruned
+    model's cost instead of the original's. The weight of a plain ``nn.Conv2d``/``nn.Linear`` without
+    hooks that only its own forward reads is not even copied: its kept rows and columns are gathered
+    from the original (they are the zeroed copy's only non-zeros), and any other call that receives it
+    gets the zeroed copy.
     """
     modules = dict(model.named_modules())
     substitute = {}
@@ -47,6 +56,7 @@ def _masked_outputs(
             substitute[st.node] = (name, _kept_stat(name, st.dim, torch.from_numpy(keep)))
     tensors: dict[int, torch.Tensor] = {}
     keep_masks: dict[int, torch.Tensor] = {}
+    keep_dims: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # id -> dim -> bool keep
     fqns: dict[int, str] = {}
     for e in plan.entries:
         mod, _, attr = e.fqn.rpartition(".")
@@ -58,6 +68,8 @@ def _masked_outputs(
         km = torch.from_numpy(keep_np).view(shape)
         prev = keep_masks.get(id(t))
         keep_masks[id(t)] = (km if prev is None else prev & km).to(t.device)
+        prev_np = keep_dims[id(t)].get(e.dim)
+        keep_dims[id(t)][e.dim] = keep_np if prev_np is None else prev_np & keep_np
         tensors[id(t)] = t
         fqns[id(t)] = e.fqn
     # with substitutes the forward is a trace replay matched by node index: swap everything up front
@@ -66,10 +78,15 @@ def _masked_outputs(
     for key, owner in owners.items():
         if owner is not None and owner in modules:
             lazy[owner].append(key)
+    skip = _SkipZeroSlices(tensors, keep_dims, keep_masks)
+    if not substitute:
+        skip.defer(lazy, modules)
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []  # (tensor, original data), in swap order
     frames: list[int] = []  # len(swapped) at each lazy pre-hook, to undo that module's swaps
 
     def zero(key: int) -> None:
+        if key in skip.deferred:
+            return
         t = tensors[key]
         masked = torch.where(keep_masks[key], t.data, 0)
         swapped.append((t, t.data))
@@ -105,12 +122,125 @@ def _masked_outputs(
         if substitute:
             return record(model, example_inputs, substitute).outputs
         args, kwargs = as_args(example_inputs)
-        return _run(lambda: model(*args, **kwargs), model)
+        with skip:
+            return _run(lambda: model(*args, **kwargs), model)
     finally:
         for h in handles:
             h.remove()
         for t, original in reversed(swapped):
             t.data = original
+
+
+class _SkipZeroSlices(TorchFunctionMode):
+    """``linear`` and ``conv2d`` (``groups=1``) with a zeroed weight: compute only the kept rows/columns.
+
+    A removed column (input channel) of the zeroed weight is all zeros, so dropping it and the matching
+    input channel changes no product; a removed row (output channel) is all zeros, so that output is
+    the bias alone (zeroed too where the plan removes it). Calls with fewer than ``min_macs``
+    multiply-adds per output element (memory-bound: gathering and scattering would cost more than the
+    products saved) and grouped convolutions run dense. The result equals the dense call up to float
+    summation order, for any input, whatever the plan (wrong couplings included): it is still the masked
+    original that the pruned model is compared with, only without multiplying by zeros.
+    """
+
+    min_macs = 256
+
+    def __init__(
+        self,
+        tensors: Mapping[int, torch.Tensor],
+        keep_dims: Mapping[int, Mapping[int, np.ndarray]],
+        keep_masks: Mapping[int, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.keep_masks = keep_masks or {}
+        self.deferred: set[int] = set()  # weights left unzeroed: only this mode may read them
+        self.kept: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        for key, dims in keep_dims.items():
+            t = tensors[key]
+            if t.dim() < 2 or not t.is_floating_point():
+                continue
+            rows, cols = (None if d not in dims or dims[d].all() else torch.from_numpy(np.nonzero(dims[d])[0]).to(t.device)
+                          for d in (0, 1))  # fmt: skip
+            if rows is not None or cols is not None:
+                self.kept[key] = (rows, cols)
+
+    def _sliceable(self, t: torch.Tensor) -> bool:
+        return t.dim() >= 2 and t.numel() >= self.min_macs * max(1, t.shape[0])
+
+    def defer(self, lazy: Mapping[str, list[int]], modules: Mapping[str, nn.Module]) -> None:
+        """Leave unzeroed the weights of hook-free plain Conv2d (groups 1) / Linear owners (lazy swaps)."""
+        for owner, keys in lazy.items():
+            mod = modules[owner]
+            plain = type(mod) is nn.Linear or (
+                type(mod) is nn.Conv2d and mod.groups == 1 and mod.padding_mode == "zeros"
+            )
+            if not plain or mod._forward_pre_hooks or mod._forward_hooks:
+                continue
+            w = mod.weight
+            if id(w) in keys and id(w) in self.kept and id(w) in self.keep_masks and self._sliceable(w):
+                self.deferred.add(id(w))
+
+    def _zeroed(self, t: Any) -> Any:
+        if isinstance(t, torch.Tensor) and id(t) in self.deferred:
+            return torch.where(self.keep_masks[id(t)], t, 0)
+        return t
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if (func is F.conv2d or func is F.linear) and not kwargs and len(args) >= 2:
+            kept = self.kept.get(id(args[1]))
+            x = args[0]
+            if kept is not None and isinstance(x, torch.Tensor) and x.dtype == args[1].dtype:
+                w, b = args[1], args[2] if len(args) > 2 else None
+                big = self._sliceable(w)
+                if func is F.linear and x.dim() >= 1 and big:
+                    return self._linear(x, w, b, *kept)
+                groups = args[6] if len(args) > 6 else 1
+                if func is F.conv2d and x.dim() == 4 and w.dim() == 4 and groups == 1 and big:
+                    return self._conv2d(x, w, b, args[3:6], *kept)
+        d = self.deferred
+        if d and (any(id(a) in d for a in args) or any(id(v) in d for v in kwargs.values())):
+            # any other use of an unzeroed weight sees the zeroed copy
+            args = tuple(self._zeroed(a) for a in args)
+            kwargs = {k: self._zeroed(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _linear(x: torch.Tensor, w: torch.Tensor, b: Any, rows: Any, cols: Any) -> torch.Tensor:
+        xs = x if cols is None else x.index_select(-1, cols)
+        ws = _gather(w, rows, cols)
+        if rows is None:
+            return F.linear(xs, ws, b)
+        y = F.linear(xs, ws, None if b is None else b.index_select(0, rows))
+        out = (
+            y.new_zeros((*y.shape[:-1], w.shape[0]))
+            if b is None
+            else b.expand(*y.shape[:-1], w.shape[0]).clone()
+        )
+        return out.index_copy_(-1, rows, y)
+
+    @staticmethod
+    def _conv2d(x: torch.Tensor, w: torch.Tensor, b: Any, conf: tuple[Any, ...], rows: Any, cols: Any
+                ) -> torch.Tensor:  # fmt: skip
+        xs = x if cols is None else x.index_select(1, cols)
+        ws = _gather(w, rows, cols)
+        if rows is None:
+            return F.conv2d(xs, ws, b, *conf)
+        y = F.conv2d(xs, ws, None if b is None else b.index_select(0, rows), *conf)
+        shape = (y.shape[0], w.shape[0], *y.shape[2:])
+        out = y.new_zeros(shape) if b is None else b.view(1, -1, 1, 1).expand(shape).clone()
+        return out.index_copy_(1, rows, y)
+
+
+def _gather(w: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """``w[rows][:, cols]`` in one pass (``None``: all)."""
+    if rows is None:
+        return w if cols is None else w.index_select(1, cols)
+    if cols is None:
+        return w.index_select(0, rows)
+    return w[rows.unsqueeze(1), cols]
 
 
 def _own_module_uses(trace: Trace, fqns: Mapping[int, str]) -> dict[int, str | None]:
