@@ -196,8 +196,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     spec = args.model or recipe.model
     if not spec:
         raise ConfigError("no MODEL: give it on the command line or as 'model:' in the recipe")
+    recipe, batch_loss = finetune_loss_arg(args, recipe)
     if args.dry_run:  # the model is loaded for this run only: pruning it changes nothing on disk
-        recipe = replace(recipe, finetune=None, measure=replace(recipe.measure, latency=False))
+        recipe, batch_loss = (
+            replace(recipe, finetune=None, measure=replace(recipe.measure, latency=False)),
+            None,
+        )
         if recipe.schedule.kind == "iterative":
             recipe = replace(recipe, schedule=type(recipe.schedule)())  # one shot to the final amount
     else:
@@ -215,7 +219,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
     result = recipe.run(
         loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
-        trust_code=args.trust_code,
+        trust_code=args.trust_code, batch_loss=batch_loss,
     )  # fmt: skip
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
     if args.dry_run:
@@ -243,6 +247,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
     console.print(rich_layers(report["layers"]))
     console.print(f"wrote {args.out}/report.html, report.json, model.safetensors ({result.seconds:.1f} s)")
     return EXIT_OK
+
+
+def finetune_loss_arg(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
+    """``--loss``: a task name replaces the recipe's ``finetune.loss``; ``module:function`` is imported."""
+    from dataclasses import replace
+
+    from prunekit.errors import ConfigError
+    from prunekit.recipes import check_loss_name, import_batch_loss
+
+    if not getattr(args, "loss", None):
+        return recipe, None
+    if recipe.finetune is None:
+        raise ConfigError(
+            f"--loss is the fine-tuning loss, but the recipe {args.recipe} has no 'finetune' section"
+        )
+    try:
+        check_loss_name(args.loss)
+    except ValueError as e:
+        raise ConfigError(f"--loss: {e}") from None
+    if ":" in args.loss:  # named on the command line by the user: no --trust-code needed
+        return recipe, import_batch_loss(args.loss)
+    return replace(recipe, finetune=replace(recipe.finetune, loss=args.loss)), None
 
 
 def task_for(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
@@ -313,7 +339,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     loaded = load_model_spec(args.model, trust_code=args.trust_code)
     data = load_data_arg(args)
     if data is None and not args.calibration:
-        raise ConfigError("analyze needs data: --data DATA (labelled batches) or --calibration FILE.txt (text)")
+        raise ConfigError(
+            "analyze needs data: --data DATA (labelled batches) or --calibration FILE.txt (text)"
+        )
     loss_fn, data = task_for(args, loaded, data)  # --task / --calibration: encoders and LLMs too
     eval_batches = data.test if hasattr(data, "test") else data[1]
     if hasattr(data, "test"):
@@ -498,6 +526,7 @@ __all__ = [
     "cmd_summary",
     "make_console",
     "default_text_task",
+    "finetune_loss_arg",
     "emit_json",
     "load_data_arg",
     "load_model_spec",

@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
     _task_args(p)
     p.add_argument(
+        "--loss",
+        metavar="LOSS",
+        help="the fine-tuning loss (recipe 'finetune' section): module:function, fn(model, batch) -> scalar "
+        "tensor, or a task name (default: the recipe's finetune.loss, else --task). Fine-tuning trains on "
+        "--data, or on the --calibration text",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="show what the recipe's pruning steps would remove (no fine-tuning, nothing written)",

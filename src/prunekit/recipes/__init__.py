@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunekit.recipes.finetune_step import check_loss_name, import_batch_loss
 from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import Recipe
@@ -20,7 +21,9 @@ from prunekit.recipes.tasks import hf_tokenizer, task_loss, text_batches
 __all__ = [
     "ChannelsStep",
     "check_fits",
+    "check_loss_name",
     "hf_tokenizer",
+    "import_batch_loss",
     "import_object",
     "layer_rows",
     "LayersStep",
