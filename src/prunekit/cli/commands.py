@@ -188,11 +188,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from prunekit.core import atomic_dir
-    from prunekit.errors import ConfigError
-    from prunekit.recipes import Recipe, save_model_dir, write_pretrained
+    from prunekit.errors import ConfigError, PrunekitError
+    from prunekit.recipes import save_model_dir, write_pretrained
     from prunekit.report import prune_report, rich_before_after, rich_layers, write_report
 
-    recipe = Recipe.from_yaml(args.recipe)
+    recipe = recipe_arg(args)
     spec = args.model or recipe.model
     if not spec:
         raise ConfigError("no MODEL: give it on the command line or as 'model:' in the recipe")
@@ -217,10 +217,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data = load_data_arg(args, recipe.seed)
     loss_fn, data = task_for(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
-    result = recipe.run(
-        loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
-        trust_code=args.trust_code, batch_loss=batch_loss,
-    )  # fmt: skip
+    try:
+        result = recipe.run(
+            loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
+            trust_code=args.trust_code, batch_loss=batch_loss,
+        )  # fmt: skip
+    except PrunekitError as e:
+        if getattr(args, "heads", None) and str(e).startswith(HEADS_PREFIX):  # the step came from --heads
+            raise type(e)("--heads: " + str(e)[len(HEADS_PREFIX) :]) from None
+        raise
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
     if args.dry_run:
         if args.json:
@@ -249,6 +254,53 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+HEADS_PREFIX = "recipe: prune[0] (heads): "
+
+
+def parse_heads(text: str) -> dict[str, list[int]]:
+    """``'a.attention:0,3;b.attention:2'`` -> ``{'a.attention': [0, 3], 'b.attention': [2]}``.
+
+    Raises:
+        ConfigError: an entry is not ``module:i,j,...`` with integer indices.
+    """
+    from prunekit.errors import ConfigError
+
+    out: dict[str, list[int]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        name, sep, idx = part.rpartition(":")
+        try:
+            heads = [int(v) for v in idx.split(",") if v.strip()]
+        except ValueError:
+            heads = []
+        if not sep or not name.strip() or not heads:
+            raise ConfigError(
+                f"--heads: {part!r} must be MODULE:i,j (e.g. 'encoder.layer.0.attention.self:0,3'); "
+                "separate modules with ';'"
+            )
+        out.setdefault(name.strip(), []).extend(heads)
+    if not out:
+        raise ConfigError("--heads names no head, e.g. 'encoder.layer.0.attention.self:0,3'")
+    return out
+
+
+def recipe_arg(args: argparse.Namespace) -> Any:
+    """The recipe of ``--recipe``, or a one-step heads recipe from ``--heads``."""
+    from prunekit.errors import ConfigError
+    from prunekit.recipes import Recipe
+
+    heads = getattr(args, "heads", None)
+    if (args.recipe is None) == (heads is None):
+        raise ConfigError("give --recipe RECIPE.yaml, or --heads SPEC to remove attention heads (not both)")
+    if args.recipe is not None:
+        return Recipe.from_yaml(args.recipe)
+    try:
+        return Recipe.from_dict({"name": "heads", "prune": [{"what": "heads", "heads": parse_heads(heads)}]})
+    except ConfigError as e:
+        raise ConfigError(f"--heads: {str(e).removeprefix('recipe: ')}") from None
+
+
 def finetune_loss_arg(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
     """``--loss``: a task name replaces the recipe's ``finetune.loss``; ``module:function`` is imported."""
     from dataclasses import replace
@@ -260,7 +312,7 @@ def finetune_loss_arg(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
         return recipe, None
     if recipe.finetune is None:
         raise ConfigError(
-            f"--loss is the fine-tuning loss, but the recipe {args.recipe} has no 'finetune' section"
+            f"--loss is the fine-tuning loss, but the recipe {args.recipe or ''} has no 'finetune' section"
         )
     try:
         check_loss_name(args.loss)
@@ -527,6 +579,8 @@ __all__ = [
     "make_console",
     "default_text_task",
     "finetune_loss_arg",
+    "parse_heads",
+    "recipe_arg",
     "emit_json",
     "load_data_arg",
     "load_model_spec",

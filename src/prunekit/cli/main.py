@@ -176,11 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
         "  prunekit prune examples.models:trained_digits_cnn --recipe examples/magnitude-90.yaml --out runs/mag90\n"
         "  prunekit prune --recipe examples/nm-2-4.yaml --out runs/nm24     # MODEL taken from the recipe\n"
         "  prunekit prune runs/mag90 --recipe examples/channels-50.yaml --out runs/mag90-ch50 --data digits\n"
-        "  prunekit prune examples.models:mnist_lenet --recipe r.yaml --out runs/mnist --data mnist --data-dir ../data",
+        "  prunekit prune examples.models:mnist_lenet --recipe r.yaml --out runs/mnist --data mnist --data-dir ../data\n"
+        "  prunekit prune HF_DIR --heads 'encoder.layer.0.attention.self:0,3' --out runs/heads",
         formatter_class=_Formatter,
     )
     p.add_argument("model", metavar="MODEL", nargs="?", help="the model (default: the recipe's 'model')")
-    p.add_argument("--recipe", required=True, metavar="RECIPE.yaml", help="the recipe (see examples/*.yaml)")
+    p.add_argument("--recipe", metavar="RECIPE.yaml", help="the recipe (see examples/*.yaml)")
+    p.add_argument(
+        "--heads",
+        metavar="SPEC",
+        help="instead of --recipe: remove attention heads by name, e.g. "
+        "'encoder.layer.0.attention.self:0,3;encoder.layer.1.attention.self:2' (module or glob:indices; "
+        "the recipe step 'what: heads')",
+    )
     _out_args(p)
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")

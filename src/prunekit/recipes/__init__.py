@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prunekit.recipes.finetune_step import check_loss_name, import_batch_loss
+from prunekit.recipes.heads_step import HeadsStep
 from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import Recipe
@@ -23,6 +24,7 @@ __all__ = [
     "check_fits",
     "check_loss_name",
     "hf_tokenizer",
+    "HeadsStep",
     "import_batch_loss",
     "import_object",
     "layer_rows",

@@ -335,6 +335,7 @@ def run_recipe(
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
     from prunekit.recipes.finetune_step import prepare_losses, run_finetune
+    from prunekit.recipes.heads_step import HeadsStep, apply_heads
     from prunekit.recipes.oneshot_step import OneShotStep
     from prunekit.recipes.sources import first_inputs
     from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
@@ -402,7 +403,7 @@ def run_recipe(
         notes: list[str] = []
         for k in range(1, rounds + 1):
             frac = k / rounds
-            for st in recipe.steps:
+            for i, st in enumerate(recipe.steps):
                 bar.describe(f"round {k}/{rounds}: {st.what}")
                 if isinstance(st, WeightsStep):
                     _apply_weights(model, st, frac, calib, loss_fn)
@@ -416,6 +417,8 @@ def run_recipe(
                         )
                 elif isinstance(st, ChannelsStep):
                     _apply_channels(model, st, rounds, example_inputs, calib, loss_fn)
+                elif isinstance(st, HeadsStep):
+                    apply_heads(model, st, frac, example_inputs, index=i, source_path=recipe.source_path)
                 else:
                     n_k = round(st.n * frac) - layers_done
                     _apply_layers(model, st, n_k, example_inputs, calib, loss_fn)

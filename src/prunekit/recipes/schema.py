@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.recipes.heads_step import HeadsStep, HeadsStepSchema
 from prunekit.recipes.oneshot_step import OneShotStep, OneShotStepSchema
 from prunekit.recipes.steps import (
     DATA_AWARE,
@@ -97,7 +98,7 @@ _RecipeLoader.add_implicit_resolver(
 # ----------------------------------------------------------------------------------------------
 
 
-Step = WeightsStep | ChannelsStep | LayersStep | OneShotStep
+Step = WeightsStep | ChannelsStep | LayersStep | OneShotStep | HeadsStep
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,6 +244,8 @@ class Recipe:
                 )
             elif isinstance(st, OneShotStepSchema):
                 steps.append(OneShotStep(config=st.to_config()))
+            elif isinstance(st, HeadsStepSchema):
+                steps.append(st.to_step())
             else:
                 blocks = (
                     st.include if isinstance(st.include, str) or st.include is None else tuple(st.include)
@@ -272,7 +275,7 @@ class Recipe:
             out["data"] = asdict(self.data)
         out["prune"] = [
             st.to_dict()
-            if isinstance(st, OneShotStep)
+            if isinstance(st, (OneShotStep, HeadsStep))
             else {
                 "what": st.what,
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(st).items()},

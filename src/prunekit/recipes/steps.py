@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.recipes.heads_step import HeadsStepSchema
 from prunekit.recipes.oneshot_step import OneShotStepSchema
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ DATA_AWARE = {
     "channels": ("taylor", "activation", "wanda"),
     "layers": ("loss",),
     "oneshot": ("magnitude", "wanda", "sparsegpt", "refit"),  # every one-shot method calibrates
+    "heads": (),  # named heads (or a sensitivity file): no data
 }
 
 
@@ -186,7 +188,8 @@ class MeasureSchema(StrictModel):
 
 
 StepSchema = Annotated[
-    WeightsSchema | ChannelsSchema | LayersSchema | OneShotStepSchema, Field(discriminator="what")
+    WeightsSchema | ChannelsSchema | LayersSchema | OneShotStepSchema | HeadsStepSchema,
+    Field(discriminator="what"),
 ]
 
 
@@ -342,6 +345,7 @@ STEP_SCHEMAS: dict[str, type[BaseModel]] = {
     "channels": ChannelsSchema,
     "layers": LayersSchema,
     "oneshot": OneShotStepSchema,
+    "heads": HeadsStepSchema,
 }
 
 
@@ -375,8 +379,14 @@ def clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     """Drop pydantic's union tags (``prune.0.weights.sparsity`` -> ``prune.0.sparsity``)."""
     out: list[Any] = []
     cur = data
-    for part in loc:
-        if isinstance(cur, dict) and part not in cur and part in STEP_SCHEMAS and cur.get("what") == part:
+    for i, part in enumerate(loc):
+        at_step = i >= 2 and loc[i - 2] == "prune" and isinstance(loc[i - 1], int)  # the union's tag
+        if (
+            isinstance(cur, dict)
+            and (part not in cur or at_step)
+            and part in STEP_SCHEMAS
+            and cur.get("what") == part
+        ):
             continue
         if (
             isinstance(cur, dict)
@@ -443,7 +453,7 @@ def format_errors(e: ValidationError, node: yaml.Node | None, data: Any, source:
         kind = err["type"]
         if kind == "extra_forbidden":
             schema = schema_at(loc[:-1], data)
-            allowed = list(schema.model_fields) if schema is not None else []
+            allowed = [f.alias or k for k, f in schema.model_fields.items()] if schema is not None else []
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             msg = f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
