@@ -206,6 +206,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             recipe = replace(recipe, schedule=type(recipe.schedule)())  # one shot to the final amount
     else:
         check_out(args.out, args.overwrite)
+        if args.save_pretrained:
+            check_out(args.save_pretrained, args.overwrite)
     if args.no_latency:
         recipe = replace(recipe, measure=replace(recipe.measure, latency=False))
     if not args.model and not args.trust_code and not os.path.isdir(spec):
@@ -240,10 +242,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         write_report(report, tmp)
-    if args.save_pretrained:
-        check_out(args.save_pretrained, args.overwrite)
-        with atomic_dir(args.save_pretrained, overwrite=args.overwrite) as hf_tmp:
-            write_pretrained(loaded, result.model, hf_tmp)
+        if args.save_pretrained:  # inside: a model its config cannot express leaves neither directory
+            check_out(args.save_pretrained, args.overwrite)
+            with atomic_dir(args.save_pretrained, overwrite=args.overwrite) as hf_tmp:
+                write_pretrained(loaded, result.model, hf_tmp)
     if args.json:
         emit_json({"out": args.out, **report})
         return EXIT_OK
@@ -296,7 +298,9 @@ def recipe_arg(args: argparse.Namespace) -> Any:
     if args.recipe is not None:
         return Recipe.from_yaml(args.recipe)
     try:
-        return Recipe.from_dict({"name": "heads", "prune": [{"what": "heads", "heads": parse_heads(heads)}]})
+        return Recipe.from_dict(
+            {"name": "heads", "prune": [{"what": "heads", "heads": parse_heads(str(heads))}]}
+        )
     except ConfigError as e:
         raise ConfigError(f"--heads: {str(e).removeprefix('recipe: ')}") from None
 

@@ -174,7 +174,7 @@ def prune_heads(
         ratio=ratio,
         criterion=crit,
         prune_heads=True,
-        gqa=gqa,  # type: ignore[arg-type]
+        gqa=gqa,
     )
 
 
