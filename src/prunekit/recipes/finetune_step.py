@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -32,8 +32,17 @@ from prunekit.core import BatchLossFn, LossFn
 from prunekit.errors import ConfigError
 from prunekit.recipes.tasks import TASKS, EmbeddingLoss, task_loss
 
-if TYPE_CHECKING:
-    from prunekit.recipes.steps import Finetune
+
+class Finetune(Protocol):
+    """What this module reads of a recipe's :class:`~prunekit.recipes.steps.Finetune` section."""
+
+    epochs: float
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    loss: str | None
+    distill: str
 
 
 def check_loss_name(name: str | None) -> str | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from prunekit.errors import ConfigError, PlanError, UnknownModuleError
@@ -104,11 +104,16 @@ class HeadsStep:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> HeadsStep:
-        """Validate a plain mapping of the step's keys (``what`` optional)."""
-        from prunekit.recipes.steps import validate_section
+        """Validate a plain mapping of the step's keys (``what`` optional).
 
-        schema = validate_section(HeadsStepSchema, {"what": "heads", **dict(data)})
-        assert isinstance(schema, HeadsStepSchema)
+        Raises:
+            ConfigError: an unknown key or a value the step refuses.
+        """
+        try:
+            schema = HeadsStepSchema.model_validate({"what": "heads", **dict(data)})
+        except ValidationError as e:
+            msgs = [f"{'.'.join(map(str, err['loc'])) or 'heads'}: {err['msg']}" for err in e.errors()]
+            raise ConfigError("heads step: " + "; ".join(msgs)) from None
         return schema.to_step()
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,13 +183,25 @@ def step_line(source_path: str | None, index: int, key: str | None = None) -> st
     try:
         import yaml
 
-        from prunekit.recipes.steps import line_of
-
-        node = yaml.compose(Path(source_path).read_text(), Loader=yaml.SafeLoader)
+        node: Any = yaml.compose(Path(source_path).read_text(), Loader=yaml.SafeLoader)
     except (OSError, ValueError):
         return source_path
-    loc: tuple[Any, ...] = ("prune", index, "heads", key) if key is not None else ("prune", index)
-    line = line_of(node, loc)
+    line = None
+    for part in ("prune", index, "heads", key):
+        if part is None:
+            break
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        elif isinstance(node, yaml.MappingNode):
+            hit = [(k, v) for k, v in node.value if k.value == part]
+            if not hit:
+                break
+            line = int(hit[0][0].start_mark.line) + 1  # the key's line
+            node = hit[0][1]
+            continue
+        else:
+            break
+        line = int(node.start_mark.line) + 1
     return f"{source_path}:{line}" if line else source_path
 
 
