@@ -36,13 +36,20 @@ from prunekit.recipes.tasks import TASKS, EmbeddingLoss, task_loss
 class Finetune(Protocol):
     """What this module reads of a recipe's :class:`~prunekit.recipes.steps.Finetune` section."""
 
-    epochs: float
-    lr: float
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    loss: str | None
-    distill: str
+    @property
+    def epochs(self) -> float: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def loss(self) -> str | None: ...
+    @property
+    def distill(self) -> str: ...
 
 
 def check_loss_name(name: str | None) -> str | None:
