@@ -39,6 +39,7 @@ CONFIGS = {
     "channels": pk.ChannelPruneConfig,
     "layers": pk.LayerPruningConfig,
     "oneshot": pk.OneShotConfig,
+    "heads": pk.HeadPruneConfig,
 }
 
 

@@ -188,10 +188,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from prunekit.core import atomic_dir
-    from prunekit.errors import ConfigError
+    from prunekit.errors import ConfigError, PrunekitError
     from prunekit.recipes import Recipe, save_model_dir, write_pretrained
     from prunekit.report import prune_report, rich_before_after, rich_layers, write_report
 
+    if not args.what and args.recipe is None and getattr(args, "heads", None) is not None:
+        args.what = "heads"  # --heads alone is the one-step 'heads' recipe
     if args.what:  # one step from the command line: its options are the fields of the verb's config
         if not args.model:
             raise ConfigError(
@@ -203,12 +205,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     spec = args.model or recipe.model
     if not spec:
         raise ConfigError("no MODEL: give it on the command line or as 'model:' in the recipe")
+    recipe, batch_loss = finetune_loss_arg(args, recipe)
     if args.dry_run:  # the model is loaded for this run only: pruning it changes nothing on disk
-        recipe = replace(recipe, finetune=None, measure=replace(recipe.measure, latency=False))
+        recipe, batch_loss = (
+            replace(recipe, finetune=None, measure=replace(recipe.measure, latency=False)),
+            None,
+        )
         if recipe.schedule.kind == "iterative":
             recipe = replace(recipe, schedule=type(recipe.schedule)())  # one shot to the final amount
     else:
         check_out(args.out, args.overwrite)
+        if args.save_pretrained:
+            check_out(args.save_pretrained, args.overwrite)
     if args.no_latency:
         recipe = replace(recipe, measure=replace(recipe.measure, latency=False))
     if not args.model and not args.trust_code and not os.path.isdir(spec):
@@ -220,10 +228,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data = load_data_arg(args, recipe.seed)
     loss_fn, data = task_for(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
-    result = recipe.run(
-        loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
-        trust_code=args.trust_code,
-    )  # fmt: skip
+    try:
+        result = recipe.run(
+            loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
+            trust_code=args.trust_code, batch_loss=batch_loss,
+        )  # fmt: skip
+    except PrunekitError as e:
+        prefix = "recipe: prune[0] (heads): "  # a heads step from --heads has no recipe line to name
+        if getattr(args, "heads", None) and str(e).startswith(prefix):
+            raise type(e)("--heads: " + str(e)[len(prefix) :]) from None
+        raise
     report = prune_report(result, model_source={"spec": spec, **loaded.source})
     if args.dry_run:
         if args.json:
@@ -238,10 +252,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         write_report(report, tmp)
-    if args.save_pretrained:
-        check_out(args.save_pretrained, args.overwrite)
-        with atomic_dir(args.save_pretrained, overwrite=args.overwrite) as hf_tmp:
-            write_pretrained(loaded, result.model, hf_tmp)
+        if args.save_pretrained:  # inside: a model its config cannot express leaves neither directory
+            check_out(args.save_pretrained, args.overwrite)
+            with atomic_dir(args.save_pretrained, overwrite=args.overwrite) as hf_tmp:
+                write_pretrained(loaded, result.model, hf_tmp)
     if args.json:
         emit_json({"out": args.out, **report})
         return EXIT_OK
@@ -278,6 +292,28 @@ def step_from_args(args: argparse.Namespace) -> Any:
 def flag_of(name: str) -> str:
     """The command-line flag of a config field (``round_to`` -> ``--round-to``)."""
     return "--" + name.replace("_", "-")
+
+
+def finetune_loss_arg(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
+    """``--loss``: a task name replaces the recipe's ``finetune.loss``; ``module:function`` is imported."""
+    from dataclasses import replace
+
+    from prunekit.errors import ConfigError
+    from prunekit.recipes import check_loss_name, import_batch_loss
+
+    if not getattr(args, "loss", None):
+        return recipe, None
+    if recipe.finetune is None:
+        raise ConfigError(
+            f"--loss is the fine-tuning loss, but the recipe {args.recipe or ''} has no 'finetune' section"
+        )
+    try:
+        check_loss_name(args.loss)
+    except ValueError as e:
+        raise ConfigError(f"--loss: {e}") from None
+    if ":" in args.loss:  # named on the command line by the user: no --trust-code needed
+        return recipe, import_batch_loss(args.loss)
+    return replace(recipe, finetune=replace(recipe.finetune, loss=args.loss)), None
 
 
 def task_for(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
@@ -523,24 +559,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "EXIT_ERROR",
-    "EXIT_OK",
-    "EXIT_USAGE",
     "accuracy_metric",
     "check_out",
     "cmd_analyze",
     "cmd_compare",
     "cmd_demo",
     "cmd_prune",
-    "flag_of",
-    "step_from_args",
     "cmd_summary",
-    "make_console",
     "default_text_task",
     "emit_json",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "finetune_loss_arg",
+    "flag_of",
     "load_data_arg",
     "load_model_spec",
     "log_to_stderr",
+    "make_console",
     "parse_shape",
+    "step_from_args",
     "task_for",
 ]

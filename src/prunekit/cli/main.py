@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  prunekit prune examples.models:mnist_lenet --recipe r.yaml --out runs/mnist --data mnist --data-dir ../data\n"
         "  prunekit prune examples.models:trained_digits_cnn --what weights --sparsity 0.9 --exclude fc --out runs/w90\n"
         "  prunekit prune examples.models:trained_digits_cnn --what channels --ratio 0.3 --out runs/ch30\n"
-        "  prunekit prune examples.models:trained_digits_resmlp --what layers --n 2 --out runs/l2",
+        "  prunekit prune examples.models:trained_digits_resmlp --what layers --n 2 --out runs/l2\n"
+        "  prunekit prune HF_DIR --heads 'encoder.layer.0.attention.self:0,3' --out runs/heads   # --what heads",
         formatter_class=_Formatter,
     )
     p.add_argument("model", metavar="MODEL", nargs="?", help="the model (default: the recipe's 'model')")
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, required=False)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurements (faster)")
     _task_args(p)
+    p.add_argument(
+        "--loss",
+        metavar="LOSS",
+        help="the fine-tuning loss (recipe 'finetune' section): module:function, fn(model, batch) -> scalar "
+        "tensor, or a task name (default: the recipe's finetune.loss, else --task). Fine-tuning trains on "
+        "--data, or on the --calibration text",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -354,7 +362,12 @@ class _OptionValue:
         self.__name__ = "value"  # argparse names it in "invalid value" errors
 
     def __call__(self, text: str) -> Any:
-        return self.kind.parse_option(self.name, text)
+        from prunekit.errors import ConfigError
+
+        try:
+            return self.kind.parse_option(self.name, text)
+        except ConfigError as e:  # argparse shows this text (a usage error, exit 2)
+            raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _task_args(p: argparse.ArgumentParser) -> None:
@@ -397,8 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func
-    if args.command == "prune" and not args.recipe and not args.what:
-        args.parser.error("give --recipe RECIPE.yaml, or --what KIND and the step's options (see --help)")
+    if args.command == "prune" and not args.recipe and not args.what and not getattr(args, "heads", None):
+        args.parser.error(
+            "give --recipe RECIPE.yaml, or --what KIND and the step's options (see --help), or --heads SPEC"
+        )
     try:
         return func(args)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from prunekit.core.batches import (
+    BatchLossFn,
     EvalMode,
     EvalResult,
     LossFn,
@@ -89,6 +90,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "batch_size",
+    "BatchLossFn",
     "BUILTIN",
     "call_model",
     "canonical_json",

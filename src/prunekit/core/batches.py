@@ -19,6 +19,10 @@ from prunekit.errors import ConfigError, DataRequiredError
 LossFn = Callable[[Any, Any], Any]
 """A loss: ``loss_fn(model_output, targets) -> scalar tensor`` (e.g. ``torch.nn.functional.cross_entropy``)."""
 
+BatchLossFn = Callable[[nn.Module, Any], Any]
+"""The general loss: ``batch_loss(model, batch) -> scalar tensor``; it calls the model itself (distillation,
+masking, several forwards...). ``batch`` is what the data yields, moved to the model's device."""
+
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
@@ -161,6 +165,7 @@ def evaluate(
     *,
     metric: Callable[[Any, Any], Any] | None = None,
     max_batches: int | None = None,
+    batch_loss: BatchLossFn | None = None,
 ) -> EvalResult:
     """Example-weighted mean loss (and accuracy / metric) of ``model`` over ``data``, without gradients.
 
@@ -169,11 +174,16 @@ def evaluate(
     dict of keyword args). Batches move to the model's device. Every module runs in eval mode and gets its
     own ``training`` flag back. ``loss_fn`` defaults to cross-entropy on the output's scores (``.logits``
     for Hugging Face outputs); a given ``loss_fn`` and ``metric`` receive the model's output as it is.
+    ``batch_loss(model, batch)`` (instead of ``loss_fn``) is the general form: it gets the whole batch
+    and calls the model itself; the batches then need no targets and no accuracy is computed.
 
     Raises:
+        ConfigError: both ``loss_fn`` and ``batch_loss`` were given.
         DataRequiredError: ``data`` yielded no batch.
     """
     device = model_device(model)
+    if batch_loss is not None:
+        return _evaluate_batch_loss(model, data, batch_loss, loss_fn, metric, max_batches, device)
     scores = loss_fn is None
     loss = loss_fn or nn.functional.cross_entropy
     total = 0
@@ -210,6 +220,33 @@ def evaluate(
         examples=total,
         metric=metric_sum / total if metric is not None else None,
     )
+
+
+def _evaluate_batch_loss(
+    model: nn.Module,
+    data: Iterable[Any],
+    batch_loss: BatchLossFn,
+    loss_fn: Any,
+    metric: Any,
+    max_batches: int | None,
+    device: torch.device,
+) -> EvalResult:
+    if loss_fn is not None or metric is not None:
+        raise ConfigError("give loss_fn (and metric) or batch_loss, not both")
+    total, loss_sum = 0, 0.0
+    with torch.no_grad(), EvalMode(model):
+        for batch in islice(iter(data), max_batches):
+            batch = to_device(batch, device)
+            n = (
+                batch_size(inputs_only(batch))
+                if isinstance(batch, (Mapping, tuple, list))
+                else batch_size(batch)
+            )
+            loss_sum += float(batch_loss(model, batch)) * n
+            total += n
+    if total == 0:
+        raise DataRequiredError("the evaluation data is empty; expected at least one batch")
+    return EvalResult(loss=loss_sum / total, accuracy=None, examples=total, metric=None)
 
 
 def loss_and_metric(result: EvalResult) -> tuple[float, float | None]:

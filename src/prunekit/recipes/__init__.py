@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prunekit.recipes.config_steps import STEP_KINDS, ConfigStep, StepRun, register_step
+from prunekit.recipes.finetune_step import check_loss_name, import_batch_loss
+from prunekit.recipes.heads_step import HeadsStep
 from prunekit.recipes.oneshot_step import OneShotStep
 from prunekit.recipes.runner import layer_rows, measure_model
 from prunekit.recipes.schema import Recipe
@@ -21,8 +23,11 @@ from prunekit.recipes.tasks import hf_tokenizer, task_loss, text_batches
 __all__ = [
     "ChannelsStep",
     "check_fits",
+    "check_loss_name",
     "ConfigStep",
+    "HeadsStep",
     "hf_tokenizer",
+    "import_batch_loss",
     "import_object",
     "layer_rows",
     "LayersStep",

@@ -90,6 +90,8 @@ class StepRun:
         calibration: the run's calibration batches (``(inputs, targets)``), or None without data.
         loss_fn: ``loss_fn(outputs, targets)``.
         data: the run's :class:`~prunekit.recipes.sources.DataBundle`, or None.
+        index: the step's position in the recipe's ``prune`` list (for error messages).
+        source_path: the recipe file, or None (errors name its line; relative paths are read beside it).
     """
 
     round: int
@@ -98,6 +100,8 @@ class StepRun:
     calibration: list[Any] | None = None
     loss_fn: Any = None
     data: Any = None
+    index: int = 0
+    source_path: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, init=False)

@@ -32,7 +32,6 @@ from prunekit.core import (
 )
 from prunekit.errors import ConfigError, DataRequiredError, UnknownModuleError
 from prunekit.io import file_size
-from prunekit.training import train as train_model
 
 if TYPE_CHECKING:
     from prunekit.recipes.oneshot_step import OneShotStep
@@ -314,14 +313,18 @@ def run_recipe(
     loss_fn: LossFn | None = None,
     measure: bool = True,
     trust_code: bool = False,
+    batch_loss: Any = None,
 ) -> RecipeResult:
     """Implementation of :meth:`prunekit.Recipe.run` (see there)."""
     from prunekit.recipes.config_steps import StepRun
+    from prunekit.recipes.finetune_step import prepare_losses, run_finetune
     from prunekit.recipes.oneshot_step import OneShotStep
     from prunekit.recipes.sources import first_inputs
     from prunekit.recipes.steps import ChannelsStep, LayersStep, RecipeResult, WeightsStep
 
     start = time.perf_counter()
+    # before pruning: an embedding fine-tune keeps a frozen copy of the dense model as its teacher
+    loss_fn, ft_loss = prepare_losses(recipe.finetune, model, loss_fn, batch_loss, trust_code=trust_code)
     task_loss = loss_fn  # None: the scores' cross-entropy (classification)
     loss_fn = loss_fn or nn.functional.cross_entropy
     torch.manual_seed(recipe.seed)
@@ -382,7 +385,7 @@ def run_recipe(
         notes: list[str] = []
         for k in range(1, rounds + 1):
             frac = k / rounds
-            for st in recipe.steps:
+            for i, st in enumerate(recipe.steps):
                 bar.describe(f"round {k}/{rounds}: {st.what}")
                 if isinstance(st, WeightsStep):
                     _apply_weights(model, st, frac, calib, loss_fn)
@@ -402,7 +405,8 @@ def run_recipe(
                     layers_done += max(n_k, 0)
                 else:  # a registered kind applies itself (one call of its verb)
                     run = StepRun(round=k, rounds=rounds, example_inputs=example_inputs, calibration=calib,
-                                  loss_fn=loss_fn, data=bundle)  # fmt: skip
+                                  loss_fn=loss_fn, data=bundle, index=i,
+                                  source_path=recipe.source_path)  # fmt: skip
                     note = st.apply(model, run)
                     if note:
                         notes.append(note)
@@ -415,16 +419,8 @@ def run_recipe(
             )
             if total_ft is not None and bundle is not None:
                 bar.describe(f"round {k}/{rounds}: fine-tuning")
-                train_model(
-                    model,
-                    bundle.train,
-                    epochs=total_ft.epochs,
-                    lr=total_ft.lr,
-                    optimizer=total_ft.optimizer,
-                    loss_fn=loss_fn,
-                    momentum=total_ft.momentum,
-                    weight_decay=total_ft.weight_decay,
-                )
+                assert ft_loss is not None
+                run_finetune(model, bundle.train, total_ft, ft_loss)
                 ev = evaluate(model, test, loss_fn) if test is not None else None
                 history.append(
                     _point(

@@ -234,6 +234,7 @@ class Recipe:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         measure: bool = True,
         trust_code: bool = False,
+        batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     ) -> RecipeResult:
         """Run the recipe on ``model`` in place and return what happened, measured before and after.
 
@@ -243,10 +244,14 @@ class Recipe:
             data: a :class:`prunekit.recipes.sources.DataBundle`, a ``(train, test)`` pair of iterables of
                 ``(inputs, targets)``, or one iterable used for both; default: the recipe's ``data``.
             progress: show a progress bar on stderr.
-            loss_fn: default cross-entropy.
+            loss_fn: the run's loss ``loss_fn(outputs, targets)`` (criteria, evaluation, fine-tuning); default
+                cross-entropy (see :func:`prunekit.recipes.task_loss` for encoders and language models).
             measure: measure latency / memory / file size before and after.
             trust_code: allow a ``data: {source: module:factory}`` named in the recipe to be imported and
-                run (a recipe from someone else must not run code unless you say so; CLI: ``--trust-code``).
+                run (a recipe from someone else must not run code unless you say so; CLI: ``--trust-code``),
+                and a ``finetune: {loss: module:function}`` too.
+            batch_loss: the fine-tuning loss in its general form ``batch_loss(model, batch) -> scalar``
+                (overrides ``finetune.loss``; CLI: ``--loss module:function``).
 
         Raises:
             ConfigError, DataRequiredError: the recipe cannot run on this model or without data.
@@ -255,7 +260,7 @@ class Recipe:
 
         return run_recipe(
             self, model, example_inputs, data=data, progress=progress, loss_fn=loss_fn, measure=measure,
-            trust_code=trust_code,
+            trust_code=trust_code, batch_loss=batch_loss,
         )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -25,6 +25,7 @@ DATA_AWARE = {
     "channels": ("taylor", "activation", "wanda"),
     "layers": ("loss",),
     "oneshot": ("magnitude", "wanda", "sparsegpt", "refit"),  # every one-shot method calibrates
+    "heads": (),  # named heads (or a sensitivity file): no data
 }
 
 
@@ -46,6 +47,19 @@ class FinetuneSchema(StrictModel):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    loss: str | None = Field(
+        default=None,
+        description="the fine-tuning loss: a task (classification, embedding, causal-lm, masked-lm) or "
+        "module:function, fn(model, batch) -> scalar; default: the run's task (--task / loss_fn=)",
+    )
+    distill: Literal["cosine", "mse"] = "cosine"  # how task embedding compares with the dense teacher
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str | None) -> str | None:
+        from prunekit.recipes.finetune_step import check_loss_name
+
+        return check_loss_name(v)
 
 
 class ScheduleSchema(StrictModel):
@@ -183,13 +197,20 @@ class DataSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Finetune:
-    """Fine-tuning after each pruning round."""
+    """Fine-tuning after each pruning round (``prunekit.fit``), with the run's task loss or ``loss``.
+
+    ``loss``: ``None`` (the run's loss: ``--task`` / ``loss_fn=``), a task name (``embedding`` distils to
+    a frozen copy of the model taken before pruning, compared by ``distill``: cosine or mse), or
+    ``module:function``, a general loss ``fn(model, batch) -> scalar tensor``.
+    """
 
     epochs: float = 1.0
     lr: float = 1e-3
     optimizer: str = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
+    loss: str | None = None
+    distill: str = "cosine"
 
 
 @dataclass(frozen=True, kw_only=True)

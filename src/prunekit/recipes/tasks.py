@@ -5,7 +5,8 @@ Taylor/SNIP criteria and the before/after evaluation)::
 
     classification   cross-entropy of the scores (``.logits``) against class targets (the default)
     embedding        1 - cosine similarity of the mean-pooled hidden states to the dense model's, on the
-                     same batch (a sentence-embedding model such as all-MiniLM-L6-v2); no labels needed
+                     same batch (a sentence-embedding model such as all-MiniLM-L6-v2); no labels needed;
+                     fine-tuning with it distils the pruned model to the dense teacher (cosine or MSE)
     causal-lm        next-token cross-entropy on the real tokens (``exp(loss)`` is the perplexity)
     masked-lm        token reconstruction cross-entropy of the MLM head on the real tokens
     module:fn        your own ``fn(outputs, targets) -> scalar tensor``
@@ -56,13 +57,28 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
-def embedding_loss(dense: nn.Module) -> LossFn:
-    """``1 - cos(mean_pool(outputs), mean_pool(dense(**targets)))``; ``dense`` is frozen (a copy is kept)."""
-    reference = copy.deepcopy(dense).eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
+DISTANCES = ("cosine", "mse")
 
-    def loss(outputs: Any, targets: Any) -> torch.Tensor:
+
+class EmbeddingLoss:
+    """Distillation to a frozen dense teacher: ``loss(outputs, targets)`` on ``(inputs, inputs)`` batches.
+
+    ``distance="cosine"``: ``1 - cos(mean_pool(outputs), mean_pool(teacher(**targets)))`` (mean over the
+    batch); ``"mse"``: the mean squared difference of the two mean-pooled embeddings. The teacher is
+    computed on the fly, without gradients, in eval mode.
+    """
+
+    def __init__(self, teacher: nn.Module, distance: str = "cosine") -> None:
+        if distance not in DISTANCES:
+            raise ConfigError(f"unknown embedding distance {distance!r}; valid: {', '.join(DISTANCES)}")
+        self.teacher = teacher
+        self.distance = distance
+
+    def with_distance(self, distance: str) -> EmbeddingLoss:
+        """The same teacher compared with another distance (no second copy of the model)."""
+        return self if distance == self.distance else EmbeddingLoss(self.teacher, distance)
+
+    def __call__(self, outputs: Any, targets: Any) -> torch.Tensor:
         if not isinstance(targets, Mapping):
             raise ConfigError(
                 "task 'embedding' needs batches of (inputs, inputs) with dict inputs (input_ids, ...)"
@@ -70,11 +86,19 @@ def embedding_loss(dense: nn.Module) -> LossFn:
         h = _hidden(outputs)
         mask = _mask(targets, h)
         with torch.no_grad():
-            ref = _hidden(reference(**{k: v.to(h.device) for k, v in targets.items()}))
-        cos = nn.functional.cosine_similarity(mean_pool(h, mask), mean_pool(ref, mask), dim=-1)
-        return 1.0 - cos.mean()
+            ref = _hidden(self.teacher(**{k: v.to(h.device) for k, v in targets.items()}))
+        a, b = mean_pool(h, mask), mean_pool(ref, mask)
+        if self.distance == "mse":
+            return nn.functional.mse_loss(a.float(), b.float())
+        return 1.0 - nn.functional.cosine_similarity(a, b, dim=-1).mean()
 
-    return loss
+
+def embedding_loss(dense: nn.Module, distance: str = "cosine") -> EmbeddingLoss:
+    """Distillation to ``dense`` as it is now (a frozen copy is kept): see :class:`EmbeddingLoss`."""
+    reference = copy.deepcopy(dense).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return EmbeddingLoss(reference, distance)
 
 
 def causal_lm_loss(outputs: Any, targets: Any) -> torch.Tensor:
@@ -97,8 +121,11 @@ def masked_lm_loss(outputs: Any, targets: Any) -> torch.Tensor:
     return (ce * mask.flatten()).sum() / mask.sum().clamp_min(1)
 
 
-def task_loss(task: str, model: nn.Module) -> LossFn | None:
+def task_loss(task: str, model: nn.Module, *, distance: str = "cosine") -> LossFn | None:
     """The loss of ``task`` for ``model`` (``None`` for classification: prunekit's default cross-entropy).
+
+    ``embedding`` keeps a frozen copy of ``model`` as it is now (the dense teacher), compared by
+    ``distance`` (``"cosine"`` or ``"mse"``).
 
     Raises:
         ConfigError: an unknown task name or a ``module:fn`` that cannot be imported.
@@ -106,7 +133,7 @@ def task_loss(task: str, model: nn.Module) -> LossFn | None:
     if task == "classification":
         return None
     if task == "embedding":
-        return embedding_loss(model)
+        return embedding_loss(model, distance)
     if task == "causal-lm":
         return causal_lm_loss
     if task == "masked-lm":
@@ -157,5 +184,5 @@ def hf_tokenizer(directory: str | Path) -> Any:
         raise ConfigError(f"cannot read a tokenizer from {directory}: {' '.join(str(e).split())}") from e
 
 
-__all__ = ["TASKS", "causal_lm_loss", "embedding_loss", "hf_tokenizer", "masked_lm_loss", "mean_pool",
+__all__ = ["DISTANCES", "EmbeddingLoss", "TASKS", "causal_lm_loss", "embedding_loss", "hf_tokenizer", "masked_lm_loss", "mean_pool",
            "task_loss", "text_batches"]  # fmt: skip

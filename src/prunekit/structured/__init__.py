@@ -21,7 +21,7 @@ from prunekit.structured.experts import (
     prune_experts,
     sync_expert_config,
 )
-from prunekit.structured.heads import NamedHeads, prune_heads
+from prunekit.structured.heads import HeadPruneConfig, NamedHeads, prune_heads
 from prunekit.structured.layers import LayerPruningConfig, LayerPruningResult, prune_layers
 from prunekit.structured.optim_state import reset_grad_accumulators, resize_optimizer
 from prunekit.structured.surgery import (
@@ -49,6 +49,7 @@ __all__ = [
     "find_blocks",
     "get_criterion",
     "get_tensor",
+    "HeadPruneConfig",
     "input_norms",
     "LayerPruningConfig",
     "LayerPruningResult",

@@ -177,6 +177,8 @@ class _SkipZeroSlices(TorchFunctionMode):
             if not plain or mod._forward_pre_hooks or mod._forward_hooks:
                 continue
             w = mod.weight
+            if not isinstance(w, torch.Tensor):
+                continue
             if id(w) in keys and id(w) in self.kept and id(w) in self.keep_masks and self._sliceable(w):
                 self.deferred.add(id(w))
 

@@ -13,13 +13,47 @@ take the heads whose removal hurt least.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from prunekit.core import UNSET, ConfigMixin, is_glob, matches, merge_config, register_config
 from prunekit.errors import ConfigError, PlanError, UnknownModuleError
 from prunekit.graph import Group, build_graph, record
+
+
+@register_config
+@dataclass(frozen=True, kw_only=True)
+class HeadPruneConfig(ConfigMixin):
+    """Every option of :func:`prune_heads` (the model and example inputs are arguments).
+
+    Attributes:
+        heads: attention module name or glob -> head indices to remove, e.g.
+            ``{"encoder.layer.0.attention": [3, 5], "encoder.layer.*.attention.self": [0]}``; a glob names
+            every matching module that holds a head group (an exact name must hold one).
+        gqa: ``"kv_groups"`` (a unit is a KV group with its query heads) or ``"query_heads"``, as in
+            :func:`prunekit.prune_channels`.
+    """
+
+    heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    gqa: Literal["kv_groups", "query_heads"] = "kv_groups"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.heads, Mapping):
+            raise ConfigError(f"heads must map module names to head indices; got {type(self.heads).__name__}")
+        clean: dict[str, tuple[int, ...]] = {}
+        for name, idx in self.heads.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"heads: keys are attention module names or globs; got {name!r}")
+            values = [idx] if isinstance(idx, int) else list(idx) if isinstance(idx, Iterable) else None
+            if values is None or any(isinstance(h, bool) or not isinstance(h, int) or h < 0 for h in values):
+                raise ConfigError(f"heads[{name!r}]: head indices are integers >= 0; got {idx!r}")
+            clean[name] = tuple(sorted(set(values)))
+        object.__setattr__(self, "heads", clean)
+        if self.gqa not in ("kv_groups", "query_heads"):
+            raise ConfigError(f"gqa must be 'kv_groups' or 'query_heads', got {self.gqa!r}")
 
 
 def _head_order(group: Group, prefix: str) -> list[int] | None:
@@ -82,24 +116,27 @@ def _query_module(model: nn.Module, prefix: str) -> str:
 def prune_heads(
     model: nn.Module,
     example_inputs: Any,
-    heads: Mapping[str, Iterable[int]],
+    heads: Mapping[str, Iterable[int]] = UNSET,
     *,
-    gqa: str = "kv_groups",
+    gqa: str = UNSET,
+    config: HeadPruneConfig | None = None,
 ) -> Any:
     """Physically remove the named attention heads of ``model`` in place.
 
     Args:
         model: the model (a Hugging Face transformer, ``nn.MultiheadAttention`` users, ...).
         example_inputs: one batch of inputs, for tracing.
-        heads: attention module name -> head indices, e.g. ``{"encoder.layer.0.attention": [3, 5]}``.
+        heads: attention module name (or glob) -> head indices, e.g. ``{"encoder.layer.0.attention": [3, 5]}``.
         gqa: ``"kv_groups"`` or ``"query_heads"``, as in :func:`prunekit.prune_channels`.
+        config: a :class:`HeadPruneConfig` holding both options; a keyword that sets the same option
+            raises ``ConfigError``.
 
     Returns:
         The :class:`~prunekit.structured.api.ChannelPruneResult`. Only heads projected by ``nn.Linear``
         (or GPT-2 ``Conv1D``) layers can be named (Hugging Face attention modules).
 
     Raises:
-        UnknownModuleError: a name is not a module, or holds no head group.
+        UnknownModuleError: a name is not a module, or holds no head group (a glob: matches none).
         ConfigError: a head index is out of range.
         PlanError: all heads of a module would go. The model is then left untouched.
 
@@ -111,9 +148,11 @@ def prune_heads(
     """
     from prunekit.structured.api import prune_channels
 
-    wanted = {str(k): list(v) for k, v in heads.items()}
-    if not wanted or not any(wanted.values()):
+    cfg = merge_config(HeadPruneConfig, config, verb="prune_heads", heads=heads, gqa=gqa)
+    gqa = cfg.gqa
+    if not cfg.heads or not any(cfg.heads.values()):
         raise ConfigError("heads= names no head to remove, e.g. {'encoder.layer.0.attention': [3, 5]}")
+    wanted = _expand(model, example_inputs, cfg.heads, gqa)
     crit = NamedHeads(wanted)
     ratio: dict[str, float] = {}
     # first pass: learn each module's head count without changing the model
@@ -135,8 +174,37 @@ def prune_heads(
         ratio=ratio,
         criterion=crit,
         prune_heads=True,
-        gqa=gqa,  # type: ignore[arg-type]
+        gqa=gqa,
     )
+
+
+def _expand(
+    model: nn.Module, example_inputs: Any, heads: Mapping[str, Sequence[int]], gqa: str
+) -> dict[str, list[int]]:
+    """Exact names as given; each glob replaced by the matching modules that hold a head group."""
+    out: dict[str, list[int]] = {}
+    globs = {k: v for k, v in heads.items() if is_glob(k)}
+    for k, v in heads.items():
+        if not is_glob(k):
+            out.setdefault(k, [])
+            out[k] = sorted(set(out[k]) | set(v))
+    if not globs:
+        return out
+    names = [n for n, _ in model.named_modules() if n]
+    candidates = {n: sorted(set(v)) for k, v in globs.items() for n in names if matches(n, None, k)}
+    probe = NamedHeads({n: [] for n in candidates})
+    _score_only(model, example_inputs, probe, gqa)
+    seen: set[str] = set(_query_module(model, n) for n in out if n in probe.matched)
+    for k, v in globs.items():
+        hits = [n for n in names if matches(n, None, k) and n in probe.matched]
+        if not hits:
+            raise UnknownModuleError(f"heads: the glob {k!r} matches no attention module with heads")
+        for n in hits:  # a glob matching a module and its parent names the same heads once
+            q = _query_module(model, n)
+            if q not in seen:
+                seen.add(q)
+                out[n] = sorted(set(out.get(n, [])) | set(v))
+    return out
 
 
 def _score_only(model: nn.Module, example_inputs: Any, crit: NamedHeads, gqa: str) -> None:
@@ -146,4 +214,4 @@ def _score_only(model: nn.Module, example_inputs: Any, crit: NamedHeads, gqa: st
         crit.score(g, params, {})
 
 
-__all__ = ["NamedHeads", "prune_heads"]
+__all__ = ["HeadPruneConfig", "NamedHeads", "prune_heads"]

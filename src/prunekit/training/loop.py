@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core import (
+    BatchLossFn,
     EvalResult,
     LossFn,
     call_model,
@@ -70,16 +71,27 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn | None = None,
     pruner: StepHook | None = None,
+    *,
+    batch_loss: BatchLossFn | None = None,
 ) -> float:
-    """One optimisation step: forward, backward, ``optimizer.step()``, then ``pruner.step()``."""
-    inputs, targets = split_batch(batch)
+    """One optimisation step: forward, backward, ``optimizer.step()``, then ``pruner.step()``.
+
+    The loss is ``loss_fn(model(inputs), targets)`` (default cross-entropy on the scores), or, with
+    ``batch_loss``, ``batch_loss(model, batch)``: the general form, which calls the model itself (a
+    distillation teacher, masked tokens, ...) and needs no targets in the batch.
+    """
     dev = model_device(model)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    out = call_model(model, to_device(inputs, dev))
-    loss = (loss_fn or F.cross_entropy)(
-        model_output(out) if loss_fn is None else out, to_device(targets, dev)
-    )
+    if batch_loss is not None:
+        _one_loss(loss_fn, batch_loss)
+        loss = batch_loss(model, to_device(batch, dev))
+    else:
+        inputs, targets = split_batch(batch)
+        out = call_model(model, to_device(inputs, dev))
+        loss = (loss_fn or F.cross_entropy)(
+            model_output(out) if loss_fn is None else out, to_device(targets, dev)
+        )
     loss.backward()
     optimizer.step()
     if pruner is not None:
@@ -94,13 +106,18 @@ def train_epoch(
     loss_fn: LossFn | None = None,
     pruner: StepHook | None = None,
     max_steps: int | None = None,
+    *,
+    batch_loss: BatchLossFn | None = None,
 ) -> float:
-    """Train for one pass over ``loader`` (or ``max_steps`` batches); return the mean training loss."""
+    """Train for one pass over ``loader`` (or ``max_steps`` batches); return the mean training loss.
+
+    ``batch_loss(model, batch)`` replaces ``loss_fn`` as in :func:`train_step`.
+    """
     total, count = 0.0, 0
     for i, batch in enumerate(loader):
         if max_steps is not None and i >= max_steps:
             break
-        total += train_step(model, batch, optimizer, loss_fn, pruner)
+        total += train_step(model, batch, optimizer, loss_fn, pruner, batch_loss=batch_loss)
         count += 1
     return total / max(count, 1)
 
@@ -128,6 +145,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
     on_step: Callable[[int], None] | None = None,
+    batch_loss: BatchLossFn | None = None,
 ) -> FitResult:
     """Train ``model`` for ``epochs`` passes (or ``steps`` batches), optionally resumable.
 
@@ -145,13 +163,18 @@ def fit(
         checkpoint: path of a ``.safetensors`` checkpoint; resumed from if it exists.
         checkpoint_every: steps between checkpoint writes.
         on_step: called with the global step number after each step (progress, tests).
+        batch_loss: the general loss ``batch_loss(model, batch) -> scalar`` instead of ``loss_fn``: it
+            calls the model itself (e.g. distillation to a frozen teacher, the masked-LM loss of text
+            batches without targets); the validation loss is then ``batch_loss`` too.
 
     Returns:
         A :class:`FitResult`.
 
     Raises:
-        ConfigError: if neither ``epochs`` nor ``steps`` is given or ``checkpoint_every < 1``.
+        ConfigError: if neither ``epochs`` nor ``steps`` is given, ``checkpoint_every < 1``, or both
+            ``loss_fn`` and ``batch_loss`` are given.
     """
+    _one_loss(loss_fn, batch_loss)
     if steps is None:
         if epochs is None:
             raise ConfigError("fit needs epochs=... or steps=...")
@@ -165,10 +188,10 @@ def fit(
 
     def _record(at: int) -> dict[str, float]:
         assert val_loader is not None
-        r = evaluate(model, val_loader, loss_fn)
+        r = _evaluate(model, val_loader, loss_fn, batch_loss)
         entry = {"step": at, "loss": r.loss, "accuracy": r.accuracy if r.accuracy is not None else math.nan}
         if test_loader is not None:
-            test = evaluate(model, test_loader, loss_fn).accuracy
+            test = _evaluate(model, test_loader, loss_fn, batch_loss).accuracy
             entry["test_accuracy"] = test if test is not None else math.nan
         return entry
 
@@ -246,7 +269,7 @@ def fit(
             it = iter(train_loader)
             batch_idx = 0
         for batch in it:
-            train_step(model, batch, optimizer, loss_fn, pruner)
+            train_step(model, batch, optimizer, loss_fn, pruner, batch_loss=batch_loss)
             step += 1
             batch_idx += 1
             if on_step is not None:
@@ -265,7 +288,7 @@ def fit(
             batch_idx = 0
     final = None
     if val_loader is not None:
-        final = evaluate(model, val_loader, loss_fn)
+        final = _evaluate(model, val_loader, loss_fn, batch_loss)
         if not history or history[-1]["step"] != step:
             history.append(_record(step))
     save(done=True, final=final)
@@ -273,6 +296,22 @@ def fit(
     if any(math.isnan(h["loss"]) for h in history):
         log.warning("validation loss became NaN during fit")
     return FitResult(steps=step, history=history, final=final)
+
+
+def _one_loss(loss_fn: LossFn | None, batch_loss: BatchLossFn | None) -> None:
+    if loss_fn is not None and batch_loss is not None:
+        raise ConfigError(
+            "give loss_fn (outputs, targets) or batch_loss (model, batch), not both: batch_loss is the "
+            "general form and computes the whole loss"
+        )
+
+
+def _evaluate(
+    model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None, batch_loss: BatchLossFn | None
+) -> EvalResult:
+    if batch_loss is not None:
+        return evaluate(model, data, batch_loss=batch_loss)
+    return evaluate(model, data, loss_fn)
 
 
 def eval_result_from_dict(saved: dict[str, Any]) -> EvalResult:
