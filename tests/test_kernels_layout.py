@@ -28,7 +28,9 @@ def stub(kernel: str) -> Callable[[LayerCase, Mapping[str, Callable[[], object]]
     return timer
 
 
-def layer(out: int, inp: int, sparsity: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def layer(
+    out: int, inp: int, sparsity: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     w, b = torch.randn(out, inp, generator=g), torch.randn(out, generator=g)
     return w, b, torch.rand(out, inp, generator=g) > sparsity
@@ -49,7 +51,9 @@ def test_column_parts_reassemble_the_matrix() -> None:
     assert torch.equal(build_csr(crow, col, values, (9, 1000)).to_dense(), masked)
 
 
-@pytest.mark.parametrize("kernel", ["csr", "csr/2", "csr/4", "csr/8", "compact+csr/2", "bsr4", "compact+dense"])
+@pytest.mark.parametrize(
+    "kernel", ["csr", "csr/2", "csr/4", "csr/8", "compact+csr/2", "bsr4", "compact+dense"]
+)
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("x_layout", ["contiguous", "transposed"])
 def test_kernels_equal_masked_linear_in_every_layout(kernel: str, transposed: bool, x_layout: str) -> None:

@@ -387,7 +387,9 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
     pos, kw = as_args(example_inputs)
     was_training = model.training
     worst = 0.0
-    sparse = {n: new for n, (_, new) in swaps.items() if isinstance(new, SparseLinear) and new.inner != "dense"}
+    sparse = {
+        n: new for n, (_, new) in swaps.items() if isinstance(new, SparseLinear) and new.inner != "dense"
+    }
     try:
         model.eval()
         with torch.no_grad():
