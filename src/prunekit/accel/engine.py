@@ -7,6 +7,8 @@
                  ──► per Linear: time dense vs every candidate kernel on that shape, alternating
                      rounds, this thread count; keep the winner only if it beats dense by `margin`
                  ──► check each replaced layer against F.linear(x, W * mask, b) on random inputs
+                 ──► one forward with hooks: layers feeding another sparse layer (through GELU,
+                     Dropout, ...) return transposed views (the next one reads x.T without a copy)
                  ──► check the whole model against the reference outputs; roll back on mismatch
 
 Layers that are not plain ``nn.Linear`` (subclasses, ``MultiheadAttention``'s projection, tied
