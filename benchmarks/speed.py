@@ -99,7 +99,9 @@ def run_bert(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "speedup": ms["dense"] / ms["accelerated"], "replaced": len(res.replaced),
                    "layers": len(res.layers), "min_layer_speedup": layer_gain,
                    "estimate_ms": est.predicted_ms, "estimate_error": est.predicted_ms / ms["accelerated"] - 1,
-                   "accelerate_s": acc_s, "max_abs_error": err}  # fmt: skip
+                   "accelerate_s": acc_s, "max_abs_error": err,
+                   "kernels": {k: sum(c.kernel == k for c in res.layers) for k in sorted({c.kernel for c in res.layers})},
+                   "transposed_outputs": sum(c.transposed_output for c in res.layers)}  # fmt: skip
             results.append(row)
             print(json.dumps(row), flush=True)
             del model

@@ -7,6 +7,8 @@
                  ──► per Linear: time dense vs every candidate kernel on that shape, alternating
                      rounds, this thread count; keep the winner only if it beats dense by `margin`
                  ──► check each replaced layer against F.linear(x, W * mask, b) on random inputs
+                 ──► one forward with hooks: layers feeding another sparse layer (through GELU,
+                     Dropout, ...) return transposed views (the next one reads x.T without a copy)
                  ──► check the whole model against the reference outputs; roll back on mismatch
 
 Layers that are not plain ``nn.Linear`` (subclasses, ``MultiheadAttention``'s projection, tied
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -58,6 +60,9 @@ class AccelerateConfig:
         rtol: relative tolerance of the output checks.
         atol: absolute tolerance of the output checks, relative to the output's largest magnitude.
         measure_model: also time the whole model before and after (alternating).
+        transposed_outputs: let a sparse layer return its output as a transposed view where it
+            feeds another sparse layer (through GELU, Dropout, ...), saving two copies; see
+            :func:`view_feeders`. ``False``: every output contiguous.
     """
 
     target: Literal["cpu"] = "cpu"
@@ -69,6 +74,7 @@ class AccelerateConfig:
     rtol: float = 1e-4
     atol: float = 1e-5
     measure_model: bool = True
+    transposed_outputs: bool = True
 
     def __post_init__(self) -> None:
         if self.target != "cpu":
@@ -244,6 +250,47 @@ def choose_layer(name: str, module: nn.Linear, in_shape: tuple[int, ...], cfg: A
     return made(best, f"{best} {gain:.2f}x faster", timings), chosen
 
 
+def view_feeders(model: nn.Module, example_inputs: Any, sparse: Mapping[str, SparseLinear]) -> set[str]:
+    """The sparse layers whose output reaches another sparse layer through parameter-free, shape-keeping
+    modules only (``GELU``, ``Dropout``, ...): these keep the transposed view (the next layer reads
+    it without a copy); every other output is made contiguous (attention's fused kernel and views
+    that merge dimensions want it, and a copy costs the same wherever it happens).
+
+    One forward with hooks; outputs are told apart by ``id``, kept alive until the end (so no id is reused).
+    """
+    producers: dict[int, set[str]] = {}  # id(tensor) -> sparse layers it derives from
+    alive: list[torch.Tensor] = []
+    feeders: set[str] = set()
+    names = {id(m): n for n, m in sparse.items()}
+    handles = []
+
+    def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if id(mod) in names and args and isinstance(args[0], torch.Tensor):
+            feeders.update(producers.get(id(args[0]), ()))
+
+    def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        if id(mod) in names:
+            producers[id(out)] = {names[id(mod)]}
+            alive.append(out)
+        elif (len(args) == 1 and isinstance(args[0], torch.Tensor) and id(args[0]) in producers
+              and args[0].shape == out.shape and next(mod.parameters(recurse=False), None) is None
+              and not list(mod.children())):  # fmt: skip
+            producers[id(out)] = producers[id(args[0])]
+            alive.append(out)
+
+    for m in model.modules():
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    pos, kw = as_args(example_inputs)
+    try:
+        model(*pos, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    return feeders
+
+
 def end_to_end_ms(model: nn.Module, example_inputs: Any, swaps: Mapping[str, tuple[nn.Module, nn.Module]],
                   rounds: int) -> tuple[float, float]:  # fmt: skip
     """Median latency of the model with the original modules and with the new ones, alternating."""
@@ -342,10 +389,23 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
     pos, kw = as_args(example_inputs)
     was_training = model.training
     worst = 0.0
+    sparse = {
+        n: new for n, (_, new) in swaps.items() if isinstance(new, SparseLinear) and new.inner != "dense"
+    }
     try:
         model.eval()
         with torch.no_grad():
-            outs = output_tensors(model(*pos, **kw))
+            views = view_feeders(model, example_inputs, sparse) if cfg.transposed_outputs else set()
+            for n in views:
+                sparse[n].transposed_output = True
+            try:
+                outs = output_tensors(model(*pos, **kw))
+            except RuntimeError:
+                if not views:
+                    raise
+                for n in views:  # the view broke something after all (e.g. a .view merging dims)
+                    sparse[n].transposed_output = False
+                outs = output_tensors(model(*pos, **kw))
         if len(outs) != len(reference):
             raise AccelerationError(f"the accelerated model returns {len(outs)} tensors, the masked model "
                                     f"{len(reference)}; rolled back")  # fmt: skip
@@ -358,6 +418,8 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
                     f"(rtol={cfg.rtol}, atol={cfg.atol}); the model was rolled back. Raise rtol/atol in "
                     "AccelerateConfig if this is float rounding, or report the model"
                 )
+        choices = [replace(c, transposed_output=sparse[c.name].transposed_output) if c.name in sparse else c
+                   for c in choices]  # fmt: skip
         dense_ms = acc_ms = None
         if cfg.measure_model and swaps and timer is None:
             with torch.no_grad():
@@ -399,6 +461,7 @@ def apply_choices(
         mask = linear_mask(module)
         w, b = module.weight.detach(), None if module.bias is None else module.bias.detach()
         fast = SparseLinear(w, b, mask, kernel=choice.kernel).eval()
+        fast.transposed_output = choice.transposed_output
         x = torch.randn(min(choice.tokens, 64), module.in_features, dtype=w.dtype)
         with torch.no_grad():
             ok, err = close(fast(x), F.linear(x, torch.where(mask, w, w.new_zeros(())), b), rtol, atol)

@@ -15,6 +15,7 @@ the recorded shapes.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,10 @@ def remeasure(
                 raise AccelerationError(f"plan names {old.name!r}, which is {type(module).__name__} here, "
                                         "not nn.Linear; re-run accelerate() on this model")  # fmt: skip
             choice, fast = choose_layer(old.name, module, (old.tokens, module.in_features), cfg, None)
+            choice = replace(choice, transposed_output=old.transposed_output and fast is not None)
             choices.append(choice)
             if fast is not None:
+                fast.transposed_output = choice.transposed_output  # the layout accelerate found safe
                 staged[old.name] = fast
         for name, new in staged.items():
             replace_module(model, name, new)

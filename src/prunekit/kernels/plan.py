@@ -50,6 +50,8 @@ class LayerChoice:
         sparsity: fraction of masked (or zero) weights.
         timings_ms: median milliseconds of every candidate kernel (empty if not timed).
         reason: why this kernel (or why the layer stayed dense).
+        transposed_output: the sparse layer returns its output as a transposed view (no copy),
+            because it feeds another sparse layer; otherwise the output is contiguous.
     """
 
     name: str
@@ -59,6 +61,7 @@ class LayerChoice:
     sparsity: float
     timings_ms: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    transposed_output: bool = False
 
     @property
     def speedup(self) -> float:
@@ -68,7 +71,8 @@ class LayerChoice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kernel": self.kernel, "shape": list(self.shape), "tokens": self.tokens,
-                "sparsity": self.sparsity, "timings_ms": dict(self.timings_ms), "reason": self.reason}  # fmt: skip
+                "sparsity": self.sparsity, "timings_ms": dict(self.timings_ms), "reason": self.reason,
+                "transposed_output": self.transposed_output}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerChoice:
@@ -79,7 +83,8 @@ class LayerChoice:
             return cls(name=str(data["name"]), kernel=str(data["kernel"]), shape=(shape[0], shape[1]),
                        tokens=int(data["tokens"]), sparsity=float(data["sparsity"]),
                        timings_ms={str(k): float(v) for k, v in dict(data.get("timings_ms", {})).items()},
-                       reason=str(data.get("reason", "")))  # fmt: skip
+                       reason=str(data.get("reason", "")),
+                       transposed_output=bool(data.get("transposed_output", False)))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(
                 f"acceleration plan entry {data!r} is malformed ({e}); re-run accelerate()"
@@ -172,8 +177,9 @@ class AccelerationResult:
             )
         width = max([len(c.name) for c in self.layers] + [5])
         for c in self.layers:
+            layout = ", transposed output" if c.transposed_output else ""
             lines.append(f"  {c.name:<{width}}  {c.shape[0]}x{c.shape[1]}  tokens {c.tokens:>5}  "
-                         f"sparsity {c.sparsity:6.1%}  {c.kernel:<14} {c.speedup:5.2f}x  {c.reason}")  # fmt: skip
+                         f"sparsity {c.sparsity:6.1%}  {c.kernel:<14} {c.speedup:5.2f}x  {c.reason}{layout}")  # fmt: skip
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
 
