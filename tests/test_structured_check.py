@@ -157,38 +157,35 @@ class _WideLiar(nn.Module):
         return self.b(h) + h.shape[-1] / self.n
 
 
-def test_check_still_catches_a_mismatch_when_slicing(monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_sliced_calls(monkeypatch: pytest.MonkeyPatch, kernel: str) -> dict[str, int]:
+    """Count the check's sliced ``kernel`` calls (``"_linear"`` / ``"_conv2d"``); they still run."""
     from prunekit.structured import check
 
-    calls = {"linear": 0}
-    real = check._SkipZeroSlices._linear
+    calls = {kernel: 0}
+    real = getattr(check._SkipZeroSlices, kernel)
 
     def spy(*a):  # type: ignore[no-untyped-def]
-        calls["linear"] += 1
+        calls[kernel] += 1
         return real(*a)
 
-    monkeypatch.setattr(check._SkipZeroSlices, "_linear", staticmethod(spy))
+    monkeypatch.setattr(check._SkipZeroSlices, kernel, staticmethod(spy))
+    return calls
+
+
+def test_check_still_catches_a_mismatch_when_slicing(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_sliced_calls(monkeypatch, "_linear")
     torch.manual_seed(0)
     m = _WideLiar().eval()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(pk.PlanError, match="removed slices zeroed"):
         pk.prune_channels(m, torch.randn(2, 16, 6, 6), ratio=0.5)
-    assert calls["linear"] > 0
+    assert calls["_linear"] > 0
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
 def test_sliced_check_matches_oracle_on_a_conv_net(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prunekit.structured import check
-
-    calls = {"conv2d": 0}
-    real = check._SkipZeroSlices._conv2d
-
-    def spy(*a):  # type: ignore[no-untyped-def]
-        calls["conv2d"] += 1
-        return real(*a)
-
-    monkeypatch.setattr(check._SkipZeroSlices, "_conv2d", staticmethod(spy))
+    calls = _count_sliced_calls(monkeypatch, "_conv2d")
     torch.manual_seed(0)
     m = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
@@ -202,7 +199,7 @@ def test_sliced_check_matches_oracle_on_a_conv_net(monkeypatch: pytest.MonkeyPat
     orig = copy.deepcopy(m)
     x = torch.randn(2, 3, 12, 12)
     pk.prune_channels(m, x, ratio=0.5, exclude=[m[10]])
-    assert calls["conv2d"] >= 2  # conv 2 and 3 were sliced in the check (conv 1: 27 MACs per output, dense)
+    assert calls["_conv2d"] >= 2  # conv 2 and 3 were sliced in the check (conv 1: 27 MACs per output, dense)
     torch.testing.assert_close(m(x), masked_reference(orig, m._prunekit_plan)(x), rtol=1e-5, atol=1e-5)
 
 
