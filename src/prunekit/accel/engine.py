@@ -60,6 +60,8 @@ class AccelerateConfig:
         rtol: relative tolerance of the output checks.
         atol: absolute tolerance of the output checks, relative to the output's largest magnitude.
         measure_model: also time the whole model before and after (alternating).
+        screen: after 3 rounds, kernels slower than ``screen`` x the fastest one stop being timed
+            (most of the search time goes to clear losers); ``None``: time all for every round.
         transposed_outputs: let a sparse layer return its output as a transposed view where it
             feeds another sparse layer (through GELU, Dropout, ...), saving two copies; see
             :func:`view_feeders`. ``False``: every output contiguous.
@@ -74,6 +76,7 @@ class AccelerateConfig:
     rtol: float = 1e-4
     atol: float = 1e-5
     measure_model: bool = True
+    screen: float | None = 1.5
     transposed_outputs: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class AccelerateConfig:
             raise ConfigError(f"threads must be None or a positive int, got {self.threads!r}")
         for k in self.kernels or ():
             parse_kernel(k)
+        if self.screen is not None and not (isinstance(self.screen, (int, float)) and self.screen >= 1.0):
+            raise ConfigError(f"screen must be None or a time ratio >= 1.0 (e.g. 1.5), got {self.screen!r}")
         if self.rtol < 0 or self.atol < 0:
             raise ConfigError(f"rtol and atol must be >= 0, got {self.rtol}, {self.atol}")
 
@@ -231,7 +236,7 @@ def choose_layer(name: str, module: nn.Linear, in_shape: tuple[int, ...], cfg: A
     if timer is not None:
         timings = {k: float(v) for k, v in timer(case, fns).items() if k in fns}
     else:
-        timings = interleaved_ms(fns, rounds=cfg.rounds)
+        timings = interleaved_ms(fns, rounds=cfg.rounds, screen=cfg.screen, keep=("dense",))
     if "dense" not in timings:
         raise ConfigError(
             f"timer returned no 'dense' time for {name!r}; it must time every kernel in case.kernels"

@@ -7,6 +7,13 @@ median over rounds is the result::
     round 0:  dense  csr    bsr4
     round 1:  csr    bsr4   dense
     round 2:  bsr4   dense  csr      ...   -> median per candidate
+
+With ``screen`` set, candidates that are clearly out of the race after the first ``screen_rounds``
+rounds (median more than ``screen`` times the fastest one's) stop being timed; their result is the
+median of the rounds they ran. The names in ``keep`` (the baseline) are timed to the end, unless
+they are all that is left (then timing stops: there is nothing left to decide).
+Most of the time of a search over kernels goes to the slow losers, so this cuts it without
+changing the winner.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ def interleaved_ms(
     warmup: int = 2,
     target_s: float = 2e-3,
     threads: int | None = None,
+    screen: float | None = None,
+    screen_rounds: int = 3,
+    keep: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Median milliseconds per call of every function, timed in alternating rounds.
 
@@ -57,12 +67,18 @@ def interleaved_ms(
         target_s: length of one burst (calls are repeated to reach it, so tiny kernels are not
             timer-bound).
         threads: intra-op threads (restored afterwards); ``None`` keeps the current setting.
+        screen: after ``screen_rounds`` rounds, stop timing candidates whose median is more than
+            ``screen`` times the fastest median (``None``: time every candidate every round).
+        screen_rounds: rounds before screening.
+        keep: names never screened out (e.g. the dense baseline).
 
     Example:
         >>> ms = interleaved_ms({"a": lambda: None, "b": lambda: sum(range(100))}, rounds=3)
         >>> sorted(ms), all(v >= 0 for v in ms.values())
         (['a', 'b'], True)
     """
+    if screen is not None and not screen >= 1.0:
+        raise ValueError(f"screen must be None or >= 1.0 (a time ratio), got {screen!r}")
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
     with num_threads(threads), torch.inference_mode():
@@ -78,6 +94,12 @@ def interleaved_ms(
                 for _ in range(k):
                     fn()
                 times[name].append((time.perf_counter() - t0) * 1e3 / k)
+            if screen is not None and r + 1 == screen_rounds and len(names) > 1:
+                med = {n: statistics.median(times[n]) for n in names}
+                best = min(med.values())
+                names = [n for n in names if n in keep or med[n] <= screen * best]
+                if keep and set(names) <= set(keep):
+                    break  # only the baseline is left: nothing to decide
     return {n: statistics.median(v) for n, v in times.items()}
 
 
