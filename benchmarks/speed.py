@@ -11,7 +11,7 @@ Parts (each prints a table; all ratios are dense / variant, timed in alternating
    channels (``pk.prune_channels``): eager, channels-last, ``torch.compile`` and onnxruntime, each form
    dense vs pruned, and speedup / ideal MAC ratio (efficiency).
 
-Command (numbers in docs-draft/speed.md)::
+Command (numbers in README.md, "From pruned to fast" > "Measured")::
 
     python benchmarks/speed.py --threads 1 --rounds 10
 
@@ -107,11 +107,12 @@ def run_bert(args: argparse.Namespace) -> list[dict[str, Any]]:
             del model
     rows = [[str(r["batch"]), f"{r['sparsity']:.0%}", f"{r['dense_ms']:.1f}", f"{r['accelerated_ms']:.1f}",
              f"{r['speedup']:.2f}x", f"{r['replaced']}/{r['layers']}", f"{r['min_layer_speedup']:.2f}x",
-             f"{r['estimate_ms']:.1f}", f"{r['estimate_error']:+.0%}", f"{r['max_abs_error']:.1e}"]
+             f"{r['estimate_ms']:.1f}", f"{r['estimate_error']:+.0%}", f"{r['max_abs_error']:.1e}",
+             f"{r['accelerate_s']:.1f}"]
             for r in results]  # fmt: skip
     table(f"BERT-base-shaped encoder, seq 128, {args.threads} thread(s): dense vs pk.accelerate",
           ["batch", "sparsity", "dense ms", "accel ms", "speedup", "sparse layers", "slowest layer", "estimate ms",
-           "estimate err", "max |diff|"], rows)  # fmt: skip
+           "estimate err", "max |diff|", "accelerate s"], rows)  # fmt: skip
     return results
 
 

@@ -137,3 +137,26 @@ def test_speedup_estimate_for_channels_scales_by_kept_weights() -> None:
     est = speedup_estimate(model, x, pk.ChannelPruneConfig(ratio=0.5), table=CPU, measure=False)
     assert [layer.shape for layer in est.layers] == [(256, 256), (256, 256)]
     assert est.predicted_ms == pytest.approx(est.dense_ms / 2)
+
+
+def test_the_estimate_names_the_tables_fastest_kernel() -> None:
+    split = KernelTable(**{**vars(CPU), "kernels": (("csr", "csr"),) * 3 + (("csr/2", "csr/4"),)})
+    assert split.kernel(tokens=1, sparsity=0.96) == "csr/2" and split.kernel(tokens=100, sparsity=0.95) == "csr/4"
+    assert split.kernel(tokens=1, sparsity=0.85) == "csr" and CPU.kernel(tokens=1, sparsity=0.95) == "csr"
+    assert KernelTable.from_dict(split.to_dict()) == split
+    model = nn.Sequential(nn.Linear(1024, 1024))
+    est = speedup_estimate(model, torch.randn(1, 1024), 0.95, table=split, measure=False)
+    assert [layer.kernel for layer in est.layers] == ["csr/2"]
+    with pytest.raises(pk.ConfigError, match="one name per"):
+        KernelTable(**{**vars(CPU), "kernels": (("csr",),)})
+
+
+def test_a_measured_table_keeps_the_fastest_csr_kernel_per_cell() -> None:
+    from prunekit.kernels import measure_table
+
+    t = measure_table(shape=(64, 512), tokens=(1, 4), sparsities=(0.5, 0.9), threads=1, rounds=3)
+    assert t.fingerprint and t.shape == (64, 512) and len(t.csr_ms) == 2
+    assert all(len(row) == 2 and all(v > 0 for v in row) for row in (t.dense_ms, *t.csr_ms))
+    # 512 inputs allow csr/2 (>= 2 x 256 columns) but not csr/4
+    assert {k for row in t.kernels for k in row} <= {"csr", "csr/2"}
+    assert KernelTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t

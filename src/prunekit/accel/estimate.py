@@ -8,7 +8,8 @@
     option      ──► pruned copy (prune_weights / prune_channels on a deepcopy): per-layer
                     sparsity or new shape
     predicted   = other_ms * (MACs kept outside Linear)
-                + sum over Linear of dense_ms * min(1, table.ratio(tokens, sparsity))   (unstructured)
+                + sum over Linear of dense_ms * min(1, table.ratio(tokens, sparsity))   (unstructured;
+                                    the table's fastest CSR kernel, csr or csr/K)
                                     dense_ms * new_weights / old_weights                (channels)
 
 A layer whose predicted CSR gain is below ``margin`` counts as dense, as :func:`accelerate`
@@ -222,8 +223,9 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             mask = linear_mask(new)
             s = 1.0 - float(mask.float().mean())
             ratio = table.ratio(tokens=tokens[n], sparsity=s) if s > 0 else 1.0
-            kernel = "csr" if ratio * margin <= 1.0 else "dense"
-            pred = dense[n] * (ratio if kernel == "csr" else 1.0)
+            sparse = ratio * margin <= 1.0
+            kernel = table.kernel(tokens=tokens[n], sparsity=s) if sparse else "dense"
+            pred = dense[n] * (ratio if sparse else 1.0)
             layers.append(LayerEstimate(name=n, shape=(m.out_features, m.in_features), tokens=tokens[n],
                                         sparsity=s, kernel=kernel, dense_ms=dense[n], predicted_ms=pred))  # fmt: skip
         if structured and other:

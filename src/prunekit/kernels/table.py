@@ -1,7 +1,10 @@
 """A small measured kernel table per machine: how fast CSR is against dense, by tokens and sparsity.
 
-One reference Linear layer (``1024 x 1024`` by default) is timed dense and as CSR at a grid of
-token counts and sparsities, on this machine and thread count::
+One reference Linear layer (``1024 x 1024`` by default) is timed dense and with the CSR kernels
+:func:`prunekit.accel.accelerate` chooses from (``csr``, and the column-split ``csr/2``, ``csr/4``
+where the layer is wide enough), run exactly as :class:`~prunekit.kernels.SparseLinear` runs them,
+at a grid of token counts and sparsities, on this machine and thread count; each cell keeps the
+fastest CSR kernel::
 
     tokens      1      8     32    128    512
     dense     0.09   0.21   0.50   1.80   6.9     ms
@@ -32,12 +35,12 @@ import torch.nn.functional as F
 
 from prunekit.core import hardware_info
 from prunekit.errors import ConfigError, FormatError
-from prunekit.kernels.kernels import build_csr, csr_parts
+from prunekit.kernels.kernels import CSR_SPLITS, MIN_SPLIT_COLUMNS, SparseLinear
 from prunekit.kernels.plan import fingerprint
 from prunekit.kernels.timing import interleaved_ms, num_threads
 
 TABLE_FORMAT = "prunekit.kernels"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: each cell is the fastest of csr, csr/2, csr/4 (1: plain csr only)
 CACHE_ENV = "PRUNEKIT_CACHE_DIR"
 DEFAULT_TOKENS = (1, 8, 32, 128, 512)
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -53,7 +56,8 @@ class KernelTable:
         tokens: token counts (rows of the input), increasing.
         sparsities: sparsities of the CSR rows, increasing.
         dense_ms: dense time per token count.
-        csr_ms: ``csr_ms[i][j]``: CSR time at ``sparsities[i]`` and ``tokens[j]``.
+        csr_ms: ``csr_ms[i][j]``: CSR time at ``sparsities[i]`` and ``tokens[j]`` (fastest CSR kernel).
+        kernels: ``kernels[i][j]``: which CSR kernel that was (empty: not recorded).
         hardware: the :class:`~prunekit.metrics.HardwareInfo` as a dict (for reports).
 
     Example:
@@ -71,6 +75,7 @@ class KernelTable:
     sparsities: tuple[float, ...]
     dense_ms: tuple[float, ...]
     csr_ms: tuple[tuple[float, ...], ...]
+    kernels: tuple[tuple[str, ...], ...] = ()
     hardware: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +89,8 @@ class KernelTable:
             )
         if any(len(row) != len(self.tokens) for row in self.csr_ms):
             raise ConfigError("kernel table: every csr_ms row needs one time per token count")
+        if self.kernels and [len(r) for r in self.kernels] != [len(r) for r in self.csr_ms]:
+            raise ConfigError("kernel table: kernels needs one name per csr_ms cell (or none at all)")
         if any(not v > 0 for v in (*self.dense_ms, *(v for row in self.csr_ms for v in row))):
             raise ConfigError("kernel table times must be positive milliseconds")
 
@@ -118,6 +125,15 @@ class KernelTable:
         w = (sparsity - s[i]) / (s[i + 1] - s[i])
         return self._ratio_at(i, tokens) + w * (self._ratio_at(i + 1, tokens) - self._ratio_at(i, tokens))
 
+    def kernel(self, *, tokens: int, sparsity: float) -> str:
+        """The CSR kernel measured fastest in the cell nearest to ``tokens`` and ``sparsity`` (``"csr"`` if not recorded)."""
+        if not self.kernels:
+            return "csr"
+        i = min(range(len(self.sparsities)), key=lambda k: abs(self.sparsities[k] - sparsity))
+        lt = math.log(max(1, tokens))
+        j = min(range(len(self.tokens)), key=lambda k: abs(math.log(self.tokens[k]) - lt))
+        return self.kernels[i][j]
+
     def crossover(self, *, tokens: int, margin: float = 1.0) -> float | None:
         """Lowest sparsity at which CSR is ``margin`` times faster than dense here, or ``None`` if never."""
         s = self.sparsities
@@ -146,7 +162,7 @@ class KernelTable:
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "fingerprint": self.fingerprint,
                 "shape": list(self.shape), "tokens": list(self.tokens), "sparsities": list(self.sparsities),
                 "dense_ms": list(self.dense_ms), "csr_ms": [list(r) for r in self.csr_ms],
-                "hardware": dict(self.hardware)}  # fmt: skip
+                "kernels": [list(r) for r in self.kernels], "hardware": dict(self.hardware)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Any) -> KernelTable:
@@ -170,6 +186,7 @@ class KernelTable:
                        sparsities=tuple(float(v) for v in data["sparsities"]),
                        dense_ms=tuple(float(v) for v in data["dense_ms"]),
                        csr_ms=tuple(tuple(float(v) for v in row) for row in data["csr_ms"]),
+                       kernels=tuple(tuple(str(v) for v in row) for row in data.get("kernels", [])),
                        hardware=dict(data.get("hardware", {})))  # fmt: skip
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise FormatError(f"kernel table is malformed ({e}); delete it to re-measure") from e
@@ -222,30 +239,37 @@ def cached_table(path: str | os.PathLike[str] | None = None) -> KernelTable | No
 def measure_table(*, shape: tuple[int, int] = (1024, 1024), tokens: tuple[int, ...] = DEFAULT_TOKENS,
                   sparsities: tuple[float, ...] = DEFAULT_SPARSITIES, threads: int | None = None,
                   rounds: int = 15) -> KernelTable:  # fmt: skip
-    """Time the reference layer dense and as CSR on this machine (a few seconds to half a minute)."""
+    """Time the reference layer dense and with every CSR kernel on this machine (a few seconds to a minute).
+
+    Kernels clearly slower than the fastest candidate are screened out after 3 rounds
+    (:func:`~prunekit.kernels.timing.interleaved_ms`); a cell keeps its fastest CSR kernel.
+    """
     g = torch.Generator().manual_seed(0)
     w = torch.randn(shape, generator=g)
     b = torch.randn(shape[0], generator=g)
-    b1 = b.unsqueeze(1)
+    names = ["csr", *(f"csr/{k}" for k in CSR_SPLITS if shape[1] >= k * MIN_SPLIT_COLUMNS)]
     with num_threads(threads) as used:
         dense: list[float] = []
         csr: list[list[float]] = [[] for _ in sparsities]
+        best: list[list[str]] = [[] for _ in sparsities]
         for t in tokens:
             x = torch.randn(t, shape[1], generator=g)
             fns: dict[str, Any] = {"dense": lambda x=x: F.linear(x, w, b)}
             for i, s in enumerate(sparsities):
                 mask = torch.rand(shape, generator=g) >= s
-                crow, col, val = csr_parts(w, mask)
-                m = build_csr(crow, col, val, shape)
-                # exactly what SparseLinear("csr") runs: bias fused, result transposed back
-                fns[f"csr{i}"] = lambda m=m, x=x: torch.addmm(b1, m, x.t().contiguous()).t().contiguous()
-            ms = interleaved_ms(fns, rounds=rounds)
+                for k in names:  # exactly what accelerate times: SparseLinear on a contiguous x
+                    layer = SparseLinear(w, b, mask, kernel=k)
+                    fns[f"{k}@{i}"] = lambda layer=layer, x=x: layer(x)
+            ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
             dense.append(ms["dense"])
             for i in range(len(sparsities)):
-                csr[i].append(ms[f"csr{i}"])
+                k = min(names, key=lambda k: ms[f"{k}@{i}"])
+                csr[i].append(ms[f"{k}@{i}"])
+                best[i].append(k)
         info = hardware_info(used)
     return KernelTable(fingerprint=fingerprint(info), shape=shape, tokens=tuple(tokens), sparsities=tuple(sparsities),
-                       dense_ms=tuple(dense), csr_ms=tuple(tuple(r) for r in csr), hardware=info.to_dict())  # fmt: skip
+                       dense_ms=tuple(dense), csr_ms=tuple(tuple(r) for r in csr),
+                       kernels=tuple(tuple(r) for r in best), hardware=info.to_dict())  # fmt: skip
 
 
 def kernel_table(path: str | os.PathLike[str] | None = None, *, measure: bool = True, threads: int | None = None
