@@ -379,3 +379,33 @@ def test_data_factory_overrides_the_recipe(tmp_path: Path, monkeypatch: pytest.M
         correct = report[stage]["accuracy"] * 256  # the factory's test loader holds exactly 256 digits
         assert correct == pytest.approx(round(correct), abs=1e-6)
     assert report["after"]["sparsity"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_prune_states_measures_every_deployment_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--states: dense, pruned, accelerated, ONNX fp32 and int8 in report.json/html, ONNX files written."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    out = tmp_path / "w90"
+    args = ["prune", "examples.models:trained_digits_mlp", "--what", "weights", "--sparsity", "0.9",
+            "--data", "digits", "--no-latency", "--quiet"]  # fmt: skip
+    assert main([*args, "--out", str(out), "--states"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    states = {s["state"]: s for s in report["states"]}
+    assert list(states) == ["dense", "pruned", "accelerated", "exported", "quantized"]
+    for s in states.values():
+        assert set(s["latency"]) == {"1", "8"} and all(v["median_ms"] > 0 for v in s["latency"].values())
+        assert s["energy"]["total_pj"] > 0
+    assert states["pruned"]["nonzeros"] < 0.2 * states["dense"]["nonzeros"]
+    assert states["accelerated"]["accuracy"] == states["pruned"]["accuracy"] == report["after"]["accuracy"]
+    assert states["dense"]["accuracy"] == report["before"]["accuracy"]
+    assert states["exported"]["accuracy"] is None  # not evaluated: no number is made up
+    assert states["quantized"]["energy"]["total_pj"] < states["exported"]["energy"]["total_pj"]
+    assert (out / "quantized.onnx").stat().st_size < (out / "exported.onnx").stat().st_size
+    assert "Model states" in (out / "report.html").read_text() and "quantized" in (out / "report.html").read_text()
+    plain = tmp_path / "plain"
+    assert main([*args, "--out", str(plain)]) == 0
+    assert [s["state"] for s in json.loads((plain / "report.json").read_text())["states"]] == ["dense", "pruned"]
+    assert not (plain / "exported.onnx").exists()

@@ -49,10 +49,19 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """The exporters print progress and emit deprecation warnings; library code must do neither."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """The exporters print progress, emit deprecation warnings and log warnings (torch.onnx: "torchvision is
+    not installed", onnxruntime's quantizer: "consider pre-processing") that say nothing about the user's
+    model; library code must do none of that."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str], *,

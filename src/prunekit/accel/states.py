@@ -32,11 +32,20 @@ from prunekit.accel.engine import as_args, sparse_linears
 from prunekit.kernels import num_threads
 
 
-def batch_of(example_inputs: Any, n: int) -> tuple[Any, ...]:
-    """Positional inputs with batch size ``n``: dim 0 of every tensor cut to one row, then repeated."""
-    pos, _ = as_args(example_inputs)
-    return tuple(x[:1].repeat(n, *([1] * (x.dim() - 1))) if isinstance(x, torch.Tensor) and x.dim() else x
-                 for x in pos)  # fmt: skip
+def _rows(x: Any, n: int) -> Any:
+    return x[:1].repeat(n, *([1] * (x.dim() - 1))) if isinstance(x, torch.Tensor) and x.dim() else x
+
+
+def batch_of(example_inputs: Any, n: int) -> tuple[Any, ...] | dict[str, Any]:
+    """The inputs with batch size ``n``: dim 0 of every tensor cut to one row, then repeated.
+
+    Positional inputs (a tensor or a tuple) come back as a tuple, keyword inputs (a dict, e.g. a
+    Hugging Face ``input_ids``/``attention_mask`` batch) as a dict.
+    """
+    pos, kw = as_args(example_inputs)
+    if kw:
+        return {k: _rows(v, n) for k, v in kw.items()}
+    return tuple(_rows(x, n) for x in pos)
 
 
 def effective_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -100,8 +109,9 @@ def activation_bytes(model: nn.Module, example_inputs: Any) -> int:
     return total
 
 
-def _caller(state: Callable[..., object], x: tuple[Any, ...]) -> Callable[[], object]:
-    return lambda: state(*x)
+def _caller(state: Callable[..., object], x: Any) -> Callable[[], object]:
+    pos, kw = as_args(x)
+    return lambda: state(*pos, **kw)
 
 
 def _latencies(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, tuple[float, float]]:
@@ -201,22 +211,24 @@ def _file_bytes(model: nn.Module, file_size: Callable[[nn.Module], int]) -> int:
 def model_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, directory: str | os.PathLike[str], *,
                  accelerate_kwargs: Mapping[str, Any] | None = None) -> dict[str, nn.Module | OnnxModel]:  # fmt: skip
     """The five states of a pruning run: dense, pruned (masked), accelerated, exported (ONNX fp32) and
-    quantized (ONNX int8), the ONNX files written to ``directory``. Neither input model is changed."""
+    quantized (ONNX int8), the ONNX files written to ``directory``. Neither input model is changed.
+
+    With keyword example inputs (a dict: Hugging Face models) there is no ONNX state:
+    :func:`~prunekit.accel.deploy.export_onnx` takes positional inputs only.
+    """
     import copy
 
     from prunekit.accel.engine import accelerate
 
-    accelerated = copy.deepcopy(pruned)
-    accelerate(accelerated, batch_of(example_inputs, 1), **dict(accelerate_kwargs or {}))
-    d = Path(directory)
     x = batch_of(example_inputs, 1)
-    return {
-        "dense": dense,
-        "pruned": pruned,
-        "accelerated": accelerated,
-        "exported": OnnxModel(export_onnx(pruned, x, d / "exported.onnx"), source=pruned),
-        "quantized": OnnxModel(export_onnx(pruned, x, d / "quantized.onnx", quantize="int8"), source=pruned),
-    }
+    accelerated = copy.deepcopy(pruned)
+    accelerate(accelerated, x, **dict(accelerate_kwargs or {}))
+    states: dict[str, nn.Module | OnnxModel] = {"dense": dense, "pruned": pruned, "accelerated": accelerated}
+    if isinstance(x, tuple):
+        d = Path(directory)
+        states["exported"] = OnnxModel(export_onnx(pruned, x, d / "exported.onnx"), source=pruned)
+        states["quantized"] = OnnxModel(export_onnx(pruned, x, d / "quantized.onnx", quantize="int8"), source=pruned)
+    return states
 
 
 __all__ = [

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 EXIT_OK = 0
@@ -41,7 +43,6 @@ def json_default(obj: Any) -> Any:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
-    from pathlib import Path
 
     from prunekit.cli.demo import DemoConfig, demo_table, run_demo
 
@@ -190,7 +191,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from prunekit.core import atomic_dir
     from prunekit.errors import ConfigError, PrunekitError
     from prunekit.recipes import Recipe, save_model_dir, write_pretrained
-    from prunekit.report import prune_report, rich_before_after, rich_layers, write_report
+    from prunekit.report import prune_report, rich_before_after, rich_layers, rich_states, write_report
 
     if not args.what and args.recipe is None and getattr(args, "heads", None) is not None:
         args.what = "heads"  # --heads alone is the one-step 'heads' recipe
@@ -228,6 +229,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data = load_data_arg(args, recipe.seed)
     loss_fn, data = task_for(args, loaded, data)
     show_progress = not (args.quiet or args.json) and sys.stderr.isatty()
+    dense = copy.deepcopy(loaded.model) if args.states and not args.dry_run else None
     try:
         result = recipe.run(
             loaded.model, loaded.example_inputs, data=data, progress=show_progress, loss_fn=loss_fn,
@@ -249,6 +251,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             console.print(f"dry run: nothing written ({result.seconds:.1f} s)")
         return EXIT_OK
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        if dense is not None:
+            if not (args.quiet or args.json):
+                print("measuring the deployment states (accelerate, ONNX, int8) ...", file=sys.stderr)
+            report["states"] = deployment_states(dense, result.model, result.example_inputs, tmp, report,
+                                                 threads=recipe.measure.threads)  # fmt: skip
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         write_report(report, tmp)
@@ -262,8 +269,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
     console = make_console(args)
     console.print(rich_before_after(report))
     console.print(rich_layers(report["layers"]))
+    if dense is not None:
+        console.print(rich_states(report["states"]))
     console.print(f"wrote {args.out}/report.html, report.json, model.safetensors ({result.seconds:.1f} s)")
     return EXIT_OK
+
+
+def deployment_states(dense: Any, pruned: Any, example_inputs: Any, directory: Path, report: dict[str, Any], *,
+                      threads: int) -> list[dict[str, Any]]:  # fmt: skip
+    """``--states``: :func:`prunekit.accel.model_state_report` of dense, pruned, accelerated and (positional
+    inputs) ONNX fp32 / int8, with the run's accuracies where the state computes the measured function."""
+    from prunekit.accel import model_state_report, model_states
+
+    states = model_states(dense, pruned, example_inputs, directory, accelerate_kwargs={"threads": threads})
+    rows = model_state_report(states, example_inputs, threads=threads)
+    after = (report.get("after") or {}).get("accuracy")
+    # accelerate checked the accelerated model against the pruned one; ONNX states were not evaluated
+    accuracy = {"dense": (report.get("before") or {}).get("accuracy"), "pruned": after, "accelerated": after}
+    for row in rows:
+        row["accuracy"] = accuracy.get(row["state"])
+    return rows
 
 
 def step_from_args(args: argparse.Namespace) -> Any:
@@ -318,7 +343,6 @@ def finetune_loss_arg(args: argparse.Namespace, recipe: Any) -> tuple[Any, Any]:
 
 def task_for(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any]:
     """The recipe's loss for ``--task`` and, with ``--calibration``, the text file's batches as data."""
-    from pathlib import Path
 
     from prunekit.errors import ConfigError
     from prunekit.recipes import hf_tokenizer, task_loss, text_batches

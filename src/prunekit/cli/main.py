@@ -205,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what the recipe's pruning steps would remove (no fine-tuning, nothing written)",
     )
     p.add_argument(
+        "--states",
+        action="store_true",
+        help="also measure the deployment states of the pruned model: pk.accelerate'd, ONNX fp32 and ONNX "
+        "int8 (files exported.onnx, quantized.onnx in DIR; positional-input models only): params, non-zeros, "
+        "MACs, file size, latency at batch 1 and 8, peak memory and an energy estimate each, in the report",
+    )
+    p.add_argument(
         "--save-pretrained",
         metavar="HF_DIR",
         help="also write a Hugging Face from_pretrained directory (config, weights, tokenizer files)",

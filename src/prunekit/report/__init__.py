@@ -12,7 +12,7 @@ from prunekit.report.html import (
     write_report,
 )
 from prunekit.report.plots import make_plots, sensitivity_curves
-from prunekit.report.tables import flatten_metrics, fmt_value, rich_before_after, rich_layers
+from prunekit.report.tables import flatten_metrics, fmt_value, rich_before_after, rich_layers, rich_states
 
 __all__ = [
     "demo_report",
@@ -25,6 +25,7 @@ __all__ = [
     "render_html",
     "rich_before_after",
     "rich_layers",
+    "rich_states",
     "sensitivity_curves",
     "write_demo_report",
     "write_report",

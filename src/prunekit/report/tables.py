@@ -176,6 +176,18 @@ def rich_before_after(report: dict[str, Any]) -> Any:
     return table
 
 
+def rich_states(states: list[dict[str, Any]], title: str = "Model states") -> Any:
+    """The model-states table (dense, pruned, accelerated, exported, quantized) for the console."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, col in enumerate(STATE_COLUMNS):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in state_rows(states):
+        t.add_row(*row)
+    return t
+
+
 def rich_layers(layers: list[dict[str, Any]], title: str = "Layers") -> Any:
     """The per-layer table as a ``rich.table.Table``."""
     from rich.table import Table
@@ -307,6 +319,7 @@ __all__ = [
     "mask_note",
     "rich_before_after",
     "rich_layers",
+    "rich_states",
     "state_rows",
     "states_from_before_after",
 ]
