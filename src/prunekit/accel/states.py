@@ -115,18 +115,26 @@ def _caller(state: Callable[..., object], x: Any) -> Callable[[], object]:
 
 
 def _latencies(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, tuple[float, float]]:
-    """Median and IQR (ms) of every function, timed one call at a time in rotated rounds."""
+    """Median and IQR (ms per call) of every function, timed in rotated rounds.
+
+    A round runs each function for a short burst (about 5 ms, at least one call) and records the
+    mean call time: a sub-millisecond model timed one call at a time, right after the other states
+    ran, measures cold caches rather than itself.
+    """
+    from prunekit.kernels.timing import calls_per_burst
+
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     with torch.inference_mode():
-        for f in fns.values():
-            f()
+        bursts = {n: calls_per_burst(f, 5e-3) for n, f in fns.items()}
         for r in range(rounds):
             for i in range(len(names)):
                 name = names[(i + r) % len(names)]
+                fn, reps = fns[name], bursts[name]
                 t0 = time.perf_counter()
-                fns[name]()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                for _ in range(reps):
+                    fn()
+                times[name].append((time.perf_counter() - t0) * 1e3 / reps)
     out = {}
     for k, v in times.items():
         q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0], v[0], v[0]]
@@ -209,9 +217,13 @@ def _file_bytes(model: nn.Module, file_size: Callable[[nn.Module], int]) -> int:
 
 
 def model_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, directory: str | os.PathLike[str], *,
-                 accelerate_kwargs: Mapping[str, Any] | None = None) -> dict[str, nn.Module | OnnxModel]:  # fmt: skip
+                 accelerate_kwargs: Mapping[str, Any] | None = None, threads: int | None = None
+                 ) -> dict[str, nn.Module | OnnxModel]:  # fmt: skip
     """The five states of a pruning run: dense, pruned (masked), accelerated, exported (ONNX fp32) and
     quantized (ONNX int8), the ONNX files written to ``directory``. Neither input model is changed.
+
+    ``threads``: intra-op threads of the onnxruntime sessions (default: torch's current count); time
+    them with the same count as the torch states (:func:`model_state_report`'s ``threads``).
 
     With keyword example inputs (a dict: Hugging Face models) there is no ONNX state:
     :func:`~prunekit.accel.deploy.export_onnx` takes positional inputs only.
@@ -226,8 +238,12 @@ def model_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, direc
     states: dict[str, nn.Module | OnnxModel] = {"dense": dense, "pruned": pruned, "accelerated": accelerated}
     if isinstance(x, tuple):
         d = Path(directory)
-        states["exported"] = OnnxModel(export_onnx(pruned, x, d / "exported.onnx"), source=pruned)
-        states["quantized"] = OnnxModel(export_onnx(pruned, x, d / "quantized.onnx", quantize="int8"), source=pruned)
+        fp32, int8 = (
+            export_onnx(pruned, x, d / "exported.onnx"),
+            export_onnx(pruned, x, d / "quantized.onnx", quantize="int8"),
+        )
+        states["exported"] = OnnxModel(fp32, source=pruned, threads=threads)
+        states["quantized"] = OnnxModel(int8, source=pruned, threads=threads)
     return states
 
 

@@ -281,7 +281,8 @@ def deployment_states(dense: Any, pruned: Any, example_inputs: Any, directory: P
     inputs) ONNX fp32 / int8, with the run's accuracies where the state computes the measured function."""
     from prunekit.accel import model_state_report, model_states
 
-    states = model_states(dense, pruned, example_inputs, directory, accelerate_kwargs={"threads": threads})
+    states = model_states(dense, pruned, example_inputs, directory, accelerate_kwargs={"threads": threads},
+                          threads=threads)  # fmt: skip
     rows = model_state_report(states, example_inputs, threads=threads)
     after = (report.get("after") or {}).get("accuracy")
     # accelerate checked the accelerated model against the pruned one; ONNX states were not evaluated
