@@ -112,3 +112,31 @@ def test_a_batch_one_example_still_exports_a_dynamic_batch(tmp_path: Path) -> No
     torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
     program = export_program(model, (torch.randn(1, 8),))
     torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.slow
+def test_keyword_inputs_export_with_dynamic_batch_and_tokens(tmp_path: Path) -> None:
+    """A Hugging Face encoder takes input_ids/attention_mask by name: ONNX fp32 and int8 of the pruned model."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("transformers")
+    from zoo.hf import make_bert
+
+    model, (ids,) = make_bert()
+    model.eval()
+    pk.prune_weights(model, 0.7)
+    example = {"input_ids": ids[:1], "attention_mask": torch.ones_like(ids[:1])}
+    fp32 = OnnxModel(export_onnx(model, example, tmp_path / "m.onnx"))
+    int8 = OnnxModel(export_onnx(model, example, tmp_path / "m8.onnx", quantize="int8"))
+    assert fp32.input_names == ["input_ids", "attention_mask"]
+    g = torch.Generator().manual_seed(3)
+    for batch, tokens in ((1, 8), (3, 5), (2, 12)):  # other batch sizes and sequence lengths than exported
+        x = {"input_ids": torch.randint(0, 96, (batch, tokens), generator=g),
+             "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}  # fmt: skip
+        x["attention_mask"][0, -2:] = 0
+        with torch.no_grad():
+            want = model(**x).last_hidden_state
+        torch.testing.assert_close(fp32(**x)[0], want, rtol=1e-4, atol=1e-4)
+        assert (int8(**x)[0] - want).abs().max() < 0.1 * want.abs().max()
+    with pytest.raises(pk.ConfigError, match="by name"):
+        fp32(input_ids=ids)

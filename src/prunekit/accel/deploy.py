@@ -73,7 +73,10 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike[s
 
     Args:
         model: the model.
-        example_inputs: a tensor or tuple of tensors (positional inputs).
+        example_inputs: a tensor or tuple of tensors (positional inputs), or a dict of keyword inputs
+            (a Hugging Face batch: ``input_ids``, ``attention_mask``, ...; the ONNX inputs get those
+            names, and when every keyword tensor is 2-D with the same dim 1 — tokens — that dim is
+            dynamic too, "seq").
         path: the ``.onnx`` file to write.
         quantize: ``None`` (float) or ``"int8"``.
         dynamic_batch: make dim 0 of every input dynamic ("batch").
@@ -84,18 +87,26 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike[s
     if quantize not in (None, "int8"):
         raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
     pos, kw = as_args(example_inputs)
-    if kw:
-        raise ConfigError("export_onnx takes positional example inputs (a tensor or a tuple), not a dict")
     path = Path(path)
     plain = plain_copy(model)
-    dynamic = tuple({0: torch.export.Dim("batch")} if isinstance(x, torch.Tensor) and x.dim() else None
-                    for x in pos) if dynamic_batch else None  # fmt: skip
-    if dynamic_batch:
+    dynamic: Any = None
+    if kw:
+        tensors = [v for v in kw.values() if isinstance(v, torch.Tensor)]
+        tokens = bool(tensors) and all(t.dim() == 2 and t.shape[1] == tensors[0].shape[1] for t in tensors)
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+        dims = ({0: batch} if dynamic_batch else {}) | ({1: seq} if tokens else {})
+        dynamic = {k: dict(dims) if isinstance(v, torch.Tensor) and v.dim() else None for k, v in kw.items()}
+        if dynamic_batch:
+            kw = dict(zip(kw, batch_of_two(tuple(kw.values())), strict=True))
+    elif dynamic_batch:
+        dynamic = tuple({0: torch.export.Dim("batch")} if isinstance(x, torch.Tensor) and x.dim() else None
+                        for x in pos)  # fmt: skip
         pos = batch_of_two(pos)
     float_path = path if quantize is None else path.with_name(path.stem + ".fp32.onnx")
     try:
         with _quiet():
-            program = torch.onnx.export(plain, pos, dynamo=True, verbose=False, dynamic_shapes=dynamic)
+            program = torch.onnx.export(plain, pos, kwargs=kw or None, dynamo=True, verbose=False,
+                                        dynamic_shapes=dynamic)  # fmt: skip
             assert program is not None
             program.save(str(float_path))
     except ImportError as e:
@@ -145,8 +156,15 @@ class OnnxModel:
             raise FormatError(f"{path}: onnxruntime cannot load it ({e})") from e
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        feed = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs, strict=True)}
+    def __call__(self, *inputs: torch.Tensor, **named: torch.Tensor) -> list[torch.Tensor]:
+        """Positional inputs in the file's input order, or keyword inputs by name (those the file has)."""
+        if named:
+            missing = [n for n in self.input_names if n not in named]
+            if inputs or missing:
+                raise ConfigError(f"{self.path.name} takes the inputs {self.input_names} by name; missing {missing}")
+            feed = {n: named[n].detach().cpu().numpy() for n in self.input_names}
+        else:
+            feed = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs, strict=True)}
         return [torch.from_numpy(y) for y in self.session.run(None, feed)]
 
 

@@ -224,9 +224,6 @@ def model_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, direc
 
     ``threads``: intra-op threads of the onnxruntime sessions (default: torch's current count); time
     them with the same count as the torch states (:func:`model_state_report`'s ``threads``).
-
-    With keyword example inputs (a dict: Hugging Face models) there is no ONNX state:
-    :func:`~prunekit.accel.deploy.export_onnx` takes positional inputs only.
     """
     import copy
 
@@ -236,14 +233,11 @@ def model_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, direc
     accelerated = copy.deepcopy(pruned)
     accelerate(accelerated, x, **dict(accelerate_kwargs or {}))
     states: dict[str, nn.Module | OnnxModel] = {"dense": dense, "pruned": pruned, "accelerated": accelerated}
-    if isinstance(x, tuple):
-        d = Path(directory)
-        fp32, int8 = (
-            export_onnx(pruned, x, d / "exported.onnx"),
-            export_onnx(pruned, x, d / "quantized.onnx", quantize="int8"),
-        )
-        states["exported"] = OnnxModel(fp32, source=pruned, threads=threads)
-        states["quantized"] = OnnxModel(int8, source=pruned, threads=threads)
+    d = Path(directory)
+    fp32 = export_onnx(pruned, x, d / "exported.onnx")
+    int8 = export_onnx(pruned, x, d / "quantized.onnx", quantize="int8")
+    states["exported"] = OnnxModel(fp32, source=pruned, threads=threads)
+    states["quantized"] = OnnxModel(int8, source=pruned, threads=threads)
     return states
 
 
