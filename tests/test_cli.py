@@ -409,3 +409,21 @@ def test_prune_states_measures_every_deployment_state(tmp_path: Path, monkeypatc
     assert main([*args, "--out", str(plain)]) == 0
     assert [s["state"] for s in json.loads((plain / "report.json").read_text())["states"]] == ["dense", "pruned"]
     assert not (plain / "exported.onnx").exists()
+
+
+@pytest.mark.slow
+def test_prune_states_of_an_encoder_with_keyword_inputs(tmp_path: Path) -> None:
+    """--states on a Hugging Face encoder (input_ids/attention_mask by name): ONNX fp32 and int8 states too."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from zoo import tiny_text_encoder
+
+    src, text = tiny_text_encoder(tmp_path, 16)
+    out = tmp_path / "out"
+    args = ["prune", str(src), "--what", "weights", "--sparsity", "0.9", "--calibration", str(text),
+            "--task", "embedding", "--no-latency", "--quiet", "--out", str(out), "--states"]  # fmt: skip
+    assert main(args) == 0
+    states = {s["state"]: s for s in json.loads((out / "report.json").read_text())["states"]}
+    assert list(states) == ["dense", "pruned", "accelerated", "exported", "quantized"]
+    assert all(s["latency"]["1"]["median_ms"] > 0 for s in states.values())
+    assert (out / "quantized.onnx").stat().st_size < (out / "exported.onnx").stat().st_size
