@@ -27,7 +27,7 @@ from prunekit.accel.engine import (
 )
 from prunekit.accel.estimate import LayerEstimate, SpeedupEstimate, speedup_estimate
 from prunekit.accel.persist import load, read_plan, save
-from prunekit.accel.states import model_state_report, model_states
+from prunekit.accel.states import deployment_states, model_state_report, model_states
 from prunekit.kernels import (
     AccelerationResult,
     InferenceOnlyError,
@@ -49,6 +49,7 @@ __all__ = [
     "AccelerationResult",
     "advise",
     "deaccelerate",
+    "deployment_states",
     "energy_estimate",
     "EnergyCosts",
     "EnergyEstimate",

@@ -29,7 +29,7 @@ from torch import nn
 from prunekit.accel.deploy import OnnxModel, export_onnx, plain_copy
 from prunekit.accel.energy import Precision, energy_estimate
 from prunekit.accel.engine import as_args, sparse_linears
-from prunekit.kernels import num_threads
+from prunekit.kernels import calls_per_burst, num_threads
 
 
 def _rows(x: Any, n: int) -> Any:
@@ -121,7 +121,6 @@ def _latencies(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str
     mean call time: a sub-millisecond model timed one call at a time, right after the other states
     ran, measures cold caches rather than itself.
     """
-    from prunekit.kernels.timing import calls_per_burst
 
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
@@ -241,9 +240,26 @@ def model_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, direc
     return states
 
 
+def deployment_states(dense: nn.Module, pruned: nn.Module, example_inputs: Any, directory: str | os.PathLike[str],
+                      *, accuracy: Mapping[str, float | None] | None = None, threads: int | None = None
+                      ) -> list[dict[str, Any]]:  # fmt: skip
+    """:func:`model_states` measured by :func:`model_state_report` (what ``prunekit prune --states`` reports).
+
+    ``accuracy``: state name -> accuracy measured elsewhere (a state not in it gets ``None``: not
+    evaluated). ``threads``: for accelerate's timing, the onnxruntime sessions and the report.
+    """
+    states = model_states(dense, pruned, example_inputs, directory, accelerate_kwargs={"threads": threads},
+                          threads=threads)  # fmt: skip
+    rows = model_state_report(states, example_inputs, threads=threads)
+    for row in rows:
+        row["accuracy"] = (accuracy or {}).get(row["state"])
+    return rows
+
+
 __all__ = [
     "activation_bytes",
     "batch_of",
+    "deployment_states",
     "effective_macs",
     "model_state_report",
     "model_states",

@@ -254,7 +254,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if dense is not None:
             if not (args.quiet or args.json):
                 print("measuring the deployment states (accelerate, ONNX, int8) ...", file=sys.stderr)
-            report["states"] = deployment_states(dense, result.model, result.example_inputs, tmp, report,
+            from prunekit.accel import deployment_states
+
+            # accelerate checks the accelerated model against the pruned one; the ONNX files are not evaluated
+            after = (report.get("after") or {}).get("accuracy")
+            accuracy = {"dense": (report.get("before") or {}).get("accuracy"), "pruned": after, "accelerated": after}
+            report["states"] = deployment_states(dense, result.model, result.example_inputs, tmp, accuracy=accuracy,
                                                  threads=recipe.measure.threads)  # fmt: skip
         save_model_dir(replace(loaded, example_inputs=result.example_inputs), tmp, result.model)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
@@ -273,23 +278,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         console.print(rich_states(report["states"]))
     console.print(f"wrote {args.out}/report.html, report.json, model.safetensors ({result.seconds:.1f} s)")
     return EXIT_OK
-
-
-def deployment_states(dense: Any, pruned: Any, example_inputs: Any, directory: Path, report: dict[str, Any], *,
-                      threads: int) -> list[dict[str, Any]]:  # fmt: skip
-    """``--states``: :func:`prunekit.accel.model_state_report` of dense, pruned, accelerated and (positional
-    inputs) ONNX fp32 / int8, with the run's accuracies where the state computes the measured function."""
-    from prunekit.accel import model_state_report, model_states
-
-    states = model_states(dense, pruned, example_inputs, directory, accelerate_kwargs={"threads": threads},
-                          threads=threads)  # fmt: skip
-    rows = model_state_report(states, example_inputs, threads=threads)
-    after = (report.get("after") or {}).get("accuracy")
-    # accelerate checked the accelerated model against the pruned one; ONNX states were not evaluated
-    accuracy = {"dense": (report.get("before") or {}).get("accuracy"), "pruned": after, "accelerated": after}
-    for row in rows:
-        row["accuracy"] = accuracy.get(row["state"])
-    return rows
 
 
 def step_from_args(args: argparse.Namespace) -> Any:

@@ -37,6 +37,7 @@ from prunekit.kernels.table import (
     table_path,
 )
 from prunekit.kernels.timing import (
+    calls_per_burst,
     interleaved_ms,
     num_threads,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "attached_plan",
     "block_fill",
     "cached_table",
+    "calls_per_burst",
     "candidate_kernels",
     "fingerprint",
     "InferenceOnlyError",
