@@ -94,6 +94,25 @@ def _where(t: torch.Tensor, keep: np.ndarray | None) -> torch.Tensor:
     return torch.where(torch.from_numpy(keep).to(t.device), t.detach(), 0)
 
 
+def _masked_vectors(
+    ts: tuple[torch.Tensor | None, ...], keep: Mapping[int, Mapping[int, np.ndarray]]
+) -> list[torch.Tensor | None]:
+    """``torch.where(keep, t, 0)`` of same-length 1-D tensors (``None`` stays), in one ``where`` call."""
+    present = [t for t in ts if t is not None]
+    masks = [keep.get(id(t), {}).get(0) for t in present]
+    if not any(m is not None and not m.all() for m in masks):
+        return [None if t is None else t.detach() for t in ts]
+    if len({(t.dtype, t.device, t.shape) for t in present}) > 1:
+        return [None if t is None else _where(t, keep.get(id(t), {}).get(0)) for t in ts]
+    n = present[0].shape[0]
+    km = np.stack([np.ones(n, dtype=bool) if m is None else m for m in masks])
+    stacked = torch.where(
+        torch.from_numpy(km).to(present[0].device), torch.stack([t.detach() for t in present]), 0
+    )
+    rows = iter(stacked.unbind(0))
+    return [None if t is None else next(rows) for t in ts]
+
+
 def _take(t: torch.Tensor, dim: int, idx: np.ndarray) -> torch.Tensor:
     if len(idx) == t.shape[dim]:
         return t
@@ -139,8 +158,7 @@ class CompactForward:
                     continue
             elif not all(n.inputs and len(trace.values[n.inputs[0]].shape) == 4 for n in nodes):
                 continue  # unbatched / non-image calls: the plain zeroed path handles them
-            tensors = [t for t in mod.parameters(recurse=False)] + [t for t in mod.buffers(recurse=False)]
-            ids = [id(t) for t in tensors if id(t) in keep]
+            ids = [id(t) for t in (*mod._parameters.values(), *mod._buffers.values()) if id(t) in keep]
             if any(owners.get(i) != name for i in ids):
                 continue  # a tensor also read elsewhere: it must be zeroed for the whole forward
             if isinstance(mod, (nn.Conv2d, nn.Linear)) and set(keep.get(id(mod.weight), {})) - {0, 1}:
@@ -219,8 +237,7 @@ class CompactForward:
             return linear_forward
         if isinstance(mod, nn.BatchNorm2d):
             bn = mod
-            w, b, rm, rv = (None if t is None else _where(t, keep.get(id(t), {}).get(0))
-                            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))  # fmt: skip
+            w, b, rm, rv = _masked_vectors((bn.weight, bn.bias, bn.running_mean, bn.running_var), keep)
             eps = bn.eps
 
             def bn_forward(x: torch.Tensor) -> torch.Tensor:
@@ -287,6 +304,19 @@ class _ConvPlan:
         self.padding: Any = conv.padding
         self.dilation: Any = conv.dilation
         self._dense_w: torch.Tensor | None = None
+        self.weight = w.detach()
+        self.cin = cin_g * conv.groups
+        if conv.groups == 1:
+            self.in_cols: np.ndarray | None = self.cols
+        elif cin_g == 1:  # depthwise(-like): one input channel per group
+            self.in_cols = np.repeat(self.cols, self.cin)
+        else:
+            self.in_cols = None
+        self.per_group = cout // conv.groups
+        self.all_in = np.ones(self.cin, dtype=bool)
+        self.arange_in = np.arange(self.cin)
+        self.kept_rows = np.flatnonzero(self.rows)
+        self.bias_rows = _take(self.bias, 0, self.kept_rows) if self.has_bias else None
 
     def dense_weight(self) -> torch.Tensor:
         if self._dense_w is None:
@@ -305,54 +335,51 @@ class _ConvPlan:
 
     def __call__(self, vals: torch.Tensor, idx: np.ndarray | None, consts: torch.Tensor | None
                  ) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:  # fmt: skip
-        w = self.conv.weight.detach()
-        cin = w.shape[1] * self.groups
-        if self.groups == 1:
-            cols = self.cols
-        elif w.shape[1] == 1:
-            cols = np.repeat(self.cols, cin)  # depthwise(-like): one input channel per group
-        else:
-            cols = None
+        w = self.weight
+        cols = self.in_cols  # input channels a kept weight column reads (None: grouped, dense)
         if idx is not None and consts is not None:
-            # a constant channel that a kept weight column reads (padding makes it non-constant): dense
-            const = np.ones(cin, dtype=bool)
+            # a non-zero constant channel that a kept column reads (padding makes it non-constant): dense
+            const = np.ones(self.cin, dtype=bool)
             const[idx] = False
-            read = np.nonzero(const if cols is None else const & cols)[0]
-            if len(read) and bool(
-                consts.index_select(0, torch.from_numpy(read).to(consts.device)).ne(0).any()
-            ):
+            read = const if cols is None else const & cols
+            if read.any() and consts.detach().cpu().numpy()[read].any():
                 vals, idx, consts = dense(vals, idx, consts), None, None
         if cols is None:  # grouped with several input channels per group: dense
             return self._dense(vals if idx is None or consts is None else dense(vals, idx, consts))
-        avail = np.zeros(cin, dtype=bool)
         if idx is None:
-            avail[:] = True
+            avail = self.all_in
+            pos = self.arange_in
         else:
+            avail = np.zeros(self.cin, dtype=bool)
             avail[idx] = True
-        pos = np.full(cin, -1, dtype=np.int64)  # channel -> position in vals
-        pos[np.nonzero(avail)[0]] = np.arange(int(avail.sum()))
-        rows = np.nonzero(self.rows)[0]
+            pos = np.full(self.cin, -1, dtype=np.int64)  # channel -> position in vals
+            pos[idx] = np.arange(len(idx))
+        rows = self.kept_rows
         if self.groups == 1:
-            chans = np.nonzero(avail & cols)[0]
+            chans = np.flatnonzero(avail & cols)
             if len(rows) == 0 or len(chans) == 0:
-                return self._dense(
-                    dense(vals, idx, consts) if idx is not None and consts is not None else vals
-                )
+                return self._dense(vals if idx is None or consts is None else dense(vals, idx, consts))
             ws = _take(_take(w, 0, rows), 1, chans)
             xs = _take(vals, 1, pos[chans])
-            b = _take(self.bias, 0, rows) if self.has_bias else None
-            y = F.conv2d(xs, ws, b, self.stride, self.padding, self.dilation, 1)
+            y = F.conv2d(xs, ws, self.bias_rows, self.stride, self.padding, self.dilation, 1)
             return y, rows, self.bias
-        m = w.shape[0] // self.groups  # outputs per group, each reading input channel o // m
+        m = self.per_group  # outputs per group, each reading input channel o // m
         if not self.cols[0]:
             rows = rows[:0]
-        rows = rows[avail[rows // m]]  # a row whose input is a zero constant outputs its bias alone
-        grp, counts = np.unique(rows // m, return_counts=True)
-        if len(rows) == 0 or (counts != counts[0]).any():
-            return self._dense(dense(vals, idx, consts) if idx is not None and consts is not None else vals)
+        if idx is not None:
+            rows = rows[avail[rows // m]]  # a row whose input is a zero constant outputs its bias alone
+        if m == 1:
+            grp = rows
+        else:
+            grp, counts = np.unique(rows // m, return_counts=True)
+            if len(rows) and (counts != counts[0]).any():
+                grp = rows[:0]
+        if len(rows) == 0 or len(grp) == 0:
+            return self._dense(vals if idx is None or consts is None else dense(vals, idx, consts))
+        same = len(rows) == len(self.kept_rows)
         ws = _take(w, 0, rows)
         xs = _take(vals, 1, pos[grp])
-        b = _take(self.bias, 0, rows) if self.has_bias else None
+        b = self.bias_rows if same else (_take(self.bias, 0, rows) if self.has_bias else None)
         y = F.conv2d(xs, ws, b, self.stride, self.padding, self.dilation, len(grp))
         return y, rows, self.bias
 
