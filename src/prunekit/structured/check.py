@@ -81,7 +81,7 @@ def _masked_forward(
         mod, _, attr = e.fqn.rpartition(".")
         t = getattr(modules[mod], attr)
         keep_np = np.zeros(e.size, dtype=bool)
-        keep_np[np.asarray(e.kept, dtype=np.int64)] = True
+        keep_np[e.kept_array()] = True
         prev_np = keep_dims[id(t)].get(e.dim)
         keep_dims[id(t)][e.dim] = keep_np if prev_np is None else prev_np & keep_np
         tensors[id(t)] = t
