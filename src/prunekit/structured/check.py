@@ -24,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunekit.graph import DependencyGraph, Trace, as_args, flatten_tensors, record
+from prunekit.graph.trace import eval_mode
 from prunekit.structured.compact import CompactForward, Diverged
 from prunekit.structured.optim_state import reset_grad_accumulators
 from prunekit.structured.surgery import AttrUpdate, Plan, apply, record_plan
@@ -345,14 +346,8 @@ def _kept_stat(name: str, dim: int, keep: torch.Tensor) -> Any:
 
 
 def _run(fn: Callable[[], Any], model: nn.Module) -> list[torch.Tensor]:
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = fn()
-    finally:
-        for m, t in modes.items():
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        out = fn()
     outs: list[torch.Tensor] = []
     flatten_tensors(out, outs)
     return outs

@@ -190,7 +190,9 @@ class CompactForward:
     # -- install ----------------------------------------------------------------------------------
     def __enter__(self) -> CompactForward:
         for name, fwd in self.forwards.items():
-            self.modules[name].forward = fwd
+            self.modules[name].__dict__["forward"] = (
+                fwd  # an instance attribute, as nn.Module.__setattr__ sets
+            )
         return self
 
     def __exit__(self, *exc: Any) -> None:
