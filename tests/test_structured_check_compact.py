@@ -243,3 +243,24 @@ def test_a_wrong_surgery_is_still_caught(monkeypatch: pytest.MonkeyPatch, target
     assert ran["compact"] > 0
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_model_in_training_mode_gets_the_compact_check_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference runs in eval mode: BatchNorm layers of a training-mode model are replaced as well."""
+    from prunekit.structured.surgery import masked_reference
+
+    made = {"compact": 0}
+    real_out = compact._State.out
+
+    def out(self, is_compact, vals, idx, consts):  # type: ignore[no-untyped-def]
+        made["compact"] += bool(is_compact and idx is not None)
+        return real_out(self, is_compact, vals, idx, consts)
+
+    monkeypatch.setattr(compact._State, "out", out)
+    m = _net().train()
+    orig = copy.deepcopy(m).eval()
+    x = torch.randn(2, 3, 16, 16)
+    pk.prune_channels(m, x, ratio=0.5, exclude=[m[15]])
+    assert made["compact"] >= 4
+    assert all(mod.training for mod in m.modules())  # the flags are restored
+    torch.testing.assert_close(m.eval()(x), masked_reference(orig, m._prunekit_plan)(x), rtol=1e-5, atol=1e-5)

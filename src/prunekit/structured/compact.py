@@ -243,6 +243,8 @@ class CompactForward:
             eps = bn.eps
 
             def bn_forward(x: torch.Tensor) -> torch.Tensor:
+                if bn.training:
+                    raise Diverged("a BatchNorm2d in training mode")
                 compact = flag()
                 vals, idx, consts = st.unpack(x)
                 if idx is None or consts is None:
@@ -281,8 +283,8 @@ def _replaceable(mod: nn.Module) -> bool:
         return mod.weight.is_floating_point()
     if type(mod) is nn.Conv2d:
         return mod.padding_mode == "zeros" and mod.weight.is_floating_point()
-    if type(mod) is nn.BatchNorm2d:
-        return not mod.training and mod.running_mean is not None and mod.running_var is not None
+    if type(mod) is nn.BatchNorm2d:  # the reference runs in eval mode: running statistics
+        return mod.track_running_stats and mod.running_mean is not None and mod.running_var is not None
     if type(mod) is nn.MaxPool2d:
         return not mod.return_indices
     return type(mod) in ELEMENTWISE
