@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunekit.graph import DependencyGraph, Trace, as_args, flatten_tensors, record
-from prunekit.graph.trace import eval_mode
+from prunekit.graph import DependencyGraph, Trace, as_args, eval_mode, flatten_tensors, record
 from prunekit.structured.compact import CompactForward, Diverged
 from prunekit.structured.optim_state import reset_grad_accumulators
 from prunekit.structured.surgery import AttrUpdate, Plan, apply, record_plan
