@@ -158,8 +158,12 @@ class _WideLiar(nn.Module):
 
 
 def _count_sliced_calls(monkeypatch: pytest.MonkeyPatch, kernel: str) -> dict[str, int]:
-    """Count the check's sliced ``kernel`` calls (``"_linear"`` / ``"_conv2d"``); they still run."""
-    from prunekit.structured import check
+    """Count the check's sliced ``kernel`` calls (``"_linear"`` / ``"_conv2d"``); they still run.
+
+    Both ways the reference slices count: the mode's kernels (:class:`_SkipZeroSlices`) and the compact
+    module forwards (:mod:`prunekit.structured.compact`) when they multiply fewer rows/columns.
+    """
+    from prunekit.structured import check, compact
 
     calls = {kernel: 0}
     real = getattr(check._SkipZeroSlices, kernel)
@@ -169,6 +173,18 @@ def _count_sliced_calls(monkeypatch: pytest.MonkeyPatch, kernel: str) -> dict[st
         return real(*a)
 
     monkeypatch.setattr(check._SkipZeroSlices, kernel, staticmethod(spy))
+    plan = compact._LinearPlan if kernel == "_linear" else compact._ConvPlan
+    real_call = plan.__call__
+
+    def spy_call(self, *a):  # type: ignore[no-untyped-def]
+        out = real_call(self, *a)
+        sliced = (
+            (self.rows is not None or self.cols is not None) if kernel == "_linear" else out[1] is not None
+        )
+        calls[kernel] += sliced
+        return out
+
+    monkeypatch.setattr(plan, "__call__", spy_call)
     return calls
 
 

@@ -12,7 +12,7 @@ from prunekit.graph.rules.custom import (
     register_coupling_rule,
     unregister_coupling_rule,
 )
-from prunekit.graph.trace import TensorRef, Trace, as_args, flatten_tensors, record
+from prunekit.graph.trace import TensorRef, Trace, as_args, eval_mode, flatten_tensors, record
 
 __all__ = [
     "as_args",
@@ -21,6 +21,7 @@ __all__ = [
     "CouplingContext",
     "CouplingRule",
     "DependencyGraph",
+    "eval_mode",
     "flatten_tensors",
     "Group",
     "Member",

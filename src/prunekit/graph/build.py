@@ -197,6 +197,20 @@ def build_graph(
     )
 
 
+def _starts_mask(a: np.ndarray) -> np.ndarray:
+    """True where a run of equal values of the sorted ``a`` begins."""
+    mask = np.empty(len(a), dtype=bool)
+    if len(a):
+        mask[0] = True
+        np.not_equal(a[1:], a[:-1], out=mask[1:])
+    return mask
+
+
+def _run_starts(a: np.ndarray) -> np.ndarray:
+    """Index where each run of equal values of the sorted ``a`` begins (``np.unique``'s first indices)."""
+    return np.flatnonzero(_starts_mask(a))
+
+
 def _make_groups(
     trace: Trace, param_dims: list[tuple[int, int, int, int]], labels: np.ndarray, frozen_label: int
 ) -> list[Group]:
@@ -212,13 +226,19 @@ def _make_groups(
     if not live.any():
         return []
     lab, pdk, pos = lab[live], pdk[live], pos[live]
-    order = np.lexsort((pos, pdk, lab))
+    # the elements come ordered by (param dim, index): a stable sort by label is the (label, pdk, pos) lexsort
+    order = np.argsort(lab, kind="stable")
     lab, pdk, pos = lab[order], pdk[order], pos[order]
-    uniq, uid = np.unique(lab, return_inverse=True)
+    first_of = _run_starts(lab)
+    uniq = lab[first_of]
+    uid = np.cumsum(_starts_mask(lab)) - 1
     n_units = len(uniq)
     # signature of a unit = the (param dim) keys it touches, with index counts (vectorised)
     kk = len(param_dims)
-    pair_key, pair_count = np.unique(uid * kk + pdk, return_counts=True)
+    keys = uid * kk + pdk  # sorted already: by unit, then param dim
+    key_starts = _run_starts(keys)
+    pair_key = keys[key_starts]
+    pair_count = np.diff(np.append(key_starts, len(keys)))
     pair_u, pair_pd = pair_key // kk, pair_key % kk
     starts = np.searchsorted(pair_u, np.arange(n_units))
     # two independent 64-bit hashes of each unit's set of (param dim, count) pairs; equal sets -> equal keys
@@ -228,8 +248,14 @@ def _make_groups(
     with np.errstate(over="ignore"):
         h1 = np.add.reduceat(r1[pair_pd] * (pair_count + 1), starts)
         h2 = np.add.reduceat(r2[pair_pd] ^ (pair_count * np.int64(0x1E3779B97F4A7C15)), starts)
-    _, first, inverse = np.unique(np.stack([h1, h2], 1), axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    # np.unique(rows (h1, h2), axis=0, return_index, return_inverse) without its structured-dtype sort
+    by_hash = np.lexsort((h2, h1))
+    hs1, hs2 = h1[by_hash], h2[by_hash]
+    new_sig = np.ones(len(by_hash), dtype=bool)
+    new_sig[1:] = (hs1[1:] != hs1[:-1]) | (hs2[1:] != hs2[:-1])
+    first = by_hash[new_sig]  # the stable sort keeps the first unit of each signature first
+    inverse = np.empty(len(by_hash), dtype=np.int64)
+    inverse[by_hash] = np.cumsum(new_sig) - 1
     ends = np.append(starts[1:], len(pair_pd))
     by_sig: dict[tuple[tuple[int, int], ...], list[int]] = {}
     order_sig = np.argsort(inverse, kind="stable")
@@ -254,19 +280,24 @@ def _make_groups(
         index_in[units] = np.arange(len(units))
         kept_sigs.append((sig, np.asarray(units)))
     row_group = group_of[uid]
-    order = np.argsort(row_group, kind="stable")
-    gbounds = np.searchsorted(row_group[order], np.arange(len(kept_sigs) + 1)).tolist()
+    # rows of one (group, param dim) pair made contiguous: a stable sort keeps their (label, index) order
+    seg = np.where(row_group >= 0, row_group * kk + pdk, -1)
+    order = np.argsort(seg, kind="stable")
+    seg_sorted = seg[order]
+    wanted = np.asarray([gi * kk + k for gi, (sig, _) in enumerate(kept_sigs) for k, _ in sig], np.int64)
+    lo = np.searchsorted(seg_sorted, wanted, side="left").tolist()
+    hi = np.searchsorted(seg_sorted, wanted, side="right").tolist()
+    pos_sorted, ui_sorted = pos[order], index_in[uid[order]]
     groups: list[Group] = []
+    at = 0
     for gi, (sig, unit_ids) in enumerate(kept_sigs):
-        rows = order[gbounds[gi] : gbounds[gi + 1]]
-        r_pd, r_pos, r_ui = pdk[rows], pos[rows], index_in[uid[rows]]
         members = []
         multi = False
         for k, cnt in sig:
             vid, d, _, size = param_dims[k]
             arr = np.full(size, -1, np.int64)
-            sel = r_pd == k
-            arr[r_pos[sel]] = r_ui[sel]
+            arr[pos_sorted[lo[at] : hi[at]]] = ui_sorted[lo[at] : hi[at]]
+            at += 1
             members.append(Member(trace.values[vid].names[0], d, size, arr))
             multi = multi or cnt > 1
         groups.append(Group(gi, len(unit_ids), members, uniq[unit_ids], "multi" if multi else "channel"))

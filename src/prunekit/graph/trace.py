@@ -327,6 +327,23 @@ def _patched_function_apply(rec: _Recorder) -> Iterator[None]:
         torch.autograd.Function.apply = original_attr  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the block, every module's ``training`` flag restored afterwards.
+
+    A model already in eval mode whose modules keep ``nn.Module.train`` is left alone (no flag is set).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    if any(t or type(m).train is not nn.Module.train for m, t in modes):
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, t in modes:
+            if m.training != t:
+                m.training = t
+
+
 def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Split ``example_inputs`` (a tensor, a tuple/list of positional args, or a kwargs dict)."""
     if isinstance(example_inputs, dict):
@@ -363,18 +380,14 @@ def record(
     input_tensors: list[torch.Tensor] = []
     flatten_tensors((args, kwargs), input_tensors)
     input_values = [rec._new_value(t, "input") for t in input_tensors]
-    was_training = {m: m.training for m in model.modules()}
     h1 = nn.modules.module.register_module_forward_pre_hook(rec.pre_hook)
     h2 = nn.modules.module.register_module_forward_hook(rec.post_hook)
     try:
-        model.eval()
-        with torch.no_grad(), _patched_function_apply(rec), rec:
+        with eval_mode(model), torch.no_grad(), _patched_function_apply(rec), rec:
             out = model(*args, **kwargs)
     finally:
         h1.remove()
         h2.remove()
-        for m, mode in was_training.items():
-            m.training = mode
     outs: list[torch.Tensor] = []
     flatten_tensors(out, outs)
     if hasattr(out, "to_tuple") and not outs:  # Hugging Face ModelOutput
@@ -393,4 +406,4 @@ def record(
     )
 
 
-__all__ = ["Node", "Trace", "TensorRef", "Value", "as_args", "record"]
+__all__ = ["Node", "Trace", "TensorRef", "Value", "as_args", "eval_mode", "record"]

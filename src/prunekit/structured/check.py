@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -22,13 +23,28 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunekit.graph import DependencyGraph, Trace, as_args, flatten_tensors, record
+from prunekit.graph import DependencyGraph, Trace, as_args, eval_mode, flatten_tensors, record
+from prunekit.structured.compact import CompactForward, Diverged
 from prunekit.structured.optim_state import reset_grad_accumulators
 from prunekit.structured.surgery import AttrUpdate, Plan, apply, record_plan
 
 
 def _masked_outputs(
     model: nn.Module, example_inputs: Any, plan: Plan, graph: DependencyGraph, mask: np.ndarray
+) -> list[torch.Tensor]:
+    """Outputs of ``model`` with the plan's removed slices zeroed (and norm statistics over kept channels).
+
+    First with the conv / BatchNorm / activation chains on kept channels only (:class:`CompactForward`);
+    if the forward leaves the trace's path that way, again with every module at full width.
+    """
+    try:
+        return _masked_forward(model, example_inputs, plan, graph, mask, compact=True)
+    except Diverged:
+        return _masked_forward(model, example_inputs, plan, graph, mask, compact=False)
+
+
+def _masked_forward(
+    model: nn.Module, example_inputs: Any, plan: Plan, graph: DependencyGraph, mask: np.ndarray, compact: bool
 ) -> list[torch.Tensor]:
     """Outputs of ``model`` with the plan's removed slices zeroed (and norm statistics over kept channels).
 
@@ -39,6 +55,10 @@ def _masked_outputs(
     that module runs (forward pre/post hooks): extra memory is then one module's tensors at a time and the
     same buffers are reused. Any other tensor (used by a parent module, in place, ...) is swapped for the
     whole forward (and every tensor when norm statistics are replayed over kept channels).
+
+    With ``compact``, the tensors of plain Conv2d / eval BatchNorm2d modules that only their own forward
+    reads are not swapped: those modules (and elementwise activations) run the masked computation on the
+    kept channels (:class:`prunekit.structured.compact.CompactForward`).
 
     Dense convolutions and linear layers whose zeroed weight has whole removed rows/columns skip the
     multiplications by those zeros (:class:`_SkipZeroSlices`): exact for any input, about the pruned
@@ -55,28 +75,37 @@ def _masked_outputs(
             name = graph.trace.nodes[st.node].name
             substitute[st.node] = (name, _kept_stat(name, st.dim, torch.from_numpy(keep)))
     tensors: dict[int, torch.Tensor] = {}
-    keep_masks: dict[int, torch.Tensor] = {}
     keep_dims: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # id -> dim -> bool keep
     fqns: dict[int, str] = {}
     for e in plan.entries:
         mod, _, attr = e.fqn.rpartition(".")
         t = getattr(modules[mod], attr)
         keep_np = np.zeros(e.size, dtype=bool)
-        keep_np[np.asarray(e.kept, dtype=np.int64)] = True
-        shape = [1] * t.dim()
-        shape[e.dim] = e.size
-        km = torch.from_numpy(keep_np).view(shape)
-        prev = keep_masks.get(id(t))
-        keep_masks[id(t)] = (km if prev is None else prev & km).to(t.device)
+        keep_np[e.kept_array()] = True
         prev_np = keep_dims[id(t)].get(e.dim)
         keep_dims[id(t)][e.dim] = keep_np if prev_np is None else prev_np & keep_np
         tensors[id(t)] = t
         fqns[id(t)] = e.fqn
     # with substitutes the forward is a trace replay matched by node index: swap everything up front
     owners = {} if substitute else _own_module_uses(graph.trace, {k: fqns[k] for k in tensors})
+    fast = CompactForward(model, graph.trace, keep_dims, owners) if compact and not substitute else None
+    if fast is not None:
+        for key in fast.handled:  # masked by the compact forwards themselves
+            del tensors[key], keep_dims[key]
+    keep_masks: dict[int, torch.Tensor] = {}
+    for key, dims in keep_dims.items():
+        t = tensors[key]
+        km: torch.Tensor | None = None
+        for d, keep_np in dims.items():
+            shape = [1] * t.dim()
+            shape[d] = len(keep_np)
+            m = torch.from_numpy(keep_np).view(shape)
+            km = m if km is None else km & m
+        assert km is not None
+        keep_masks[key] = km.to(t.device)
     lazy: dict[str, list[int]] = defaultdict(list)
     for key, owner in owners.items():
-        if owner is not None and owner in modules:
+        if key in tensors and owner is not None and owner in modules:
             lazy[owner].append(key)
     skip = _SkipZeroSlices(tensors, keep_dims, keep_masks)
     if not substitute:
@@ -122,8 +151,15 @@ def _masked_outputs(
         if substitute:
             return record(model, example_inputs, substitute).outputs
         args, kwargs = as_args(example_inputs)
-        with skip:
-            return _run(lambda: model(*args, **kwargs), model)
+        with contextlib.ExitStack() as stack:
+            if skip.kept:  # a mode costs every torch call of the forward: only when it has work
+                stack.enter_context(skip)
+            if fast is not None:
+                stack.enter_context(fast)
+            outs = _run(lambda: model(*args, **kwargs), model)
+            if fast is not None:
+                fast.check_outputs(outs)
+            return outs
     finally:
         for h in handles:
             h.remove()
@@ -309,14 +345,8 @@ def _kept_stat(name: str, dim: int, keep: torch.Tensor) -> Any:
 
 
 def _run(fn: Callable[[], Any], model: nn.Module) -> list[torch.Tensor]:
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = fn()
-    finally:
-        for m, t in modes.items():
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        out = fn()
     outs: list[torch.Tensor] = []
     flatten_tensors(out, outs)
     return outs

@@ -64,6 +64,9 @@ def reduce_members(
 
 
 def _scatter(m: Member, vals: torch.Tensor, n_units: int) -> torch.Tensor:
+    u = m.units
+    if len(u) == n_units and (n_units == 0 or (u[0] == 0 and bool(np.all(u[1:] > u[:-1])))):
+        return vals  # index i is unit i (strictly increasing from 0, n_units of them): the scatter is a copy
     units = torch.from_numpy(m.units)
     sel = units >= 0
     return torch.zeros(n_units, dtype=torch.float64).index_add_(0, units[sel], vals[sel])

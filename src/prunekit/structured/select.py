@@ -199,8 +199,8 @@ def _make_plan(
     for (name, dim), hit in sorted(rm.items()):
         if not hit.any():
             continue
-        kept = tuple(np.flatnonzero(~hit).tolist())
-        entries.append(PlanEntry(fqn=name, dim=dim, size=sizes[(name, dim)], kept=kept))
+        kept = np.flatnonzero(~hit)
+        entries.append(PlanEntry.from_kept_array(name, dim, sizes[(name, dim)], kept))
         if name not in new_shape:
             mod, _, attr = name.rpartition(".")
             new_shape[name] = list(getattr(modules[mod], attr).shape)

@@ -46,6 +46,22 @@ class PlanEntry:
     def to_dict(self) -> dict[str, Any]:
         return {"fqn": self.fqn, "dim": self.dim, "size": self.size, "kept": list(self.kept)}
 
+    def kept_array(self) -> np.ndarray:
+        """``kept`` as an int64 array, made once per entry and shared by validate / apply / check (do not write)."""
+        arr: np.ndarray | None = self.__dict__.get("_kept_array")
+        if arr is None:
+            arr = np.asarray(self.kept, dtype=np.int64)
+            object.__setattr__(self, "_kept_array", arr)
+        return arr
+
+    @classmethod
+    def from_kept_array(cls, fqn: str, dim: int, size: int, kept: np.ndarray) -> PlanEntry:
+        """An entry whose ``kept_array`` is (a copy of) ``kept``."""
+        arr = np.array(kept, dtype=np.int64)
+        e = cls(fqn=fqn, dim=dim, size=size, kept=tuple(arr.tolist()))
+        object.__setattr__(e, "_kept_array", arr)
+        return e
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AttrUpdate:
@@ -182,7 +198,7 @@ def validate(model: nn.Module, plan: Plan) -> None:
             raise PlanError(
                 f"plan removes all {e.size} indices of '{e.fqn}' dim {e.dim}; at least one must be kept"
             )
-        kept = np.asarray(e.kept)
+        kept = e.kept_array()
         if kept[0] < 0 or kept[-1] >= e.size or (len(kept) > 1 and not bool(np.all(np.diff(kept) > 0))):
             raise PlanError(
                 f"plan's kept indices for '{e.fqn}' dim {e.dim} must be sorted, unique and in [0, {e.size})"
@@ -275,7 +291,7 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
                 t = tensors[key]
                 new = t.data
                 for e in entries:
-                    idx = torch.from_numpy(np.asarray(e.kept, dtype=np.int64)).to(new.device)
+                    idx = torch.from_numpy(e.kept_array()).to(new.device)
                     new = new.index_select(e.dim, idx)
                 old_grad = t.grad if t.requires_grad else None
                 snap.tensors.append((t, t.data, old_grad))
