@@ -40,7 +40,7 @@ from zoo import ZOO
 
 pytestmark = pytest.mark.filterwarnings("ignore::prunekit.errors.LayerPrunedAwayWarning")
 
-KERNELS = ["dense", "csr", "compact+dense", "compact+csr"]
+KERNELS = ["dense", "csr", "taps", "compact+dense", "compact+csr", "compact+taps"]
 CNNS = ["resnet_basic", "resnet_bottleneck", "mobilenet_v2", "densenet", "inception", "unet", "efficientnet",
         "conv_classifier", "inplace", "grouped_conv", "shufflenet"]  # fmt: skip
 
@@ -83,6 +83,11 @@ def test_every_conv_kernel_equals_the_masked_conv(kernel: str, size: object, str
     g = torch.Generator().manual_seed(hash((str(size), str(padding), batch)) % 2**31)
     conv = nn.Conv2d(6, 10, size, stride, padding, dilation, bias=bias).double()  # type: ignore[arg-type]
     mask = channel_mask(tuple(conv.weight.shape), g)
+    if kernel.endswith("taps") and conv.stride != (1, 1):
+        with pytest.raises(pk.ConfigError, match="stride 1"):
+            SparseConv2d.from_conv(conv, mask, kernel)
+        assert "taps" not in conv_candidate_kernels(mask, conv.stride)  # type: ignore[arg-type]
+        return
     layer = SparseConv2d.from_conv(conv, mask, kernel)
     x = torch.randn(batch, 6, 13, 11, generator=g, dtype=torch.double)
     with torch.no_grad():
@@ -110,6 +115,8 @@ def test_conv_kernels_equal_the_masked_conv_on_random_geometries(cin: int, cout:
     g = torch.Generator().manual_seed(seed)
     conv = nn.Conv2d(cin, cout, k, stride, pad, dil, bias=bias)
     mask = torch.rand(conv.weight.shape, generator=g) < keep
+    if kernel.endswith("taps") and stride != 1:
+        kernel = kernel.replace("taps", "csr")
     layer = SparseConv2d.from_conv(conv, mask, kernel)
     x = torch.randn(batch, cin, hw, hw + 1, generator=g)
     with torch.no_grad():
@@ -122,7 +129,9 @@ def test_conv_candidates() -> None:
     assert conv_candidate_kernels(full) == ["dense"]
     sparse = torch.rand(8, 4, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5
     sparse[0, 0] = True
-    assert "csr" in conv_candidate_kernels(sparse)
+    assert conv_candidate_kernels(sparse) == ["dense", "csr", "taps"]
+    assert conv_candidate_kernels(sparse, (2, 2)) == ["dense", "csr"]  # taps: stride 1 only
+    assert "taps" not in conv_candidate_kernels(sparse[:, :, :1, :1])  # 1x1: csr reads the input as it is
     assert conv_candidate_kernels(channel_mask((8, 4, 3, 3), torch.Generator().manual_seed(1))) == KERNELS
 
 
@@ -136,18 +145,21 @@ def prune_cnn(model: nn.Module, how: str) -> None:
                 set_mask(m, "weight", channel_mask(tuple(m.weight.shape), g, keep=0.7))
 
 
-@pytest.mark.parametrize("how", ["unstructured", "channels"])
+@pytest.mark.parametrize(("how", "kernel"), [("unstructured", "csr"), ("unstructured", "taps"),
+                                             ("channels", "compact+taps")])  # fmt: skip
 @pytest.mark.parametrize("name", CNNS)
-def test_accelerate_matches_masked_model_on_zoo_cnns(name: str, how: str) -> None:
+def test_accelerate_matches_masked_model_on_zoo_cnns(name: str, how: str, kernel: str) -> None:
     model, inputs = ZOO[name]()
     prune_cnn(model, how)
     want = outputs(model, inputs)
     eligible = {n for n, _ in conv_layers(model)[0]}
-    result = accelerate(model, inputs, timer=prefer("compact+csr" if how == "channels" else "csr"))
+    tap_convs = {n for n, m in conv_layers(model)[0] if m.stride == (1, 1) and m.kernel_size != (1, 1)}
+    result = accelerate(model, inputs, timer=prefer(kernel))  # where it is no candidate: csr
     convs = {c.name: c for c in result.layers if c.kind == "conv2d"}
     assert convs and set(convs) <= eligible
     pruned = [c for c in convs.values() if c.sparsity > 0]
     assert pruned and all(c.kernel != "dense" for c in pruned)
+    assert all(c.kernel == "taps" for c in pruned if kernel == "taps" and c.name in tap_convs)
     assert sum(isinstance(m, SparseConv2d) for m in model.modules()) == len([c for c in pruned])
     assert_same(outputs(model, inputs), want)
     for c in convs.values():

@@ -21,12 +21,14 @@ from torch import nn
 from prunekit.core import get_mask
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.kernels import (
+    ConvGeometry,
     LayerChoice,
     SparseConv2d,
     SparseLinear,
     candidate_kernels,
     conv_candidate_kernels,
     interleaved_ms,
+    parse_conv_kernel,
     parse_kernel,
 )
 
@@ -79,7 +81,10 @@ class AccelerateConfig:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be None or a positive int, got {self.threads!r}")
         for k in self.kernels or ():
-            parse_kernel(k)
+            try:
+                parse_conv_kernel(k)
+            except ConfigError:
+                parse_kernel(k)  # neither a conv nor a linear kernel: raises
         if self.screen is not None and not (isinstance(self.screen, (int, float)) and self.screen >= 1.0):
             raise ConfigError(f"screen must be None or a time ratio >= 1.0 (e.g. 1.5), got {self.screen!r}")
         if self.rtol < 0 or self.atol < 0:
@@ -263,7 +268,9 @@ def choose_conv(name: str, module: nn.Conv2d, in_shape: tuple[int, ...], cfg: Ac
     if mask.numel() < cfg.min_weights and timer is None:
         return made("dense", f"fewer than {cfg.min_weights} weights"), None
     names = [
-        k for k in conv_candidate_kernels(mask) if cfg.kernels is None or k in cfg.kernels or k == "dense"
+        k
+        for k in conv_candidate_kernels(mask, ConvGeometry.of(module).stride)
+        if cfg.kernels is None or k in cfg.kernels or k == "dense"
     ]
     modules = {k: SparseConv2d.from_conv(module, mask, k) for k in names if k != "dense"}
     fns: dict[str, Callable[[], object]] = {"dense": lambda: dense(x)}

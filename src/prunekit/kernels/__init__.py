@@ -19,6 +19,7 @@ from prunekit.kernels.conv import (
     ConvGeometry,
     SparseConv2d,
     conv_candidate_kernels,
+    parse_conv_kernel,
 )
 from prunekit.kernels.kernels import (
     InferenceOnlyError,
@@ -65,6 +66,7 @@ __all__ = [
     "LayerChoice",
     "measure_table",
     "num_threads",
+    "parse_conv_kernel",
     "parse_kernel",
     "save_table",
     "SparseConv2d",
