@@ -21,7 +21,6 @@ from torch import nn
 from prunekit.core import get_mask
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.kernels import (
-    ConvGeometry,
     LayerChoice,
     SparseConv2d,
     SparseLinear,
@@ -268,9 +267,7 @@ def choose_conv(name: str, module: nn.Conv2d, in_shape: tuple[int, ...], cfg: Ac
     if mask.numel() < cfg.min_weights and timer is None:
         return made("dense", f"fewer than {cfg.min_weights} weights"), None
     names = [
-        k
-        for k in conv_candidate_kernels(mask, ConvGeometry.of(module).stride)
-        if cfg.kernels is None or k in cfg.kernels or k == "dense"
+        k for k in conv_candidate_kernels(mask) if cfg.kernels is None or k in cfg.kernels or k == "dense"
     ]
     modules = {k: SparseConv2d.from_conv(module, mask, k) for k in names if k != "dense"}
     fns: dict[str, Callable[[], object]] = {"dense": lambda: dense(x)}

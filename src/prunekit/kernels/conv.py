@@ -9,11 +9,14 @@ A conv is a matmul of its weight seen as a ``(out, in * kh * kw)`` matrix with t
                                                   (no copy);           bias fused)         channel is
                                                   otherwise F.unfold                       pruned)
 
-``"taps"`` (stride 1 only) needs no patches: one CSR matrix ``W[:, :, dy, dx]`` per kernel tap, each
+``"taps"`` needs no patches: one CSR matrix ``W[:, :, dy, dx]`` per kernel tap, each
 multiplied with a shifted view of the zero-padded input flattened to ``(in, H_pad * W_pad)``; the sum
-is the output on the padded width, whose last ``W_pad - W_out`` columns are dropped::
+is the output on the padded width, whose last ``W_pad - W_out`` columns are dropped (stride 1)::
 
     y[:, i * W_pad + j] = sum over taps (dy, dx) of  W[:, :, dy, dx] @ x_pad[:, (i + d*dy) * W_pad + j + d*dx]
+
+With stride ``s`` the padded input is first split into its ``s x s`` phases (one copy of the input;
+im2col copies ``kh * kw / s**2`` times it) and each tap reads one phase, shifted.
 
 F.unfold's copy is ``kh * kw`` times the input; on a 3x3 conv at 56x56 it took as long as the CSR
 matmul itself, so ``taps`` is what makes 3x3 convs faster (at 95%, 1 thread: 1.4-2.9x vs dense where
@@ -31,6 +34,7 @@ Only plain ``nn.Conv2d`` with ``groups=1`` and ``padding_mode="zeros"`` (any str
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,14 +69,14 @@ def channel_structure(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, cols
 
 
-def conv_candidate_kernels(mask: torch.Tensor, stride: Pair = (1, 1)) -> list[str]:
-    """Conv kernels worth timing for a 4-D mask (``taps`` for stride-1 convs larger than 1x1; compaction only
-    where whole zero channels remove >= 5%)."""
+def conv_candidate_kernels(mask: torch.Tensor) -> list[str]:
+    """Conv kernels worth timing for a 4-D mask (``taps`` for kernels larger than 1x1; compaction only where
+    whole zero channels remove >= 5%)."""
     if int(mask.sum()) == mask.numel():
         return ["dense"]
     rows, cols = channel_structure(mask)
     names = ["dense", "csr"]
-    if stride == (1, 1) and tuple(mask.shape[2:]) != (1, 1):
+    if tuple(mask.shape[2:]) != (1, 1):  # a 1x1 conv reads its input as it is (or strided: a quarter of it)
         names.append("taps")
     if rows.numel() * cols.numel() <= 0.95 * mask.shape[0] * mask.shape[1]:
         names += [COMPACT + k for k in names]
@@ -114,7 +118,7 @@ class SparseConv2d(nn.Module):
         weight: the dense ``(out, in, kh, kw)`` weight (pruned entries may hold anything; they are masked).
         bias: the bias or ``None``.
         mask: bool, the weight's shape, ``True`` where a weight is kept.
-        kernel: ``"dense"``, ``"csr"``, ``"taps"`` (stride 1), optionally prefixed ``"compact+"``.
+        kernel: ``"dense"``, ``"csr"``, ``"taps"``, optionally prefixed ``"compact+"``.
         geometry: stride, padding and dilation (:meth:`ConvGeometry.of` a conv).
 
     Example:
@@ -141,8 +145,6 @@ class SparseConv2d(nn.Module):
         if tuple(mask.shape) != tuple(weight.shape) or weight.dim() != 4:
             raise ConfigError(f"SparseConv2d needs a 4-D weight and a mask of its shape, got {tuple(weight.shape)} "
                               f"and {tuple(mask.shape)}")  # fmt: skip
-        if inner == "taps" and geometry.stride != (1, 1):
-            raise ConfigError(f"conv kernel {kernel!r} needs stride 1, the conv has stride {geometry.stride}")
         self.kernel, self.inner, self.geometry = kernel, inner, geometry
         self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
         self.kernel_size = (int(weight.shape[2]), int(weight.shape[3]))
@@ -169,7 +171,8 @@ class SparseConv2d(nn.Module):
         masked = torch.where(mask, weight, weight.new_zeros(()))
         if inner != "dense":  # "taps": columns ordered (dy, dx, in), so tap t is the column range t * in...
             order = (0, 2, 3, 1) if inner == "taps" else (0, 1, 2, 3)
-            flat_w, flat_m = (t.permute(order).reshape(t.shape[0], -1) for t in (masked, mask))
+            flat = (self.sub_shape[0], math.prod(self.sub_shape[1:]))  # explicit: the matrix may be empty
+            flat_w, flat_m = (t.permute(order).reshape(flat) for t in (masked, mask))
             crow, col, values = csr_parts(flat_w, flat_m)
             self.register_buffer("crow", crow)
             self.register_buffer("col", col)
@@ -220,16 +223,27 @@ class SparseConv2d(nn.Module):
         return self._taps
 
     def _run_taps(self, x: torch.Tensor) -> torch.Tensor:
-        """The ``"taps"`` kernel (see module docstring) on ``x`` (N, in, H, W)."""
-        (kh, kw), (dh, dw) = self.kernel_size, self.geometry.dilation
+        """The ``"taps"`` kernel (see module docstring) on ``x`` (N, in, H, W).
+
+        Stride ``s > 1``: the padded input is split once into its ``s x s`` phases (``x_pad[a::s, b::s]``, one
+        copy of the input in all); tap ``(dy, dx)`` then reads phase ``(d*dy % s, d*dx % s)`` shifted by
+        ``(d*dy // s, d*dx // s)``, a stride-1 problem on the phase grid.
+        """
+        (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.geometry.dilation, self.geometry.stride
         left, right, top, bottom = self.pre_pad or (self.unfold_padding[1], self.unfold_padding[1],
                                                    self.unfold_padding[0], self.unfold_padding[0])  # fmt: skip
         n, c, h, w = x.shape
         hp, wp = h + top + bottom, w + left + right
-        h_out, w_out = hp - dh * (kh - 1), wp - dw * (kw - 1)
-        extra = -(-dw * (kw - 1) // wp) if wp else 0  # zero rows below: the last tap's view runs past the end
-        xp = F.pad(x, (left, right, top, bottom + extra)).view(n, c, -1)
-        span = h_out * wp
+        h_out, w_out = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        wq = -(-wp // sw)  # phase grid width
+        oy, ox = dh * (kh - 1) // sh, dw * (kw - 1) // sw  # the largest tap offsets on the phase grid
+        # rows of the phase grid: the last tap's view of the last output row runs ox columns past it
+        hq = max(-(-hp // sh), oy + h_out + -(-ox // wq))
+        xp = F.pad(x, (left, right + wq * sw - wp, top, bottom + hq * sh - hp))
+        if (sh, sw) != (1, 1):  # (N, sh, sw, in, hq * wq): every phase contiguous
+            xp = xp.view(n, c, hq, sh, wq, sw).permute(0, 3, 5, 1, 2, 4).contiguous()
+        phases = xp.view(n, sh, sw, c, hq * wq)
+        span = h_out * wq
         rows = self.sub_shape[0]
         bias = self.bias.reshape(-1, 1) if self.bias is not None and self.row_index is None else None
         taps = self._tap_matrices()
@@ -238,10 +252,11 @@ class SparseConv2d(nn.Module):
         for i in range(n):
             acc = x.new_zeros(rows, span) if bias is None else bias.expand(rows, span).clone()
             for t, csr in taps:
-                off = (t // kw) * dh * wp + (t % kw) * dw
-                seg = xp[i, :, off : off + span]  # a view: row stride H_pad * W_pad, columns contiguous
+                ry, rx = (t // kw) * dh, (t % kw) * dw
+                off = (ry // sh) * wq + rx // sw
+                seg = phases[i, ry % sh, rx % sw, :, off : off + span]  # a view, columns contiguous
                 acc = torch.addmm(acc, csr, seg) if grad else acc.addmm_(csr, seg)
-            outs.append(acc.view(rows, h_out, wp)[:, :, :w_out])
+            outs.append(acc.view(rows, h_out, wq)[:, :, :w_out])
         return outs[0].unsqueeze(0).contiguous() if n == 1 else torch.stack(outs)
 
     def _patches(self, x: torch.Tensor) -> tuple[torch.Tensor, Pair]:
