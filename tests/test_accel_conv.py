@@ -91,6 +91,8 @@ def test_every_conv_kernel_equals_the_masked_conv(kernel: str, size: object, str
         assert got.shape == want.shape and got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(layer(x[0]), want[0], rtol=1e-10, atol=1e-10)  # unbatched (C, H, W) input
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(layer(channels_last), want, rtol=1e-10, atol=1e-10)
     # eval with grad enabled (no torch.no_grad()), the input requiring grad: same values, gradient flows to x
     got = layer(x.clone().requires_grad_())
     torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-10)

@@ -46,7 +46,8 @@ class AccelerateConfig:
             must not make a layer slower).
         rounds: alternating timing rounds per layer.
         threads: intra-op threads to measure (and run) with; ``None`` = ``torch.get_num_threads()``.
-        kernels: restrict the candidates to these names (``None`` = all that fit the mask).
+        kernels: restrict the candidates to these names (``None`` = all that fit the mask), Linear and
+            conv names alike (e.g. ``("csr", "taps")``; a layer keeps only the names it has).
         min_weights: layers with fewer weights stay dense without timing (overhead dominates).
         rtol: relative tolerance of the output checks.
         atol: absolute tolerance of the output checks, relative to the output's largest magnitude.

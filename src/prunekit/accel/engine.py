@@ -13,8 +13,8 @@
 
 Layers that are not plain ``nn.Linear`` / ``nn.Conv2d`` (subclasses, ``MultiheadAttention``'s projection,
 tied weights, grouped or non-zero-padded convs) are left alone and listed in ``skipped``. Convs run
-:class:`~prunekit.kernels.SparseConv2d` (dense / CSR on the im2col patches / compact), always with
-contiguous outputs.
+:class:`~prunekit.kernels.SparseConv2d` (dense / CSR on the im2col patches / CSR per kernel tap /
+compact), always with contiguous outputs.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ def effective_macs(model: nn.Module, example_inputs: Any) -> int:
     for name, m in sparse_layers(model):
         rows = m.out_features if isinstance(m, SparseLinear) else m.out_channels
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor, name: str = name, rows: int = rows) -> None:  # fmt: skip
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor, name: str = name,
+                 rows: int = rows) -> None:  # fmt: skip
             # tokens (Linear) or output positions (a conv's (N, out, H, W) or (out, H, W)): numel / out
             tokens[name] = tokens.get(name, 0) + out.numel() // rows
 
