@@ -10,13 +10,17 @@ Parts (each prints a table; all ratios are dense / variant, timed in alternating
 2. ``cnn``: the demo CNN (``prunekit.demo.DigitsCNN``) and a ResNet-50-like model (224 px) at 50%
    channels (``pk.prune_channels``): eager, channels-last, ``torch.compile`` and onnxruntime, each form
    dense vs pruned, and speedup / ideal MAC ratio (efficiency).
+3. ``cnn-sparse``: the ResNet-50-like model (224 px, batch 1) at 90% and 95% unstructured sparsity
+   (``pk.prune_weights``, layer scope, every conv and the Linear): dense vs ``pk.accelerate``'d
+   (``SparseConv2d`` / ``SparseLinear``), the kernels chosen, the slowest switched layer, and the largest
+   output difference to the masked model.
 
 Command (numbers in README.md, "From pruned to fast" > "Measured")::
 
     python benchmarks/speed.py --threads 1 --rounds 10
 
 ``--quick`` (2 BERT layers, fewer rounds, no compile) is a smoke test. ``--parts bert`` or ``cnn``
-runs one part. The kernel table is cached in ``$PRUNEKIT_CACHE_DIR`` (default here:
+runs one part (``cnn-sparse`` is not in the default parts: ``--parts cnn-sparse``). The kernel table is cached in ``$PRUNEKIT_CACHE_DIR`` (default here:
 /tmp/prunekit-cache, so a benchmark run leaves no file in your home directory).
 """
 
@@ -218,6 +222,55 @@ def run_cnns(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def run_cnn_sparse(args: argparse.Namespace) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    dense = randomize_bn(ResNet50())
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    results: list[dict[str, Any]] = []
+    for s in (0.9, 0.95):
+        model = copy.deepcopy(dense)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pk.prune_weights(model, s, scope="layer")  # every Conv2d and the Linear
+        with torch.no_grad():
+            ref = model(x)  # the masked model: what accelerate must compute
+        t0 = time.perf_counter()
+        res = accelerate(model, (x,), config=AccelerateConfig(rounds=args.rounds, measure_model=False))
+        acc_s = time.perf_counter() - t0
+        with torch.no_grad():
+            err = float((model(x) - ref).abs().max())
+        ms = interleaved_ms({"dense": lambda: dense(x), "accelerated": lambda m=model: m(x)},
+                            rounds=args.rounds, warmup=2, target_s=0.0)  # fmt: skip
+        convs = [c for c in res.layers if c.kind == "conv2d"]
+
+        def kind(c: Any) -> str:
+            return "1x1" if c.weight_shape[2:] == (1, 1) else f"{c.weight_shape[2]}x{c.weight_shape[3]}"
+
+        by_kind = {k: [c for c in convs if kind(c) == k] for k in sorted({kind(c) for c in convs})}
+        row = {"sparsity": s, "dense_ms": ms["dense"], "accelerated_ms": ms["accelerated"],
+               "speedup": ms["dense"] / ms["accelerated"], "replaced": len(res.replaced), "layers": len(res.layers),
+               "convs_replaced": {k: f"{sum(c.kernel != 'dense' for c in v)}/{len(v)}" for k, v in by_kind.items()},
+               "kernels": {k: sum(c.kernel == k for c in res.layers) for k in sorted({c.kernel for c in res.layers})},
+               "min_layer_speedup": min((c.speedup for c in res.replaced), default=1.0),
+               "max_layer_speedup": max((c.speedup for c in res.replaced), default=1.0),
+               "accelerate_s": acc_s, "max_abs_error": err, "max_abs_output": float(ref.abs().max()),
+               "layer_choices": [{"name": c.name, "weight_shape": list(c.weight_shape or c.shape), "kernel": c.kernel,
+                                  "speedup": c.timings_ms["dense"] / min(c.timings_ms.values()) if c.timings_ms else 1.0,
+                                  "input_shape": list(c.input_shape)} for c in res.layers]}  # fmt: skip
+        results.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "layer_choices"}), flush=True)
+        del model
+    rows = [[f"{r['sparsity']:.0%}", f"{r['dense_ms']:.1f}", f"{r['accelerated_ms']:.1f}", f"{r['speedup']:.2f}x",
+             f"{r['replaced']}/{r['layers']}", " ".join(f"{k} {v}" for k, v in r["convs_replaced"].items()),
+             ", ".join(f"{k} {v}" for k, v in r["kernels"].items()),
+             f"{r['min_layer_speedup']:.2f}-{r['max_layer_speedup']:.2f}x", f"{r['max_abs_error']:.1e}",
+             f"{r['accelerate_s']:.1f}"] for r in results]  # fmt: skip
+    table(f"ResNet-50-like, 224 px, batch 1, {args.threads} thread(s), unstructured (layer scope): dense vs "
+          "pk.accelerate", ["sparsity", "dense ms", "accel ms", "speedup", "sparse layers", "convs switched",
+                            "kernels", "switched layers", "max |diff|", "accelerate s"], rows)  # fmt: skip
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--threads", type=int, default=1)
@@ -238,6 +291,8 @@ def main() -> None:
         out["bert"] = run_bert(args)
     if "cnn" in parts:
         out["cnn"] = run_cnns(args)
+    if "cnn-sparse" in parts:
+        out["cnn_sparse"] = run_cnn_sparse(args)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"\nwrote {args.out}")
 

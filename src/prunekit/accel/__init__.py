@@ -1,6 +1,6 @@
 """Acceleration: run pruned models fast where the hardware allows, and say so where it does not.
 
-accelerate(model, example_inputs)      measured per-layer kernel (dense / CSR / BSR / compact)
+accelerate(model, example_inputs)      measured per-layer kernel (dense / CSR / BSR / compact), Linear and Conv2d
 save / load                            the masked model + the plan as data, re-measured elsewhere
 kernel_table() / speedup_estimate()    a measured table per machine; latency of a pruning option
 warn_if_no_speedup / SpeedupWarning    advice when the pruning asked for cannot be faster here
@@ -33,6 +33,7 @@ from prunekit.kernels import (
     InferenceOnlyError,
     KernelTable,
     LayerChoice,
+    SparseConv2d,
     SparseLinear,
     SpeedupAdvice,
     SpeedupWarning,
@@ -70,6 +71,7 @@ __all__ = [
     "PruneQuantizeConfig",
     "read_plan",
     "save",
+    "SparseConv2d",
     "SparseLinear",
     "speedup_estimate",
     "SpeedupAdvice",

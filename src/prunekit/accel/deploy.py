@@ -38,7 +38,7 @@ CONFIG_VERSION = 1
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
-    """A deepcopy with SparseLinear layers put back and masks baked in (exportable), in eval mode."""
+    """A deepcopy with SparseLinear / SparseConv2d layers put back and masks baked in (exportable), in eval mode."""
     from prunekit.core import make_permanent
 
     clone = copy.deepcopy(model)

@@ -2,113 +2,54 @@
 
 ::
 
-    masked model ──► one forward on example_inputs (hooks record each Linear's input shape,
-                     the outputs are the reference)
-                 ──► per Linear: time dense vs every candidate kernel on that shape, alternating
+    masked model ──► one forward on example_inputs (hooks record each Linear's and Conv2d's input
+                     shape, the outputs are the reference)
+                 ──► per layer: time dense vs every candidate kernel on that shape, alternating
                      rounds, this thread count; keep the winner only if it beats dense by `margin`
-                 ──► check each replaced layer against F.linear(x, W * mask, b) on random inputs
+                 ──► check each replaced layer against F.linear / F.conv2d(x, W * mask, b) on random inputs
                  ──► one forward with hooks: layers feeding another sparse layer (through GELU,
                      Dropout, ...) return transposed views (the next one reads x.T without a copy)
                  ──► check the whole model against the reference outputs; roll back on mismatch
 
-Layers that are not plain ``nn.Linear`` (subclasses, ``MultiheadAttention``'s projection, tied
-weights) are left alone and listed in ``skipped``.
+Layers that are not plain ``nn.Linear`` / ``nn.Conv2d`` (subclasses, ``MultiheadAttention``'s projection,
+tied weights, grouped or non-zero-padded convs) are left alone and listed in ``skipped``. Convs run
+:class:`~prunekit.kernels.SparseConv2d` (dense / CSR on the im2col patches / CSR per kernel tap /
+compact), always with contiguous outputs.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prunekit.core import get_mask, hardware_info
-from prunekit.errors import ConfigError, PrunekitError
+from prunekit.accel.choice import (
+    AccelerateConfig,
+    AccelerationError,
+    LayerCase,
+    Timer,
+    choose_layer,
+    close,
+    conv_layers,
+    linear_layers,
+    linear_mask,
+    plan_kernel,
+)
+from prunekit.core import hardware_info
+from prunekit.errors import ConfigError
 from prunekit.kernels import (
     AccelerationResult,
     LayerChoice,
+    SparseConv2d,
     SparseLinear,
     attach_plan,
-    candidate_kernels,
     fingerprint,
     interleaved_ms,
     num_threads,
-    parse_kernel,
 )
-
-
-class AccelerationError(PrunekitError, RuntimeError):
-    """The accelerated model does not compute what the masked model computes (it was rolled back)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class AccelerateConfig:
-    """How :func:`accelerate` chooses kernels.
-
-    Attributes:
-        target: only ``"cpu"`` for now.
-        margin: a kernel replaces dense only if ``dense_ms / kernel_ms >= margin`` (timing noise
-            must not make a layer slower).
-        rounds: alternating timing rounds per layer.
-        threads: intra-op threads to measure (and run) with; ``None`` = ``torch.get_num_threads()``.
-        kernels: restrict the candidates to these names (``None`` = all that fit the mask).
-        min_weights: layers with fewer weights stay dense without timing (overhead dominates).
-        rtol: relative tolerance of the output checks.
-        atol: absolute tolerance of the output checks, relative to the output's largest magnitude.
-        measure_model: also time the whole model before and after (alternating).
-        screen: after 3 rounds, kernels slower than ``screen`` x the fastest one stop being timed
-            (most of the search time goes to clear losers); ``None``: time all for every round.
-        transposed_outputs: let a sparse layer return its output as a transposed view where it
-            feeds another sparse layer (through GELU, Dropout, ...), saving two copies; see
-            :func:`view_feeders`. ``False``: every output contiguous.
-    """
-
-    target: Literal["cpu"] = "cpu"
-    margin: float = 1.1
-    rounds: int = 15
-    threads: int | None = None
-    kernels: tuple[str, ...] | None = None
-    min_weights: int = 4096
-    rtol: float = 1e-4
-    atol: float = 1e-5
-    measure_model: bool = True
-    screen: float | None = 1.5
-    transposed_outputs: bool = True
-
-    def __post_init__(self) -> None:
-        if self.target != "cpu":
-            raise ConfigError(f"target must be 'cpu' (the only measured target so far), got {self.target!r}")
-        if not isinstance(self.margin, (int, float)) or not self.margin >= 1.0:
-            raise ConfigError(f"margin must be a float >= 1.0 (e.g. 1.1 = 10% faster), got {self.margin!r}")
-        if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ConfigError(f"rounds must be a positive int, got {self.rounds!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be None or a positive int, got {self.threads!r}")
-        for k in self.kernels or ():
-            parse_kernel(k)
-        if self.screen is not None and not (isinstance(self.screen, (int, float)) and self.screen >= 1.0):
-            raise ConfigError(f"screen must be None or a time ratio >= 1.0 (e.g. 1.5), got {self.screen!r}")
-        if self.rtol < 0 or self.atol < 0:
-            raise ConfigError(f"rtol and atol must be >= 0, got {self.rtol}, {self.atol}")
-
-
-@dataclass(frozen=True)
-class LayerCase:
-    """What a timer is asked: time these kernels for this layer (``tokens`` rows of input)."""
-
-    name: str
-    shape: tuple[int, int]
-    tokens: int
-    sparsity: float
-    kernels: tuple[str, ...]
-
-
-Timer = Callable[[LayerCase, Mapping[str, Callable[[], object]]], Mapping[str, float]]
-"""``timer(case, fns) -> {kernel: ms}``; ``fns`` runs each kernel once (a stub may ignore it)."""
 
 
 def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -130,38 +71,7 @@ def output_tensors(y: Any) -> list[torch.Tensor]:
     return []
 
 
-def linear_mask(module: nn.Linear) -> torch.Tensor:
-    """The layer's prunekit mask, or (for baked models) ``weight != 0``."""
-    mask = get_mask(module, "weight")
-    return mask if mask is not None else module.weight.detach() != 0
-
-
-def linear_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
-    """Plain ``nn.Linear`` layers that can be replaced, and ``(name, reason)`` of those that cannot."""
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    ok: list[tuple[str, nn.Linear]] = []
-    skipped: list[tuple[str, str]] = []
-    parents = {name: m for name, m in model.named_modules()}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        parent = parents.get(name.rpartition(".")[0])
-        if isinstance(parent, nn.MultiheadAttention):
-            skipped.append((name, "MultiheadAttention reads this projection's weight directly"))
-        elif type(module) is not nn.Linear:
-            skipped.append((name, f"{type(module).__name__} is a Linear subclass (its forward may differ)"))
-        elif counts.get(id(module.weight), 0) > 1:
-            skipped.append((name, "weight is tied to another module"))
-        elif module.weight.dtype not in (torch.float32, torch.float64) or module.weight.device.type != "cpu":
-            skipped.append((name, f"{module.weight.dtype} on {module.weight.device}: only float CPU weights"))
-        else:
-            ok.append((name, module))
-    return ok, skipped
-
-
-def record_input_shapes(model: nn.Module, layers: list[tuple[str, nn.Linear]], example_inputs: Any
+def record_input_shapes(model: nn.Module, layers: list[tuple[str, nn.Module]], example_inputs: Any
                         ) -> tuple[dict[str, tuple[int, ...]], list[torch.Tensor]]:  # fmt: skip
     """One eval no-grad forward: each layer's first input shape, and the model's output tensors."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -186,18 +96,6 @@ def record_input_shapes(model: nn.Module, layers: list[tuple[str, nn.Linear]], e
     return shapes, [t.detach().clone() for t in output_tensors(out)]
 
 
-def close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float]:
-    """Outputs equal to float tolerance (``atol`` scaled by the reference's largest magnitude)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False, math.inf
-    if not torch.is_floating_point(b):
-        return bool(torch.equal(a, b)), 0.0 if torch.equal(a, b) else math.inf
-    err = float((a - b).abs().max()) if a.numel() else 0.0
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    ok = bool(torch.allclose(a, b, rtol=rtol, atol=atol * max(1.0, scale), equal_nan=True))
-    return ok, err
-
-
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``name`` in ``model``; return the module that was there."""
     parent_name, _, child = name.rpartition(".")
@@ -205,54 +103,6 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     old: nn.Module = getattr(parent, child)
     setattr(parent, child, new)
     return old
-
-
-def choose_layer(name: str, module: nn.Linear, in_shape: tuple[int, ...], cfg: AccelerateConfig,
-                 timer: Timer | None) -> tuple[LayerChoice, SparseLinear | None]:  # fmt: skip
-    """Time the candidates of one layer; return the choice and the module to install (``None``: dense)."""
-    mask = linear_mask(module)
-    out_f, in_f = module.out_features, module.in_features
-    tokens = math.prod(in_shape[:-1]) if len(in_shape) > 1 else 1
-    nnz = int(mask.sum())
-    sparsity = 1.0 - nnz / mask.numel() if mask.numel() else 0.0
-
-    def made(kernel: str, reason: str, timings: dict[str, float] | None = None) -> LayerChoice:
-        return LayerChoice(name=name, kernel=kernel, shape=(out_f, in_f), tokens=int(tokens), sparsity=sparsity,
-                           timings_ms=timings or {}, reason=reason)  # fmt: skip
-
-    if nnz == mask.numel():
-        return made("dense", "no pruned weights"), None
-    if mask.numel() < cfg.min_weights and timer is None:
-        return made("dense", f"fewer than {cfg.min_weights} weights"), None
-    names = [k for k in candidate_kernels(mask) if cfg.kernels is None or k in cfg.kernels or k == "dense"]
-    weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
-    masked = torch.where(mask, weight, weight.new_zeros(()))
-    modules = {k: SparseLinear(weight, bias, mask, kernel=k).eval() for k in names if k != "dense"}
-    x = torch.randn(int(tokens), in_f, dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
-    fns: dict[str, Callable[[], object]] = {"dense": lambda: F.linear(x, masked, bias)}
-    for k, m in modules.items():
-        fns[k] = lambda m=m: m(x)  # type: ignore[misc]
-    case = LayerCase(name, (out_f, in_f), int(tokens), sparsity, tuple(fns))
-    if timer is not None:
-        timings = {k: float(v) for k, v in timer(case, fns).items() if k in fns}
-    else:
-        timings = interleaved_ms(fns, rounds=cfg.rounds, screen=cfg.screen, keep=("dense",))
-    if "dense" not in timings:
-        raise ConfigError(
-            f"timer returned no 'dense' time for {name!r}; it must time every kernel in case.kernels"
-        )
-    best = min(timings, key=lambda k: timings[k])
-    gain = timings["dense"] / timings[best] if timings[best] > 0 else math.inf
-    if best == "dense" or gain < cfg.margin:
-        why = "dense is fastest" if best == "dense" else f"{best} only {gain:.2f}x (< margin {cfg.margin})"
-        return made("dense", why, timings), None
-    chosen = modules[best]
-    with torch.no_grad():
-        ref = F.linear(x, masked, bias)
-        ok, err = close(chosen(x), ref, cfg.rtol, cfg.atol)
-    if not ok:
-        return made("dense", f"{best} output differs by {err:.3g}; kept dense", timings), None  # fmt: skip
-    return made(best, f"{best} {gain:.2f}x faster", timings), chosen
 
 
 def view_feeders(model: nn.Module, example_inputs: Any, sparse: Mapping[str, SparseLinear]) -> set[str]:
@@ -327,14 +177,17 @@ def accelerate(
     config: AccelerateConfig | None = None,
     timer: Timer | None = None,
 ) -> AccelerationResult:
-    """Replace pruned ``nn.Linear`` layers by their fastest measured kernel, in place; return the choices.
+    """Replace pruned ``nn.Linear`` and ``nn.Conv2d`` layers by their fastest measured kernel, in place;
+    return the choices.
 
-    Each Linear layer is timed on its real input shape (recorded on ``example_inputs``), at this
+    Each Linear and Conv2d layer (groups 1, zero padding) is timed on its real input shape (recorded on ``example_inputs``), at this
     thread count, with dense and every sparse candidate (CSR, block-sparse where tiles are full,
     and both after removing whole zero rows/columns). A layer changes only if the winner beats
     dense by ``margin``; outputs are then checked against the masked model and everything is rolled
     back if they differ. The accelerated model is for inference and is left in ``eval()`` mode
-    (in train mode its :class:`SparseLinear` layers raise); use :func:`deaccelerate` to train again.
+    (in train mode its :class:`SparseLinear` / :class:`SparseConv2d` layers raise); use :func:`deaccelerate`
+    to train again. Conv kernels: dense, CSR on the im2col patches (a 1x1 stride-1 conv multiplies
+    the input as it is), both also after dropping whole zero channels.
 
     Args:
         model: a model pruned with prunekit masks (or with baked zeros); changed in place.
@@ -377,7 +230,11 @@ def accelerate(
 
 def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig, timer: Timer | None,
                    threads: int) -> AccelerationResult:  # fmt: skip
-    layers, skipped = linear_layers(model)
+    linears, skipped = linear_layers(model)
+    convs, conv_skipped = conv_layers(model)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    layers: list[tuple[str, nn.Module]] = sorted([*linears, *convs], key=lambda nm: order[nm[0]])
+    skipped = sorted([*skipped, *conv_skipped], key=lambda nr: order.get(nr[0], 0))
     shapes, reference = record_input_shapes(model, layers, example_inputs)
     choices: list[LayerChoice] = []
     swaps: dict[str, tuple[nn.Module, nn.Module]] = {}
@@ -385,6 +242,7 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
         if name not in shapes:
             skipped.append((name, "not called on example_inputs"))
             continue
+        assert isinstance(module, (nn.Linear, nn.Conv2d))
         choice, fast = choose_layer(name, module, shapes[name], cfg, timer)
         choices.append(choice)
         if fast is not None:
@@ -460,20 +318,7 @@ def apply_choices(
         except AttributeError as e:
             raise AccelerationError(f"plan names {choice.name!r}, which is not in {type(model).__name__}; "
                                     "re-run accelerate() on this model") from e  # fmt: skip
-        if type(module) is not nn.Linear or (module.out_features, module.in_features) != choice.shape:
-            raise AccelerationError(f"plan expects {choice.name!r} to be a Linear {choice.shape}, found "
-                                    f"{type(module).__name__}; re-run accelerate() on this model")  # fmt: skip
-        mask = linear_mask(module)
-        w, b = module.weight.detach(), None if module.bias is None else module.bias.detach()
-        fast = SparseLinear(w, b, mask, kernel=choice.kernel).eval()
-        fast.transposed_output = choice.transposed_output
-        x = torch.randn(min(choice.tokens, 64), module.in_features, dtype=w.dtype)
-        with torch.no_grad():
-            ok, err = close(fast(x), F.linear(x, torch.where(mask, w, w.new_zeros(())), b), rtol, atol)
-        if not ok:
-            raise AccelerationError(
-                f"kernel {choice.kernel!r} of {choice.name!r} differs by {err:.3g}; nothing changed"
-            )
+        fast = plan_kernel(choice, module, rtol, atol)
         staged[choice.name] = (module, fast)
     for name, (_, new) in staged.items():
         replace_module(model, name, new)
@@ -486,15 +331,28 @@ def sparse_linears(model: nn.Module) -> Iterator[tuple[str, SparseLinear]]:
             yield name, module
 
 
+def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseLinear | SparseConv2d]]:
+    """Every :class:`SparseLinear` and :class:`SparseConv2d` of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, (SparseLinear, SparseConv2d)):
+            yield name, module
+
+
+def masked_form(module: SparseLinear | SparseConv2d) -> nn.Module:
+    """The masked ``nn.Linear`` / ``nn.Conv2d`` an accelerated layer came from."""
+    return module.to_linear() if isinstance(module, SparseLinear) else module.to_conv()
+
+
 def deaccelerate(model: nn.Module) -> int:
-    """Put masked ``nn.Linear`` layers back in place of every :class:`SparseLinear`; return how many.
+    """Put masked ``nn.Linear`` / ``nn.Conv2d`` layers back in place of every :class:`SparseLinear` /
+    :class:`SparseConv2d`; return how many.
 
     The function, weights and masks are those the model had before :func:`accelerate`, so it
     trains (and saves with :func:`prunekit.save`) again.
     """
-    found = list(sparse_linears(model))
+    found = list(sparse_layers(model))
     for name, module in found:
-        replace_module(model, name, module.to_linear())
+        replace_module(model, name, masked_form(module))
     return len(found)
 
 
@@ -505,9 +363,14 @@ __all__ = [
     "Timer",
     "accelerate",
     "apply_choices",
+    "choose_layer",
+    "close",
+    "conv_layers",
     "deaccelerate",
     "linear_layers",
     "linear_mask",
+    "masked_form",
     "output_tensors",
+    "sparse_layers",
     "sparse_linears",
 ]

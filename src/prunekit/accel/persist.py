@@ -4,7 +4,7 @@ The file is an ordinary prunekit file (so :func:`prunekit.load` reads it as a ma
 more ``__metadata__`` key, ``"prunekit.accel"``: the JSON plan of :class:`AccelerationResult`.
 Kernels are not stored, only their names: they are rebuilt from the masked weights on load::
 
-    save: SparseLinear --to_linear()--> masked Linear --prunekit.save--> file + plan (metadata)
+    save: SparseLinear / SparseConv2d --masked_form()--> masked Linear / Conv2d --prunekit.save--> file + plan
     load: file --prunekit.load--> masked model --same fingerprint?--> install the plan's kernels
                                                --other machine/threads--> re-measure every layer
 
@@ -27,14 +27,16 @@ from prunekit.accel.engine import (
     AccelerationError,
     apply_choices,
     choose_layer,
+    masked_form,
     replace_module,
-    sparse_linears,
+    sparse_layers,
 )
 from prunekit.core import hardware_info
 from prunekit.errors import ConfigError
 from prunekit.kernels import (
     AccelerationResult,
     LayerChoice,
+    SparseLinear,
     attach_plan,
     attached_plan,
     fingerprint,
@@ -47,8 +49,8 @@ PLAN_KEY = "accel"  # the entry of the sealed header's "extra" table
 def save(model: nn.Module, path: str | os.PathLike[str], result: AccelerationResult | None = None) -> Path:
     """Write an accelerated model (masked weights + its plan) to a safetensors file; return the path.
 
-    The model is not changed: each :class:`SparseLinear` is swapped for its masked ``nn.Linear``
-    while :func:`prunekit.save` writes, then put back. The write is atomic.
+    The model is not changed: each :class:`SparseLinear` / :class:`SparseConv2d` is swapped for its masked
+    ``nn.Linear`` / ``nn.Conv2d`` while :func:`prunekit.save` writes, then put back. The write is atomic.
 
     Args:
         model: a model after :func:`prunekit.accel.engine` (or any prunekit model).
@@ -62,10 +64,10 @@ def save(model: nn.Module, path: str | os.PathLike[str], result: AccelerationRes
 
     path = Path(path)
     plan = result if result is not None else attached_plan(model)
-    swapped = [(name, m) for name, m in sparse_linears(model)]
+    swapped = list(sparse_layers(model))
     try:
         for name, m in swapped:
-            replace_module(model, name, m.to_linear())
+            replace_module(model, name, masked_form(m))
         return pk_save(model, path, extra={PLAN_KEY: plan.to_dict()} if plan is not None else None)
     finally:
         for name, m in swapped:
@@ -96,14 +98,23 @@ def remeasure(
         staged: dict[str, nn.Module] = {}
         for old in plan.layers:
             module = model.get_submodule(old.name)
-            if type(module) is not nn.Linear:
+            want = nn.Conv2d if old.kind == "conv2d" else nn.Linear
+            if type(module) is not want:
                 raise AccelerationError(f"plan names {old.name!r}, which is {type(module).__name__} here, "
-                                        "not nn.Linear; re-run accelerate() on this model")  # fmt: skip
-            choice, fast = choose_layer(old.name, module, (old.tokens, module.in_features), cfg, None)
+                                        f"not nn.{want.__name__}; re-run accelerate() on this model")  # fmt: skip
+            if isinstance(module, nn.Conv2d):
+                if tuple(module.weight.shape) != old.weight_shape:
+                    raise AccelerationError(f"plan expects {old.name!r} to be a Conv2d {old.weight_shape}, found "
+                                            f"{tuple(module.weight.shape)}; re-run accelerate() on this model")  # fmt: skip
+                choice, fast = choose_layer(old.name, module, old.input_shape, cfg, None)
+            else:
+                assert isinstance(module, nn.Linear)
+                choice, fast = choose_layer(old.name, module, (old.tokens, module.in_features), cfg, None)
             choice = replace(choice, transposed_output=old.transposed_output and fast is not None)
             choices.append(choice)
             if fast is not None:
-                fast.transposed_output = choice.transposed_output  # the layout accelerate found safe
+                if isinstance(fast, SparseLinear):
+                    fast.transposed_output = choice.transposed_output  # the layout accelerate found safe
                 staged[old.name] = fast
         for name, new in staged.items():
             replace_module(model, name, new)

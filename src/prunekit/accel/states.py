@@ -7,7 +7,8 @@ which ``prunekit.report`` can render as tables and a latency/size plot::
      "latency": {"1": {"median_ms": 12.1, "iqr_ms": 0.3}, "8": {...}}, "peak_memory_bytes": 2.4e6,
      "energy": {... EnergyEstimate.to_dict() ...}}
 
-A state is an ``nn.Module`` (possibly with :class:`~prunekit.accel.SparseLinear` layers) or an
+A state is an ``nn.Module`` (possibly with :class:`~prunekit.accel.SparseLinear` /
+:class:`~prunekit.accel.SparseConv2d` layers) or an
 :class:`~prunekit.accel.deploy.OnnxModel` (its file size is the ``.onnx`` file; peak memory is not
 measured inside onnxruntime and is ``None``). Latencies of all states are taken in alternating
 rounds, at batch 1 and at a larger batch (inputs repeated along dim 0).
@@ -28,8 +29,8 @@ from torch import nn
 
 from prunekit.accel.deploy import OnnxModel, export_onnx, plain_copy
 from prunekit.accel.energy import Precision, energy_estimate
-from prunekit.accel.engine import as_args, sparse_linears
-from prunekit.kernels import calls_per_burst, num_threads
+from prunekit.accel.engine import as_args, sparse_layers, sparse_linears
+from prunekit.kernels import SparseLinear, calls_per_burst, num_threads
 
 
 def _rows(x: Any, n: int) -> Any:
@@ -49,17 +50,21 @@ def batch_of(example_inputs: Any, n: int) -> tuple[Any, ...] | dict[str, Any]:
 
 
 def effective_macs(model: nn.Module, example_inputs: Any) -> int:
-    """MACs the model really executes: dense MACs, minus the skipped zeros of its SparseLinear layers."""
+    """MACs the model really executes: dense MACs, minus the skipped zeros of its SparseLinear and
+    SparseConv2d layers (each zero weight is skipped once per token / output position)."""
     from prunekit.core import count_macs
 
     tokens: dict[str, int] = {}
     handles = []
-    for name, m in sparse_linears(model):
+    for name, m in sparse_layers(model):
+        rows = m.out_features if isinstance(m, SparseLinear) else m.out_channels
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:  # fmt: skip
-            tokens[name] = tokens.get(name, 0) + args[0].numel() // args[0].shape[-1]
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor, name: str = name,
+                 rows: int = rows) -> None:  # fmt: skip
+            # tokens (Linear) or output positions (a conv's (N, out, H, W) or (out, H, W)): numel / out
+            tokens[name] = tokens.get(name, 0) + out.numel() // rows
 
-        handles.append(m.register_forward_pre_hook(hook))
+        handles.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
             pos, kw = as_args(example_inputs)
@@ -68,14 +73,15 @@ def effective_macs(model: nn.Module, example_inputs: Any) -> int:
         for h in handles:
             h.remove()
     macs = count_macs(plain_copy(model), example_inputs)
-    for name, m in sparse_linears(model):
+    for name, m in sparse_layers(model):
         w, mask = m.dense_weight_and_mask()
         macs -= (mask.numel() - int(mask.sum())) * tokens.get(name, 0)
     return macs
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of weights read per inference: dense tensors whole, CSR layers as values + int32 indices."""
+    """Bytes of weights read per inference: dense tensors whole, CSR layers (Linear and Conv2d) as values +
+    int32 indices."""
     seen: set[int] = set()
     total = 0
     for t in [*model.parameters(), *model.buffers()]:
@@ -188,7 +194,7 @@ def model_state_report(states: Mapping[str, nn.Module | OnnxModel], example_inpu
                 rows.append(row)
                 continue
             plain = plain_copy(torch_model)
-            # onnxruntime multiplies the zeros too; only SparseLinear layers skip them
+            # onnxruntime multiplies the zeros too; only SparseLinear / SparseConv2d layers skip them
             macs = (
                 effective_macs(torch_model, batches[1])
                 if torch_model is state
@@ -207,7 +213,7 @@ def model_state_report(states: Mapping[str, nn.Module | OnnxModel], example_inpu
 
 
 def _file_bytes(model: nn.Module, file_size: Callable[[nn.Module], int]) -> int:
-    if not any(True for _ in sparse_linears(model)):
+    if not any(True for _ in sparse_layers(model)):
         return file_size(model)
     from prunekit.accel.persist import save
 

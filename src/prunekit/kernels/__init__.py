@@ -1,6 +1,7 @@
 """Sparse kernels and their measured speed on this machine (below the pruning verbs, so they can advise).
 
 - :mod:`~prunekit.kernels.kernels`: ``SparseLinear`` (dense / CSR / BSR / compact) for inference.
+- :mod:`~prunekit.kernels.conv`: ``SparseConv2d`` (dense / CSR via im2col / compact) for inference.
 - :mod:`~prunekit.kernels.table`: the per-machine kernel table (measured once, cached).
 - :mod:`~prunekit.kernels.advice`: ``SpeedupWarning`` when a pruning cannot be faster here.
 - :mod:`~prunekit.kernels.plan`: acceleration choices as data; :mod:`~prunekit.kernels.timing`: timers.
@@ -13,6 +14,12 @@ from prunekit.kernels.advice import (
     SpeedupWarning,
     advise,
     warn_if_no_speedup,
+)
+from prunekit.kernels.conv import (
+    ConvGeometry,
+    SparseConv2d,
+    conv_candidate_kernels,
+    parse_conv_kernel,
 )
 from prunekit.kernels.kernels import (
     InferenceOnlyError,
@@ -51,6 +58,8 @@ __all__ = [
     "cached_table",
     "calls_per_burst",
     "candidate_kernels",
+    "conv_candidate_kernels",
+    "ConvGeometry",
     "fingerprint",
     "InferenceOnlyError",
     "interleaved_ms",
@@ -59,8 +68,10 @@ __all__ = [
     "LayerChoice",
     "measure_table",
     "num_threads",
+    "parse_conv_kernel",
     "parse_kernel",
     "save_table",
+    "SparseConv2d",
     "SparseLinear",
     "SpeedupAdvice",
     "SpeedupWarning",

@@ -8,6 +8,10 @@ A plan is JSON (it is stored in saved files)::
                  "shape": [3072, 768], "tokens": 128, "sparsity": 0.9,
                  "timings_ms": {"dense": 1.9, "csr": 0.85}, "reason": "csr 2.24x faster"}, ...]}
 
+A ``Conv2d`` layer's entry also has ``"weight_shape": [out, in, kh, kw]`` and ``"input_shape": [N, in, H, W]``
+(its ``shape`` is the matrix the kernel multiplies, ``[out, in * kh * kw]``, and ``tokens`` the output
+positions ``N * H_out * W_out``); Linear entries have neither key, so plans of earlier versions load as they were.
+
 ``fingerprint`` identifies the machine and thread count the timings are valid for; a plan loaded
 elsewhere is re-measured (:func:`prunekit.accel.load`).
 """
@@ -40,18 +44,21 @@ def fingerprint(info: HardwareInfo | None = None) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class LayerChoice:
-    """The kernel chosen for one Linear layer and the timings that chose it.
+    """The kernel chosen for one Linear or Conv2d layer and the timings that chose it.
 
     Attributes:
         name: the module's name in the model.
         kernel: the kernel it runs (``"dense"`` = left as it was).
-        shape: ``(out_features, in_features)``.
-        tokens: rows of the input it was measured on (batch x sequence).
+        shape: ``(out_features, in_features)``; a conv: ``(out, in * kh * kw)`` (its weight as a matrix).
+        tokens: rows of the input it was measured on (batch x sequence); a conv: output positions
+            (``N * H_out * W_out``).
         sparsity: fraction of masked (or zero) weights.
         timings_ms: median milliseconds of every candidate kernel (empty if not timed).
         reason: why this kernel (or why the layer stayed dense).
         transposed_output: the sparse layer returns its output as a transposed view (no copy),
             because it feeds another sparse layer; otherwise the output is contiguous.
+        weight_shape: a conv's ``(out, in, kh, kw)``; ``()`` for a Linear layer.
+        input_shape: a conv's recorded input shape ``(N, in, H, W)`` (re-measured on it); ``()`` for Linear.
     """
 
     name: str
@@ -62,6 +69,13 @@ class LayerChoice:
     timings_ms: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     transposed_output: bool = False
+    weight_shape: tuple[int, ...] = ()
+    input_shape: tuple[int, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``"conv2d"`` or ``"linear"``."""
+        return "conv2d" if self.weight_shape else "linear"
 
     @property
     def speedup(self) -> float:
@@ -70,9 +84,14 @@ class LayerChoice:
         return dense / mine if dense and mine else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kernel": self.kernel, "shape": list(self.shape), "tokens": self.tokens,
-                "sparsity": self.sparsity, "timings_ms": dict(self.timings_ms), "reason": self.reason,
-                "transposed_output": self.transposed_output}  # fmt: skip
+        out: dict[str, Any] = {
+            "name": self.name, "kernel": self.kernel, "shape": list(self.shape), "tokens": self.tokens,
+            "sparsity": self.sparsity, "timings_ms": dict(self.timings_ms), "reason": self.reason,
+            "transposed_output": self.transposed_output,
+        }  # fmt: skip
+        if self.weight_shape:
+            out.update(weight_shape=list(self.weight_shape), input_shape=list(self.input_shape))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerChoice:
@@ -80,11 +99,16 @@ class LayerChoice:
             shape = tuple(int(s) for s in data["shape"])
             if len(shape) != 2:
                 raise ValueError(f"shape {shape} is not (out, in)")
+            weight_shape = tuple(int(s) for s in data.get("weight_shape", ()))
+            input_shape = tuple(int(s) for s in data.get("input_shape", ()))
+            if weight_shape and (len(weight_shape) != 4 or len(input_shape) not in (3, 4)):
+                raise ValueError(f"conv weight_shape {weight_shape} / input_shape {input_shape} are not 4-D")
             return cls(name=str(data["name"]), kernel=str(data["kernel"]), shape=(shape[0], shape[1]),
                        tokens=int(data["tokens"]), sparsity=float(data["sparsity"]),
                        timings_ms={str(k): float(v) for k, v in dict(data.get("timings_ms", {})).items()},
                        reason=str(data.get("reason", "")),
-                       transposed_output=bool(data.get("transposed_output", False)))  # fmt: skip
+                       transposed_output=bool(data.get("transposed_output", False)),
+                       weight_shape=weight_shape, input_shape=input_shape)  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(
                 f"acceleration plan entry {data!r} is malformed ({e}); re-run accelerate()"
@@ -96,8 +120,8 @@ class AccelerationResult:
     """What :func:`prunekit.accel.engine` did: per-layer choices and end-to-end latencies.
 
     Attributes:
-        layers: one :class:`LayerChoice` per Linear layer considered, in module order.
-        skipped: ``(name, reason)`` of Linear layers not considered (tied weight, not called, ...).
+        layers: one :class:`LayerChoice` per Linear / Conv2d layer considered, in module order.
+        skipped: ``(name, reason)`` of Linear / Conv2d layers not considered (tied weight, not called, ...).
         hardware: where the timings were taken.
         fingerprint: :func:`fingerprint` of ``hardware``.
         dense_ms: median latency of the model before (masked dense), or ``None`` if not measured.
@@ -169,7 +193,7 @@ class AccelerationResult:
 
     def __str__(self) -> str:
         lines = [
-            f"accelerate: {len(self.replaced)} of {len(self.layers)} Linear layers replaced ({self.hardware})"
+            f"accelerate: {len(self.replaced)} of {len(self.layers)} Linear/Conv2d layers replaced ({self.hardware})"
         ]
         if self.speedup is not None:
             lines.append(
@@ -178,7 +202,8 @@ class AccelerationResult:
         width = max([len(c.name) for c in self.layers] + [5])
         for c in self.layers:
             layout = ", transposed output" if c.transposed_output else ""
-            lines.append(f"  {c.name:<{width}}  {c.shape[0]}x{c.shape[1]}  tokens {c.tokens:>5}  "
+            shape = "x".join(map(str, c.weight_shape or c.shape))
+            lines.append(f"  {c.name:<{width}}  {shape}  tokens {c.tokens:>5}  "
                          f"sparsity {c.sparsity:6.1%}  {c.kernel:<14} {c.speedup:5.2f}x  {c.reason}{layout}")  # fmt: skip
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
