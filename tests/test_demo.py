@@ -60,7 +60,7 @@ def test_every_demo_row_has_a_measured_latency(small_result) -> None:  # type: i
             assert r.latency_note.startswith("accelerated: "), r.latency_note
         else:
             assert r.latency_note == {"dense": "dense", "channels": "physically smaller"}[r.method]
-    assert any("pk.accelerate" in n and "conv layers stay dense" in n for n in small_result.notes)
+    assert any("pk.accelerate" in n and "Conv2d" in n for n in small_result.notes)
 
 
 def test_demo_table_prints_every_latency(small_result) -> None:  # type: ignore[no-untyped-def]
