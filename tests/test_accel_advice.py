@@ -160,3 +160,25 @@ def test_a_measured_table_keeps_the_fastest_csr_kernel_per_cell() -> None:
     # 512 inputs allow csr/2 (>= 2 x 256 columns) but not csr/4
     assert {k for row in t.kernels for k in row} <= {"csr", "csr/2"}
     assert KernelTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+
+
+def test_measured_estimate_times_the_kernels_on_each_layer_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """measure=True: one measurement per (shape, tokens, sparsity), on that layer's real mask (no timing asserts)."""
+    import prunekit.accel.estimate as estimate
+    from prunekit.kernels.kernels import INNER_KERNELS
+
+    calls: list[tuple[str, ...]] = []
+    real = estimate.interleaved_ms
+
+    def spy(fns, **kw):  # type: ignore[no-untyped-def]
+        calls.append(tuple(fns))
+        return real(fns, **kw)
+
+    monkeypatch.setattr(estimate, "interleaved_ms", spy)
+    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 64))
+    est = speedup_estimate(model, torch.randn(4, 512), 0.9, table=CPU, rounds=2)
+    kernel_calls = [c for c in calls if "__model__" not in c]
+    assert len(kernel_calls) == 2  # the two 512x512 layers share one measurement, the 64x512 has its own
+    assert all(c[0] == "dense" and "csr" in c for c in kernel_calls)
+    assert all(layer.kernel in ("dense", *INNER_KERNELS, *("compact+" + k for k in INNER_KERNELS)) for layer in est.layers)
+    assert est.layers[0].kernel == est.layers[1].kernel and est.predicted_ms > 0

@@ -8,8 +8,9 @@
     option      ──► pruned copy (prune_weights / prune_channels on a deepcopy): per-layer
                     sparsity or new shape
     predicted   = other_ms * (MACs kept outside Linear)
-                + sum over Linear of dense_ms * min(1, table.ratio(tokens, sparsity))   (unstructured;
-                                    the table's fastest CSR kernel, csr or csr/K)
+                + sum over Linear of dense_ms * min(1, ratio(tokens, sparsity))   (unstructured; ratio:
+                                    measured on the layer's shape, or with measure=False the table's
+                                    fastest CSR kernel, csr or csr/K)
                                     dense_ms * new_weights / old_weights                (channels)
 
 A layer whose predicted CSR gain is below ``margin`` counts as dense, as :func:`accelerate`
@@ -167,8 +168,9 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             :class:`~prunekit.weights.WeightPruningConfig`, a :class:`~prunekit.structured.ChannelPruneConfig`
             or a ``{layer_name: sparsity}`` mapping.
         table: the kernel table; default this machine's (measured and cached on first use).
-        measure: time the dense model and its Linear layers (otherwise everything comes from the
-            table and only Linear layers are predicted).
+        measure: time the dense model and its Linear layers, and the sparse kernels on each pruned
+            layer shape (one layer per shape, token count and sparsity, with its real mask); otherwise
+            everything comes from the table and only Linear layers are predicted.
         margin: CSR must beat dense by this factor to count (as in :func:`accelerate`).
         threads: thread count (default: the current one).
         rounds: timing rounds.
@@ -209,6 +211,7 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
         else:
             dense = {n: table.dense_ms_for(m.out_features, m.in_features, tokens[n]) for n, m in linears}
             total = sum(dense.values())
+        measured = _measured_ratios(trial, linears, tokens, rounds) if measure and not structured else {}
         layers: list[LayerEstimate] = []
         for n, m in linears:
             new = trial.get_submodule(n)
@@ -222,9 +225,13 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             assert isinstance(new, nn.Linear)
             mask = linear_mask(new)
             s = 1.0 - float(mask.float().mean())
-            ratio = table.ratio(tokens=tokens[n], sparsity=s) if s > 0 else 1.0
+            if n in measured:
+                ratio, best = measured[n]
+            else:
+                ratio = table.ratio(tokens=tokens[n], sparsity=s) if s > 0 else 1.0
+                best = table.kernel(tokens=tokens[n], sparsity=s)
             sparse = ratio * margin <= 1.0
-            kernel = table.kernel(tokens=tokens[n], sparsity=s) if sparse else "dense"
+            kernel = best if sparse else "dense"
             pred = dense[n] * (ratio if sparse else 1.0)
             layers.append(LayerEstimate(name=n, shape=(m.out_features, m.in_features), tokens=tokens[n],
                                         sparsity=s, kernel=kernel, dense_ms=dense[n], predicted_ms=pred))  # fmt: skip
@@ -234,6 +241,44 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
     return SpeedupEstimate(
         option=label, dense_ms=total, predicted_ms=predicted, other_ms=other, layers=tuple(layers)
     )
+
+
+def _measured_ratios(trial: nn.Module, linears: list[tuple[str, nn.Linear]], tokens: Mapping[str, int],
+                     rounds: int) -> dict[str, tuple[float, str]]:  # fmt: skip
+    """Kernel time / dense time and the fastest kernel for each pruned Linear, measured on its own shape.
+
+    Layers of one shape, token count and sparsity (to 0.01) share one measurement, taken on the first of
+    them with its real mask: the candidates :func:`accelerate` would time, run as it runs them.
+    """
+    from prunekit.kernels import SparseLinear, candidate_kernels
+
+    groups: dict[tuple[int, int, int, float], list[str]] = {}
+    masks: dict[str, torch.Tensor] = {}
+    for n, m in linears:
+        new = trial.get_submodule(n)
+        assert isinstance(new, nn.Linear)
+        mask = linear_mask(new)
+        s = 1.0 - float(mask.float().mean())
+        if s > 0:
+            masks[n] = mask
+            groups.setdefault((m.out_features, m.in_features, tokens[n], round(s, 2)), []).append(n)
+    out: dict[str, tuple[float, str]] = {}
+    for (_, in_f, t, _), names in groups.items():
+        rep = trial.get_submodule(names[0])
+        assert isinstance(rep, nn.Linear)
+        w, b, mask = rep.weight.detach(), None if rep.bias is None else rep.bias.detach(), masks[names[0]]
+        masked = torch.where(mask, w, w.new_zeros(()))
+        x = torch.randn(t, in_f, dtype=w.dtype, generator=torch.Generator().manual_seed(0))
+        fns: dict[str, Any] = {"dense": lambda x=x, w=masked, b=b: F.linear(x, w, b)}
+        for k in candidate_kernels(mask):
+            if k != "dense":
+                layer = SparseLinear(w, b, mask, kernel=k).eval()
+                fns[k] = lambda layer=layer, x=x: layer(x)
+        ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
+        best = min((k for k in ms if k != "dense"), key=lambda k: ms[k])
+        for n in names:
+            out[n] = (ms[best] / ms["dense"], best)
+    return out
 
 
 def _conv_mac_ratio(model: nn.Module, trial: nn.Module, shapes: Mapping[str, tuple[int, ...]],
