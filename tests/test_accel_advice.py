@@ -175,10 +175,29 @@ def test_measured_estimate_times_the_kernels_on_each_layer_shape(monkeypatch: py
         return real(fns, **kw)
 
     monkeypatch.setattr(estimate, "interleaved_ms", spy)
-    model = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 64))
-    est = speedup_estimate(model, torch.randn(4, 512), 0.9, table=CPU, rounds=2)
+
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.up, self.down = (nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 1024),
+                                                  nn.Linear(1024, 512))  # fmt: skip
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(x) + self.down(self.act(self.up(x)))
+
+    est = speedup_estimate(Branches(), torch.randn(4, 512), 0.9, table=CPU, rounds=2)
     kernel_calls = [c for c in calls if "__model__" not in c]
-    assert len(kernel_calls) == 2  # the two 512x512 layers share one measurement, the 64x512 has its own
+    # a and b (same shape, tokens, sparsity and layout) share one measurement; up returns a transposed view
+    # (a ReLU away from down), down reads it: each its own
+    assert len(kernel_calls) == 3
     assert all(c[0] == "dense" and "csr" in c for c in kernel_calls)
-    assert all(layer.kernel in ("dense", *INNER_KERNELS, *("compact+" + k for k in INNER_KERNELS)) for layer in est.layers)
-    assert est.layers[0].kernel == est.layers[1].kernel and est.predicted_ms > 0
+    names = ("dense", *INNER_KERNELS, *("compact+" + k for k in INNER_KERNELS))
+    assert all(layer.kernel in names for layer in est.layers) and est.predicted_ms > 0
+    assert est.layers[0].kernel == est.layers[1].kernel
+    from prunekit.accel.engine import view_links
+
+    m = Branches()
+    with torch.no_grad():
+        linears = {n: c for n, c in m.named_children() if isinstance(c, nn.Linear)}
+        assert view_links(m, torch.randn(4, 512), linears) == ({"up"}, {"down"})

@@ -105,23 +105,37 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
-def view_feeders(model: nn.Module, example_inputs: Any, sparse: Mapping[str, SparseLinear]) -> set[str]:
+def view_feeders(model: nn.Module, example_inputs: Any, sparse: Mapping[str, nn.Module]) -> set[str]:
     """The sparse layers whose output reaches another sparse layer through parameter-free, shape-keeping
     modules only (``GELU``, ``Dropout``, ...): these keep the transposed view (the next layer reads
     it without a copy); every other output is made contiguous (attention's fused kernel and views
     that merge dimensions want it, and a copy costs the same wherever it happens).
+    """
+    return view_links(model, example_inputs, sparse)[0]
+
+
+def view_links(
+    model: nn.Module, example_inputs: Any, sparse: Mapping[str, nn.Module]
+) -> tuple[set[str], set[str]]:
+    """``(feeders, receivers)``: the layers of ``sparse`` (name -> module) whose output reaches another one
+    through parameter-free, shape-keeping modules only (:func:`view_feeders`), and the layers so reached
+    (they read a transposed view: no input copy).
 
     One forward with hooks; outputs are told apart by ``id``, kept alive until the end (so no id is reused).
     """
     producers: dict[int, set[str]] = {}  # id(tensor) -> sparse layers it derives from
     alive: list[torch.Tensor] = []
     feeders: set[str] = set()
+    receivers: set[str] = set()
     names = {id(m): n for n, m in sparse.items()}
     handles = []
 
     def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if id(mod) in names and args and isinstance(args[0], torch.Tensor):
-            feeders.update(producers.get(id(args[0]), ()))
+            found = producers.get(id(args[0]), ())
+            feeders.update(found)
+            if found:
+                receivers.add(names[id(mod)])
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not isinstance(out, torch.Tensor):
@@ -143,7 +157,7 @@ def view_feeders(model: nn.Module, example_inputs: Any, sparse: Mapping[str, Spa
     finally:
         for h in handles:
             h.remove()
-    return feeders
+    return feeders, receivers
 
 
 def end_to_end_ms(model: nn.Module, example_inputs: Any, swaps: Mapping[str, tuple[nn.Module, nn.Module]],

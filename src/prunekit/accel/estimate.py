@@ -211,7 +211,11 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
         else:
             dense = {n: table.dense_ms_for(m.out_features, m.in_features, tokens[n]) for n, m in linears}
             total = sum(dense.values())
-        measured = _measured_ratios(trial, linears, tokens, rounds) if measure and not structured else {}
+        measured = (
+            _measured_ratios(trial, example_inputs, linears, tokens, rounds)
+            if measure and not structured
+            else {}
+        )
         layers: list[LayerEstimate] = []
         for n, m in linears:
             new = trial.get_submodule(n)
@@ -243,37 +247,49 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
     )
 
 
-def _measured_ratios(trial: nn.Module, linears: list[tuple[str, nn.Linear]], tokens: Mapping[str, int],
-                     rounds: int) -> dict[str, tuple[float, str]]:  # fmt: skip
+def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[str, nn.Linear]],
+                     tokens: Mapping[str, int], rounds: int) -> dict[str, tuple[float, str]]:  # fmt: skip
     """Kernel time / dense time and the fastest kernel for each pruned Linear, measured on its own shape.
 
-    Layers of one shape, token count and sparsity (to 0.01) share one measurement, taken on the first of
-    them with its real mask: the candidates :func:`accelerate` would time, run as it runs them.
+    Layers of one shape, token count, sparsity (to 0.01) and layout share one measurement, taken on
+    the first of them with its real mask: the candidates :func:`accelerate` would time, run as it
+    runs them, in the layout it will give them (a layer feeding another pruned one through GELU,
+    Dropout, ... returns a transposed view; the one it feeds reads it without a copy: see
+    :func:`~prunekit.accel.engine.view_links`).
     """
+    from prunekit.accel.engine import view_links
     from prunekit.kernels import SparseLinear, candidate_kernels
 
-    groups: dict[tuple[int, int, int, float], list[str]] = {}
     masks: dict[str, torch.Tensor] = {}
-    for n, m in linears:
+    for n, _ in linears:
         new = trial.get_submodule(n)
         assert isinstance(new, nn.Linear)
         mask = linear_mask(new)
-        s = 1.0 - float(mask.float().mean())
-        if s > 0:
+        if not bool(mask.all()):
             masks[n] = mask
-            groups.setdefault((m.out_features, m.in_features, tokens[n], round(s, 2)), []).append(n)
+    with torch.no_grad():
+        feeds, reads = view_links(trial.eval(), example_inputs, {n: trial.get_submodule(n) for n in masks})
+    groups: dict[tuple[int, int, int, float, bool, bool], list[str]] = {}
+    for n, m in linears:
+        if n in masks:
+            s = 1.0 - float(masks[n].float().mean())
+            key = (m.out_features, m.in_features, tokens[n], round(s, 2), n in feeds, n in reads)
+            groups.setdefault(key, []).append(n)
     out: dict[str, tuple[float, str]] = {}
-    for (_, in_f, t, _), names in groups.items():
+    g = torch.Generator().manual_seed(0)
+    for (_, in_f, t, _, feed, read), names in groups.items():
         rep = trial.get_submodule(names[0])
         assert isinstance(rep, nn.Linear)
         w, b, mask = rep.weight.detach(), None if rep.bias is None else rep.bias.detach(), masks[names[0]]
         masked = torch.where(mask, w, w.new_zeros(()))
-        x = torch.randn(t, in_f, dtype=w.dtype, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(t, in_f, dtype=w.dtype, generator=g)
+        xs = x.t().contiguous().t() if read else x  # the transposed view the feeding layer returns
         fns: dict[str, Any] = {"dense": lambda x=x, w=masked, b=b: F.linear(x, w, b)}
         for k in candidate_kernels(mask):
             if k != "dense":
                 layer = SparseLinear(w, b, mask, kernel=k).eval()
-                fns[k] = lambda layer=layer, x=x: layer(x)
+                layer.transposed_output = feed
+                fns[k] = lambda layer=layer, xs=xs: layer(xs)
         ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
         best = min((k for k in ms if k != "dense"), key=lambda k: ms[k])
         for n in names:
