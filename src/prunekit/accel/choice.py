@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from functools import partial
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -114,56 +115,67 @@ def linear_mask(module: nn.Linear | nn.Conv2d) -> torch.Tensor:
     return mask if mask is not None else module.weight.detach() != 0
 
 
-def linear_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
-    """Plain ``nn.Linear`` layers that can be replaced, and ``(name, reason)`` of those that cannot."""
+def _use_counts(model: nn.Module) -> dict[int, int]:
     counts: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         counts[id(p)] = counts.get(id(p), 0) + 1
-    ok: list[tuple[str, nn.Linear]] = []
+    return counts
+
+
+def _weight_problem(module: nn.Linear | nn.Conv2d, counts: Mapping[int, int]) -> str | None:
+    """Why a layer's weight cannot be replaced (tied, not float on CPU), or ``None``."""
+    if counts.get(id(module.weight), 0) > 1:
+        return "weight is tied to another module"
+    if module.weight.dtype not in (torch.float32, torch.float64) or module.weight.device.type != "cpu":
+        return f"{module.weight.dtype} on {module.weight.device}: only float CPU weights"
+    return None
+
+
+L = TypeVar("L", nn.Linear, nn.Conv2d)
+
+
+def _replaceable(model: nn.Module, cls: type[L], why_not: Callable[[str, L], str | None]
+                 ) -> tuple[list[tuple[str, L]], list[tuple[str, str]]]:  # fmt: skip
+    counts = _use_counts(model)
+    ok: list[tuple[str, L]] = []
     skipped: list[tuple[str, str]] = []
-    parents = {name: m for name, m in model.named_modules()}
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        parent = parents.get(name.rpartition(".")[0])
-        if isinstance(parent, nn.MultiheadAttention):
-            skipped.append((name, "MultiheadAttention reads this projection's weight directly"))
-        elif type(module) is not nn.Linear:
-            skipped.append((name, f"{type(module).__name__} is a Linear subclass (its forward may differ)"))
-        elif counts.get(id(module.weight), 0) > 1:
-            skipped.append((name, "weight is tied to another module"))
-        elif module.weight.dtype not in (torch.float32, torch.float64) or module.weight.device.type != "cpu":
-            skipped.append((name, f"{module.weight.dtype} on {module.weight.device}: only float CPU weights"))
-        else:
-            ok.append((name, module))
+        if isinstance(module, cls):
+            why = why_not(name, module) or _weight_problem(module, counts)
+            if why is None:
+                ok.append((name, module))
+            else:
+                skipped.append((name, why))
     return ok, skipped
+
+
+def linear_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Linear]], list[tuple[str, str]]]:
+    """Plain ``nn.Linear`` layers that can be replaced, and ``(name, reason)`` of those that cannot."""
+    parents = dict(model.named_modules())
+
+    def why_not(name: str, module: nn.Linear) -> str | None:
+        if isinstance(parents.get(name.rpartition(".")[0]), nn.MultiheadAttention):
+            return "MultiheadAttention reads this projection's weight directly"
+        if type(module) is not nn.Linear:
+            return f"{type(module).__name__} is a Linear subclass (its forward may differ)"
+        return None
+
+    return _replaceable(model, nn.Linear, why_not)
 
 
 def conv_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Conv2d]], list[tuple[str, str]]]:
     """Plain ``nn.Conv2d`` layers that can be replaced, and ``(name, reason)`` of those that cannot."""
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    ok: list[tuple[str, nn.Conv2d]] = []
-    skipped: list[tuple[str, str]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d):
-            continue
+
+    def why_not(name: str, module: nn.Conv2d) -> str | None:
         if type(module) is not nn.Conv2d:
-            skipped.append((name, f"{type(module).__name__} is a Conv2d subclass (its forward may differ)"))
-        elif module.groups != 1:
-            skipped.append(
-                (name, f"grouped conv (groups={module.groups}): only groups=1 has a sparse kernel")
-            )
-        elif module.padding_mode != "zeros":
-            skipped.append((name, f"padding_mode={module.padding_mode!r}: only 'zeros' has a sparse kernel"))
-        elif counts.get(id(module.weight), 0) > 1:
-            skipped.append((name, "weight is tied to another module"))
-        elif module.weight.dtype not in (torch.float32, torch.float64) or module.weight.device.type != "cpu":
-            skipped.append((name, f"{module.weight.dtype} on {module.weight.device}: only float CPU weights"))
-        else:
-            ok.append((name, module))
-    return ok, skipped
+            return f"{type(module).__name__} is a Conv2d subclass (its forward may differ)"
+        if module.groups != 1:
+            return f"grouped conv (groups={module.groups}): only groups=1 has a sparse kernel"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r}: only 'zeros' has a sparse kernel"
+        return None
+
+    return _replaceable(model, nn.Conv2d, why_not)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float]:
@@ -218,18 +230,28 @@ def choose_layer(name: str, module: nn.Linear | nn.Conv2d, in_shape: tuple[int, 
     masked = torch.where(mask, weight, weight.new_zeros(()))
     modules = {k: SparseLinear(weight, bias, mask, kernel=k).eval() for k in names if k != "dense"}
     x = torch.randn(int(tokens), in_f, dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
-    fns: dict[str, Callable[[], object]] = {"dense": lambda: F.linear(x, masked, bias)}
+    case = LayerCase(name, (out_f, in_f), int(tokens), sparsity, ("dense", *modules))
+    return decide(case, lambda: F.linear(x, masked, bias), modules, x, cfg, timer, made)
+
+
+M = TypeVar("M", SparseLinear, SparseConv2d)
+
+
+def decide(case: LayerCase, dense: Callable[[], torch.Tensor], modules: Mapping[str, M], x: torch.Tensor,
+           cfg: AccelerateConfig, timer: Timer | None, made: Callable[..., LayerChoice]
+           ) -> tuple[LayerChoice, M | None]:  # fmt: skip
+    """Time dense and every candidate on ``x``; keep the fastest only if it wins by the margin and its
+    output equals dense's to tolerance. ``made(kernel, reason, timings)`` builds the choice."""
+    fns: dict[str, Callable[[], object]] = {"dense": dense}
     for k, m in modules.items():
-        fns[k] = lambda m=m: m(x)  # type: ignore[misc]
-    case = LayerCase(name, (out_f, in_f), int(tokens), sparsity, tuple(fns))
+        fns[k] = partial(m, x)
     timings, best, gain = pick(case, fns, cfg, timer)
     if best == "dense" or gain < cfg.margin:
         why = "dense is fastest" if best == "dense" else f"{best} only {gain:.2f}x (< margin {cfg.margin})"
         return made("dense", why, timings), None
     chosen = modules[best]
     with torch.no_grad():
-        ref = F.linear(x, masked, bias)
-        ok, err = close(chosen(x), ref, cfg.rtol, cfg.atol)
+        ok, err = close(chosen(x), dense(), cfg.rtol, cfg.atol)
     if not ok:
         return made("dense", f"{best} output differs by {err:.3g}; kept dense", timings), None  # fmt: skip
     return made(best, f"{best} {gain:.2f}x faster", timings), chosen
@@ -271,20 +293,8 @@ def choose_conv(name: str, module: nn.Conv2d, in_shape: tuple[int, ...], cfg: Ac
         k for k in conv_candidate_kernels(mask) if cfg.kernels is None or k in cfg.kernels or k == "dense"
     ]
     modules = {k: SparseConv2d.from_conv(module, mask, k) for k in names if k != "dense"}
-    fns: dict[str, Callable[[], object]] = {"dense": lambda: dense(x)}
-    for k, m in modules.items():
-        fns[k] = lambda m=m: m(x)  # type: ignore[misc]
-    case = LayerCase(name, (co, ci * kh * kw), tokens, sparsity, tuple(fns), kind="conv2d")
-    timings, best, gain = pick(case, fns, cfg, timer)
-    if best == "dense" or gain < cfg.margin:
-        why = "dense is fastest" if best == "dense" else f"{best} only {gain:.2f}x (< margin {cfg.margin})"
-        return made("dense", why, timings), None
-    chosen = modules[best]
-    with torch.no_grad():
-        ok, err = close(chosen(x), ref, cfg.rtol, cfg.atol)
-    if not ok:
-        return made("dense", f"{best} output differs by {err:.3g}; kept dense", timings), None  # fmt: skip
-    return made(best, f"{best} {gain:.2f}x faster", timings), chosen
+    case = LayerCase(name, (co, ci * kh * kw), tokens, sparsity, ("dense", *modules), kind="conv2d")
+    return decide(case, lambda: dense(x), modules, x, cfg, timer, made)
 
 
 def plan_kernel(choice: LayerChoice, module: nn.Module, rtol: float, atol: float) -> nn.Module:

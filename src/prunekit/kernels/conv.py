@@ -42,7 +42,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.kernels.kernels import COMPACT, InferenceOnlyError, build_csr, column_parts, csr_parts
+from prunekit.kernels.kernels import (
+    COMPACT,
+    InferenceOnlyError,
+    build_csr,
+    column_parts,
+    compact_buffers,
+    csr_parts,
+    split_kernel_name,
+)
 
 CONV_KERNELS: tuple[str, ...] = ("dense", "csr", "taps")
 Pair = tuple[int, int]
@@ -54,12 +62,7 @@ def parse_conv_kernel(name: str) -> tuple[bool, str]:
     Raises:
         ConfigError: not a conv kernel.
     """
-    compact = name.startswith(COMPACT)
-    inner = name.removeprefix(COMPACT)
-    if inner not in CONV_KERNELS:
-        valid = [*CONV_KERNELS, *(COMPACT + k for k in CONV_KERNELS)]
-        raise ConfigError(f"unknown conv kernel {name!r}; valid conv kernels: {valid}")
-    return compact, inner
+    return split_kernel_name(name, CONV_KERNELS, "conv kernel")
 
 
 def channel_structure(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +138,9 @@ class SparseConv2d(nn.Module):
     col: torch.Tensor
     values: torch.Tensor
     bias: torch.Tensor | None
+    row_index: torch.Tensor | None
+    col_index: torch.Tensor | None
+    sub_mask: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor, *, kernel: str,
                  geometry: ConvGeometry) -> None:  # fmt: skip
@@ -155,18 +161,7 @@ class SparseConv2d(nn.Module):
         self.pointwise = (
             self.kernel_size == (1, 1) and geometry.stride == (1, 1) and self.unfold_padding == (0, 0)
         )
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.row_index: torch.Tensor | None
-        self.col_index: torch.Tensor | None
-        self.sub_mask: torch.Tensor | None
-        self.register_buffer("row_index", None)
-        self.register_buffer("col_index", None)
-        self.register_buffer("sub_mask", None)
-        if compact:
-            rows, cols = channel_structure(mask)
-            self.row_index, self.col_index = rows, cols
-            weight = weight.index_select(0, rows).index_select(1, cols)
-            mask = mask.index_select(0, rows).index_select(1, cols)
+        weight, mask = compact_buffers(self, weight, bias, mask, channel_structure if compact else None)
         self.sub_shape = tuple(int(s) for s in weight.shape)
         masked = torch.where(mask, weight, weight.new_zeros(()))
         if inner != "dense":  # "taps": columns ordered (dy, dx, in), so tap t is the column range t * in...

@@ -29,7 +29,7 @@ ways was 17% of a 95%-sparse BERT's time at batch 1.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,18 +48,28 @@ class InferenceOnlyError(PrunekitError, RuntimeError):
     """An accelerated layer was asked to train (its weights are not parameters)."""
 
 
+def split_kernel_name(name: str, kernels: Sequence[str], what: str) -> tuple[bool, str]:
+    """``"compact+csr"`` -> ``(True, "csr")`` if ``"csr"`` is one of ``kernels``.
+
+    Raises:
+        ConfigError: ``name`` is not one of ``kernels`` (optionally ``compact+``-prefixed); ``what``
+            names the family in the message ("linear kernel", "conv kernel").
+    """
+    compact = name.startswith(COMPACT)
+    inner = name.removeprefix(COMPACT)
+    if inner not in kernels:
+        valid = [*kernels, *(COMPACT + k for k in kernels)]
+        raise ConfigError(f"unknown {what} {name!r}; valid {what}s: {valid}")
+    return compact, inner
+
+
 def parse_kernel(name: str) -> tuple[bool, str]:
     """``"compact+csr"`` -> ``(True, "csr")``.
 
     Raises:
         ConfigError: an unknown kernel name.
     """
-    compact = name.startswith(COMPACT)
-    inner = name.removeprefix(COMPACT)
-    if inner not in INNER_KERNELS:
-        valid = [*INNER_KERNELS, *(COMPACT + k for k in INNER_KERNELS)]
-        raise ConfigError(f"unknown linear kernel {name!r}; valid kernels: {valid}")
-    return compact, inner
+    return split_kernel_name(name, INNER_KERNELS, "linear kernel")
 
 
 def quiet_sparse(dense: torch.Tensor, layout: str, block: int = 0) -> torch.Tensor:
@@ -166,6 +176,30 @@ def candidate_kernels(mask: torch.Tensor, *, min_block_fill: float = 0.5) -> lis
     return names
 
 
+def compact_buffers(
+    layer: nn.Module,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor,
+    structure: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Register a sparse layer's ``bias``, ``row_index``, ``col_index`` and ``sub_mask`` buffers; with a
+    ``structure`` (kept output rows, kept input columns of the mask), keep only those and return the
+    compacted weight and mask (else both unchanged)."""
+    layer.register_buffer("bias", None if bias is None else bias.detach().clone())
+    layer.register_buffer("row_index", None)
+    layer.register_buffer("col_index", None)
+    layer.register_buffer("sub_mask", None)
+    if structure is None:
+        return weight, mask
+    rows, cols = structure(mask)
+    layer.row_index, layer.col_index = rows, cols
+    return (
+        weight.index_select(0, rows).index_select(1, cols),
+        mask.index_select(0, rows).index_select(1, cols),
+    )
+
+
 class SparseLinear(nn.Module):
     """Inference form of a pruned ``nn.Linear``: the same function, run by one chosen kernel.
 
@@ -192,6 +226,9 @@ class SparseLinear(nn.Module):
     col: torch.Tensor
     values: torch.Tensor
     bias: torch.Tensor | None
+    row_index: torch.Tensor | None
+    col_index: torch.Tensor | None
+    sub_mask: torch.Tensor | None
 
     def __init__(
         self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor, *, kernel: str
@@ -208,18 +245,7 @@ class SparseLinear(nn.Module):
         self.splits = int(inner[4:]) if inner.startswith("csr/") else 1
         self.transposed_output = False  # True: return y as the transposed view of y.T (no copy)
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.row_index: torch.Tensor | None
-        self.col_index: torch.Tensor | None
-        self.sub_mask: torch.Tensor | None
-        self.register_buffer("row_index", None)
-        self.register_buffer("col_index", None)
-        self.register_buffer("sub_mask", None)
-        if compact:
-            rows, cols = zero_structure(mask)
-            self.row_index, self.col_index = rows, cols
-            weight = weight.index_select(0, rows).index_select(1, cols)
-            mask = mask.index_select(0, rows).index_select(1, cols)
+        weight, mask = compact_buffers(self, weight, bias, mask, zero_structure if compact else None)
         self.sub_shape = (int(weight.shape[0]), int(weight.shape[1]))
         masked = torch.where(mask, weight, weight.new_zeros(()))
         if inner.startswith("csr"):
@@ -368,9 +394,11 @@ __all__ = [
     "build_csr",
     "candidate_kernels",
     "column_parts",
+    "compact_buffers",
     "csr_parts",
     "parse_kernel",
     "quiet_sparse",
     "split_bounds",
+    "split_kernel_name",
     "zero_structure",
 ]
