@@ -214,16 +214,21 @@ class _Recorder(TorchFunctionMode):
             vid = self._new_value(t, "const")
         return int(vid)
 
-    def _replace(self, obj: Any, inputs: list[int]) -> Any:
+    def _replace(self, obj: Any, inputs: list[int], tensors: list[torch.Tensor]) -> Any:
+        """``obj`` with every tensor replaced by its :class:`TensorRef`; the value ids go to ``inputs``,
+        and every tensor found (dataclass fields too, which stay as they are) to ``tensors``."""
         if isinstance(obj, torch.Tensor):
             vid = self.value_of(obj)
             inputs.append(vid)
+            tensors.append(obj)
             return TensorRef(vid)
         if isinstance(obj, (list, tuple)):
-            rep = [self._replace(o, inputs) for o in obj]
+            rep = [self._replace(o, inputs, tensors) for o in obj]
             return tuple(rep) if isinstance(obj, tuple) else rep
         if isinstance(obj, dict):
-            return {k: self._replace(v, inputs) for k, v in obj.items()}
+            return {k: self._replace(v, inputs, tensors) for k, v in obj.items()}
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            flatten_tensors(obj, tensors)
         return obj
 
     # -- module stack ---------------------------------------------------------------------------
@@ -254,9 +259,8 @@ class _Recorder(TorchFunctionMode):
             return
         inputs: list[int] = []
         in_tensors: list[torch.Tensor] = []
-        flatten_tensors((args, kwargs), in_tensors)
-        rargs = self._replace(args, inputs)
-        rkwargs = self._replace(kwargs, inputs)
+        rargs = self._replace(args, inputs, in_tensors)
+        rkwargs = self._replace(kwargs, inputs, in_tensors)
         index = len(self.nodes)
         inplace = any(o is t for o in outs for t in in_tensors)
         node = Node(index, name, func, rargs, rkwargs, inputs, [], self.module_stack[-1], inplace)

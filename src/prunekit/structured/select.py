@@ -104,6 +104,25 @@ def compute_grads(
     return used
 
 
+class _Segments:
+    """Label arrays laid end to end: how many labels of each are set in a mask, in one pass."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.lengths = np.array([len(p) for p in parts], dtype=np.int64)
+        self.labels = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1])) if parts else self.lengths
+        self.nonempty = self.lengths > 0
+
+    def removed(self, mask: np.ndarray) -> np.ndarray:
+        """Per part: the number of its labels set in ``mask``."""
+        out = np.zeros(len(self.lengths), dtype=np.int64)
+        if self.nonempty.any():
+            out[self.nonempty] = np.add.reduceat(
+                mask[self.labels].astype(np.int64), self.starts[self.nonempty]
+            )
+        return out
+
+
 class _Selector:
     """Chooses units to remove and estimates params/MACs of a choice (used for target search)."""
 
@@ -114,11 +133,23 @@ class _Selector:
         self.order = [np.argsort(s, kind="stable") for s in scores]
         n_labels = int(graph.labels.max()) + 1 if len(graph.labels) else 1
         self.n_labels = n_labels
-        self.cost_labels = [([graph.labels[f] for f in c.factors], c.macs) for c in graph.costs]
-        self.param_labels: dict[int, list[np.ndarray]] = defaultdict(list)
+        # cost(): every MAC factor / parameter dim is a segment of one label array, so a choice is
+        # costed with one gather and one segment sum (the target searches call it ~25 times)
+        factors = [[graph.labels[f] for f in c.factors] for c in graph.costs]
+        self.cost_macs = [float(c.macs) for c in graph.costs]
+        self.cost_segs = _Segments([lab for fs in factors for lab in fs if len(lab)])
+        self.cost_of_seg = np.array(
+            [i for i, fs in enumerate(factors) for lab in fs if len(lab)], dtype=np.int64
+        )
+        param_dims: dict[int, list[np.ndarray]] = defaultdict(list)
         for vid, _d, start, size in graph.param_dims:
             if graph.trace.values[vid].kind == "param":
-                self.param_labels[vid].append(graph.labels[start : start + size])
+                param_dims[vid].append(graph.labels[start : start + size])
+        self.param_segs = _Segments([lab for dims in param_dims.values() for lab in dims])
+        self.param_of_seg = np.array(
+            [i for i, dims in enumerate(param_dims.values()) for _ in dims], dtype=np.int64
+        )
+        self.n_params = len(param_dims)
         norm = []
         for s in scores:
             m = float(np.mean(s)) if len(s) else 1.0
@@ -164,18 +195,17 @@ class _Selector:
         return mask
 
     def cost(self, removed: Mapping[int, np.ndarray]) -> tuple[float, float]:
+        """(MACs, parameters) left after removing ``removed``: each MAC count scales with the kept fraction
+        of every factor dimension, each parameter with the product of its kept dims."""
         mask = self.removed_labels(removed)
+        frac = np.ones(len(self.cost_macs))
+        np.multiply.at(frac, self.cost_of_seg, 1.0 - self.cost_segs.removed(mask) / self.cost_segs.lengths)
         macs = 0.0
-        for factors, base in self.cost_labels:
-            frac = 1.0
-            for lab in factors:
-                if len(lab):
-                    frac *= 1.0 - float(mask[lab].mean())
-            macs += base * frac
-        params = 0.0
-        for dims in self.param_labels.values():
-            params += math.prod(int(len(lab) - mask[lab].sum()) for lab in dims) if dims else 1
-        return macs, params
+        for base, f in zip(self.cost_macs, frac.tolist(), strict=True):
+            macs += base * f
+        sizes = np.ones(self.n_params, dtype=np.int64)
+        np.multiply.at(sizes, self.param_of_seg, self.param_segs.lengths - self.param_segs.removed(mask))
+        return macs, float(sizes.sum())
 
 
 def _make_plan(
@@ -309,7 +339,13 @@ def _head_count_attrs(
     """Attention modules that store their head count (BERT ``num_attention_heads``/``all_head_size``,
     ``num_heads``/``head_dim``): keep it true when whole heads are removed from their query projection."""
     for mname, mod in modules.items():
+        own, cls = vars(mod), type(mod)
         for count_attr, size_attr in _HEAD_ATTRS:
+            # instance attributes first: a missing name through nn.Module.__getattr__ costs an exception
+            if (count_attr not in own and not hasattr(cls, count_attr)) or (
+                size_attr not in own and not hasattr(cls, size_attr)
+            ):
+                continue
             count, size = getattr(mod, count_attr, None), getattr(mod, size_attr, None)
             if type(count) is not int or type(size) is not int or size <= 0:
                 continue
