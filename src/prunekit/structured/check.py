@@ -391,8 +391,8 @@ def apply_checked(
         if failure is None:
             record_plan(model, p)
             # a graph built before pruning (the last `loss` of a training loop) would keep the old
-            # gradient shapes cached and break the next backward
-            reset_grad_accumulators(model, p.to_dict())
+            # gradient shapes cached and break the next backward (plan=None: the one just recorded)
+            reset_grad_accumulators(model)
             return None, p
         snap.restore()
         first = first or failure

@@ -198,15 +198,15 @@ def validate(model: nn.Module, plan: Plan) -> None:
             raise PlanError(
                 f"plan removes all {e.size} indices of '{e.fqn}' dim {e.dim}; at least one must be kept"
             )
-        kept = e.kept_array()
-        if kept[0] < 0 or kept[-1] >= e.size or (len(kept) > 1 and not bool(np.all(np.diff(kept) > 0))):
-            raise PlanError(
-                f"plan's kept indices for '{e.fqn}' dim {e.dim} must be sorted, unique and in [0, {e.size})"
-            )
         key = (id(t), e.dim)
         if key in seen:
             raise PlanError(f"plan slices '{e.fqn}' dim {e.dim} twice (a tied parameter must appear once)")
         seen.add(key)
+    bad = _unsorted_or_out_of_range(plan.entries)
+    if bad is not None:
+        raise PlanError(
+            f"plan's kept indices for '{bad.fqn}' dim {bad.dim} must be sorted, unique and in [0, {bad.size})"
+        )
     for a in plan.attributes:
         try:
             mod = modules[a.module] if a.module in modules else model.get_submodule(a.module)
@@ -236,6 +236,27 @@ def validate(model: nn.Module, plan: Plan) -> None:
             )
         if not r.kept or len(set(r.kept)) != len(r.kept) or min(r.kept) < 0 or max(r.kept) >= r.size:
             raise PlanError(f"plan's kept blocks for '{r.container}' must be unique and in [0, {r.size})")
+
+
+def _unsorted_or_out_of_range(entries: tuple[PlanEntry, ...]) -> PlanEntry | None:
+    """The first entry (all non-empty) whose kept indices are not strictly increasing within [0, size), or
+    None: every entry checked with one pass over all indices laid end to end."""
+    if not entries:
+        return None
+    arrs = [e.kept_array() for e in entries]
+    flat = np.concatenate(arrs)
+    lengths = np.array([len(a) for a in arrs], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    sizes = np.array([e.size for e in entries], dtype=np.int64)
+    ok = (flat[ends - lengths] >= 0) & (flat[ends - 1] < sizes)
+    rising = flat[1:] > flat[:-1]
+    rising[ends[:-1] - 1] = True  # an entry's first index is not compared with the previous entry's last
+    if not rising.all():
+        seg = np.searchsorted(ends, np.flatnonzero(~rising) + 1, side="right")
+        ok[seg] = False
+    if ok.all():
+        return None
+    return entries[int(np.flatnonzero(~ok)[0])]
 
 
 def _norm(v: Any) -> Any:
