@@ -9,11 +9,12 @@ Parts (each prints a table; all ratios are dense / variant, timed in alternating
    ``speedup_estimate``'s prediction (from the kernel table, dense model timed) vs the measured latency.
 2. ``cnn``: the demo CNN (``prunekit.demo.DigitsCNN``) and a ResNet-50-like model (224 px) at 50%
    channels (``pk.prune_channels``): eager, channels-last, ``torch.compile`` and onnxruntime, each form
-   dense vs pruned, and speedup / ideal MAC ratio (efficiency).
+   dense vs pruned, speedup / ideal MAC ratio (efficiency), and ``speedup_estimate``'s error against the
+   eager pruned model.
 3. ``cnn-sparse``: the ResNet-50-like model (224 px, batch 1) at 90% and 95% unstructured sparsity
    (``pk.prune_weights``, layer scope, every conv and the Linear): dense vs ``pk.accelerate``'d
-   (``SparseConv2d`` / ``SparseLinear``), the kernels chosen, the slowest switched layer, and the largest
-   output difference to the masked model.
+   (``SparseConv2d`` / ``SparseLinear``), the kernels chosen, the slowest switched layer, ``speedup_estimate``'s
+   prediction vs the measured latency, and the largest output difference to the masked model.
 
 Command (numbers in README.md, "From pruned to fast" > "Measured")::
 
@@ -202,6 +203,7 @@ def run_cnns(args: argparse.Namespace) -> list[dict[str, Any]]:
                 warnings.simplefilter("ignore")
                 pk.prune_channels(pruned, (x,), 0.5)
             ideal = count_macs(dense, (x,)) / count_macs(pruned, (x,))
+            est = speedup_estimate(dense, (x,), pk.ChannelPruneConfig(ratio=0.5), rounds=args.rounds)
             fd = forms(dense, x, Path(d), "dense", args.compile, args.threads)
             fp = forms(pruned, x, Path(d), "pruned", args.compile, args.threads)
             fns = {f"dense/{k}": v for k, v in fd.items()} | {f"pruned/{k}": v for k, v in fp.items()}
@@ -212,12 +214,16 @@ def run_cnns(args: argparse.Namespace) -> list[dict[str, Any]]:
                 r = {"model": title, "form": form, "dense_ms": d_ms, "pruned_ms": p_ms, "speedup": d_ms / p_ms,
                      "ideal": ideal, "efficiency": d_ms / p_ms / ideal,
                      "vs_dense_eager": ms["dense/eager"] / p_ms}  # fmt: skip
+                if form == "eager":  # speedup_estimate predicts eager PyTorch
+                    r |= {"estimate_ms": est.predicted_ms, "estimate_error": est.predicted_ms / p_ms - 1}
                 results.append(r)
                 rows.append([form, f"{d_ms:.2f}", f"{p_ms:.2f}", f"{r['speedup']:.2f}x", f"{ideal:.2f}x",
-                             f"{r['efficiency']:.2f}", f"{r['vs_dense_eager']:.2f}x"])  # fmt: skip
+                             f"{r['efficiency']:.2f}", f"{r['vs_dense_eager']:.2f}x",
+                             f"{r['estimate_error']:+.0%}" if "estimate_error" in r else "-"])  # fmt: skip
                 print(json.dumps(r), flush=True)
             table(f"{title}, 50% channels, {args.threads} thread(s)",
-                  ["form", "dense ms", "pruned ms", "speedup", "ideal (MACs)", "efficiency", "vs dense eager"],
+                  ["form", "dense ms", "pruned ms", "speedup", "ideal (MACs)", "efficiency", "vs dense eager",
+                   "estimate err"],
                   rows)  # fmt: skip
     return results
 
@@ -227,7 +233,10 @@ def run_cnn_sparse(args: argparse.Namespace) -> list[dict[str, Any]]:
     dense = randomize_bn(ResNet50())
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     results: list[dict[str, Any]] = []
+    kt = kernel_table()
     for s in (0.9, 0.95):
+        est = speedup_estimate(dense, (x,), WeightPruningConfig(sparsity=s, scope="layer"), table=kt,
+                               rounds=args.rounds)  # fmt: skip
         model = copy.deepcopy(dense)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -254,6 +263,7 @@ def run_cnn_sparse(args: argparse.Namespace) -> list[dict[str, Any]]:
                "min_layer_speedup": min((c.speedup for c in res.replaced), default=1.0),
                "max_layer_speedup": max((c.speedup for c in res.replaced), default=1.0),
                "accelerate_s": acc_s, "max_abs_error": err, "max_abs_output": float(ref.abs().max()),
+               "estimate_ms": est.predicted_ms, "estimate_error": est.predicted_ms / ms["accelerated"] - 1,
                "layer_choices": [{"name": c.name, "weight_shape": list(c.weight_shape or c.shape), "kernel": c.kernel,
                                   "speedup": c.timings_ms["dense"] / min(c.timings_ms.values()) if c.timings_ms else 1.0,
                                   "input_shape": list(c.input_shape)} for c in res.layers]}  # fmt: skip
@@ -263,11 +273,13 @@ def run_cnn_sparse(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = [[f"{r['sparsity']:.0%}", f"{r['dense_ms']:.1f}", f"{r['accelerated_ms']:.1f}", f"{r['speedup']:.2f}x",
              f"{r['replaced']}/{r['layers']}", " ".join(f"{k} {v}" for k, v in r["convs_replaced"].items()),
              ", ".join(f"{k} {v}" for k, v in r["kernels"].items()),
-             f"{r['min_layer_speedup']:.2f}-{r['max_layer_speedup']:.2f}x", f"{r['max_abs_error']:.1e}",
-             f"{r['accelerate_s']:.1f}"] for r in results]  # fmt: skip
+             f"{r['min_layer_speedup']:.2f}-{r['max_layer_speedup']:.2f}x", f"{r['estimate_ms']:.1f}",
+             f"{r['estimate_error']:+.0%}", f"{r['max_abs_error']:.1e}", f"{r['accelerate_s']:.1f}"]
+            for r in results]  # fmt: skip
     table(f"ResNet-50-like, 224 px, batch 1, {args.threads} thread(s), unstructured (layer scope): dense vs "
           "pk.accelerate", ["sparsity", "dense ms", "accel ms", "speedup", "sparse layers", "convs switched",
-                            "kernels", "switched layers", "max |diff|", "accelerate s"], rows)  # fmt: skip
+                            "kernels", "switched layers", "estimate ms", "estimate err", "max |diff|",
+                            "accelerate s"], rows)  # fmt: skip
     return results
 
 

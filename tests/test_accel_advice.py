@@ -72,9 +72,9 @@ def test_no_warning_for_95_percent_on_a_big_layer() -> None:
     assert advice is not None and advice.can_speed_up and advice.best_speedup > 2.5
 
 
-def test_small_layers_and_convs_are_not_counted() -> None:
+def test_small_layers_are_not_counted() -> None:
     assert advise([("fc", "Linear", (64, 64), 0.5)], table=CPU) is None
-    assert advise([("conv", "Conv2d", (512, 512, 3, 3), 0.5)], table=CPU) is None
+    assert advise([("conv", "Conv2d", (64, 64, 3, 3), 0.5)], table=CPU) is None
 
 
 def test_without_table_only_the_byte_rule_warns() -> None:
@@ -141,7 +141,10 @@ def test_speedup_estimate_for_channels_scales_by_kept_weights() -> None:
 
 def test_the_estimate_names_the_tables_fastest_kernel() -> None:
     split = KernelTable(**{**vars(CPU), "kernels": (("csr", "csr"),) * 3 + (("csr/2", "csr/4"),)})
-    assert split.kernel(tokens=1, sparsity=0.96) == "csr/2" and split.kernel(tokens=100, sparsity=0.95) == "csr/4"
+    assert (
+        split.kernel(tokens=1, sparsity=0.96) == "csr/2"
+        and split.kernel(tokens=100, sparsity=0.95) == "csr/4"
+    )
     assert split.kernel(tokens=1, sparsity=0.85) == "csr" and CPU.kernel(tokens=1, sparsity=0.95) == "csr"
     assert KernelTable.from_dict(split.to_dict()) == split
     model = nn.Sequential(nn.Linear(1024, 1024))
@@ -201,3 +204,105 @@ def test_measured_estimate_times_the_kernels_on_each_layer_shape(monkeypatch: py
     with torch.no_grad():
         linears = {n: c for n, c in m.named_children() if isinstance(c, nn.Linear)}
         assert view_links(m, torch.randn(4, 512), linears) == ({"up"}, {"down"})
+
+
+class SmallCNN(nn.Module):
+    """Two same-shape 3x3 convs (one measurement), a 1x1 conv, a depthwise conv (accelerate keeps it
+    dense) and a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(32, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1)
+        self.pw = nn.Conv2d(32, 64, 1)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.bn = nn.BatchNorm2d(64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b(torch.relu(self.a(x))))
+        y = torch.relu(self.bn(self.dw(self.pw(y))))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_conv_layers_are_estimated_from_the_table_without_timing() -> None:
+    model = SmallCNN().eval()
+    x = torch.randn(1, 32, 16, 16)
+    est = speedup_estimate(model, x, 0.95, table=CPU, measure=False)
+    by = {layer.name: layer for layer in est.layers}
+    assert set(by) == {"fc", "a", "b", "pw"}  # the depthwise conv has no sparse kernel: not estimated
+    a = by["a"]
+    # a conv is the (out, in * kh * kw) matrix it multiplies, on its output positions (16 x 16)
+    assert (a.kind, a.shape, a.tokens, a.kernel) == ("conv2d", (32, 288), 256, "csr")
+    assert a.sparsity == pytest.approx(0.95, abs=0.01)
+    assert a.dense_ms == pytest.approx(CPU.dense_ms_for(32, 288, 256))
+    assert a.predicted_ms == pytest.approx(a.dense_ms * CPU.ratio(tokens=256, sparsity=a.sparsity))
+    # 10 x 64 weights: fewer than accelerate's min_weights, so it stays dense
+    assert by["fc"].kernel == "dense" and by["fc"].predicted_ms == by["fc"].dense_ms
+    slow = speedup_estimate(model, x, "2:4", table=CPU, measure=False)
+    assert all(layer.kernel == "dense" for layer in slow.layers) and slow.speedup == pytest.approx(1.0)
+    assert not any(hasattr(m, "weight_mask") for m in model.modules())  # the model is untouched
+
+
+def test_measured_conv_estimate_times_accelerates_conv_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prunekit.accel.estimate as estimate
+
+    calls: list[tuple[str, ...]] = []
+    real = estimate.interleaved_ms
+
+    def spy(fns, **kw):  # type: ignore[no-untyped-def]
+        calls.append(tuple(fns))
+        return real(fns, **kw)
+
+    monkeypatch.setattr(estimate, "interleaved_ms", spy)
+    est = speedup_estimate(SmallCNN().eval(), torch.randn(1, 32, 16, 16), 0.9, table=CPU, rounds=2)
+    model_calls = [c for c in calls if "__model__" in c]
+    assert (
+        len(model_calls) == 1 and {"a", "b", "pw", "fc"} <= set(model_calls[0]) and "dw" not in model_calls[0]
+    )
+    kernel_calls = [c for c in calls if "__model__" not in c]
+    # a and b share one measurement; the 3x3 convs get "taps", the 1x1 conv does not (compact+ kernels
+    # join where the random mask happens to zero whole channels)
+    assert len(kernel_calls) == 2 and all(c[:2] == ("dense", "csr") for c in kernel_calls)
+    assert sorted("taps" in c for c in kernel_calls) == [False, True]
+    assert {layer.kind for layer in est.layers} == {"linear", "conv2d"} and est.predicted_ms > 0
+    assert est.other_ms >= 0 and est.dense_ms > 0
+
+
+def test_channel_estimate_times_every_pruned_conv_on_its_new_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prunekit.accel.estimate as estimate
+
+    calls: list[tuple[str, ...]] = []
+    real = estimate.interleaved_ms
+
+    def spy(fns, **kw):  # type: ignore[no-untyped-def]
+        calls.append(tuple(fns))
+        return real(fns, **kw)
+
+    monkeypatch.setattr(estimate, "interleaved_ms", spy)
+    model = SmallCNN().eval()
+    x = torch.randn(1, 32, 16, 16)
+    est = speedup_estimate(
+        model, x, pk.ChannelPruneConfig(ratio=0.5, exclude=[model.fc]), table=CPU, rounds=2
+    )
+    assert len(calls) == 1  # dense model, dense layers and pruned layers in the same alternating rounds
+    assert {f"{n}:after" for n in ("a", "b", "pw", "dw")} <= set(calls[0])
+    by = {layer.name: layer for layer in est.layers}
+    assert by["dw"].kind == "conv2d" and by["dw"].shape == (32, 9)  # depthwise convs shrink too
+    assert by["a"].shape == (16, 288) and by["b"].shape == (16, 144)  # a reads the model's input
+    assert est.predicted_ms > 0 and est.other_ms >= 0
+    # without measuring: the dense time scaled by kept weights x output positions
+    flat = speedup_estimate(model, x, pk.ChannelPruneConfig(ratio=0.5, exclude=[model.fc]), table=CPU,
+                            measure=False)  # fmt: skip
+    fl = {layer.name: layer for layer in flat.layers}
+    assert fl["a"].predicted_ms == pytest.approx(fl["a"].dense_ms / 2)
+    assert fl["b"].predicted_ms == pytest.approx(fl["b"].dense_ms / 4)
+
+
+def test_the_warning_counts_large_convs() -> None:
+    conv = Row("conv", "Conv2d", (512, 512, 3, 3), 0.5)  # 2.4M weights
+    with pytest.warns(SpeedupWarning, match="Linear/Conv2d"):
+        advice = warn_if_no_speedup(Result([conv], pattern="2:4"), table=CPU)
+    assert advice is not None and advice.counted == ("conv",)
+    assert advise([("conv", "Conv2d", (512, 512, 3, 3), 0.95)], table=CPU).can_speed_up  # type: ignore[union-attr]
+    assert advise([("dw", "Conv2d", (512, 1, 3, 3), 0.5)], table=CPU) is None  # too small to count

@@ -2,20 +2,25 @@
 
 ::
 
-    dense model ──► one forward with hooks: every Linear/Conv input shape (tokens)
-                ──► dense_ms of the model and of each Linear layer (measured, alternating)
-                    other_ms = model - sum(Linear)          (attention, norms, convs, ...)
+    dense model ──► one forward with hooks: every Linear/Conv2d input (and conv output) shape
+                ──► dense_ms of the model and of each Linear and Conv2d layer (measured, alternating)
+                    other_ms = model - sum(layers)        (attention, norms, activations, pooling, ...)
     option      ──► pruned copy (prune_weights / prune_channels on a deepcopy): per-layer
                     sparsity or new shape
-    predicted   = other_ms * (MACs kept outside Linear)
-                + sum over Linear of dense_ms * min(1, ratio(tokens, sparsity))   (unstructured; ratio:
-                                    measured on the layer's shape, or with measure=False the table's
-                                    fastest CSR kernel, csr or csr/K)
-                                    dense_ms * new_weights / old_weights                (channels)
+    predicted   = other_ms * (kept fraction of the activations the layers read, structured only)
+                + sum over layers of dense_ms * min(1, ratio)        unstructured / N:M; ratio: measured
+                                    with the kernels accelerate would time (Linear: csr, csr/K, bsr, ...;
+                                    Conv2d: csr, taps, compact+...) on the layer's shape, input and real
+                                    mask, or with measure=False the table's fastest CSR kernel
+                  the pruned layer's measured time                   channels (its new shape and input;
+                                    measure=False: dense_ms * new_weights / old_weights)
 
-A layer whose predicted CSR gain is below ``margin`` counts as dense, as :func:`accelerate`
-would keep it. With ``measure=False`` nothing is timed: dense times come from the table too and
-``other_ms`` is 0 (the estimate then covers the Linear layers only).
+A layer whose predicted gain is below ``margin`` counts as dense, as :func:`accelerate` would keep
+it, and so do layers :func:`accelerate` leaves dense (fewer than ``min_weights`` weights, grouped or
+non-zero-padded convs). With ``measure=False`` nothing is timed: dense times come from the table too
+(a conv as the ``(out, in * kh * kw)`` matrix it multiplies, on its output positions: a rougher
+approximation than for Linear layers) and ``other_ms`` is 0 (the estimate then covers the Linear
+and Conv2d layers only).
 """
 
 from __future__ import annotations
@@ -31,14 +36,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.accel.choice import AccelerateConfig, conv_layers, linear_layers, masked_conv
 from prunekit.accel.engine import as_args, linear_mask
 from prunekit.errors import ConfigError
 from prunekit.kernels import KernelTable, interleaved_ms, kernel_table, num_threads
 
+MIN_WEIGHTS = AccelerateConfig().min_weights  # smaller layers: accelerate leaves them dense untimed
+
 
 @dataclass(frozen=True, kw_only=True)
 class LayerEstimate:
-    """One Linear layer: measured or table dense time and the predicted time after pruning."""
+    """One Linear or Conv2d layer: measured or table dense time and the predicted time after pruning.
+
+    ``shape`` is the weight as a matrix, ``(out_features, in_features)`` or a conv's ``(out, in * kh * kw)``
+    (after pruning, for channel options); ``tokens`` the rows it multiplies (a conv: its output positions,
+    batch included); ``kind`` ``"linear"`` or ``"conv2d"`` (as in :class:`~prunekit.kernels.LayerChoice`).
+    """
 
     name: str
     shape: tuple[int, int]
@@ -47,6 +60,7 @@ class LayerEstimate:
     kernel: str
     dense_ms: float
     predicted_ms: float
+    kind: str = "linear"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,8 +71,8 @@ class SpeedupEstimate:
         option: what was estimated, e.g. ``"unstructured 90% (layer)"``.
         dense_ms: the dense model (measured; with ``measure=False``: the Linear layers from the table).
         predicted_ms: the prediction after pruning and :func:`accelerate`.
-        other_ms: time outside Linear layers (0 when not measured).
-        layers: per-Linear estimates.
+        other_ms: time outside the Linear and Conv2d layers (0 when not measured).
+        layers: per-layer estimates (Linear and Conv2d).
     """
 
     option: str
@@ -78,6 +92,8 @@ class SpeedupEstimate:
 
 
 def _shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
+    """Input shape of every Linear/Conv layer on ``example_inputs`` (first call), and under
+    ``"<name>:out"`` a Conv2d's output shape."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, m in model.named_modules():
@@ -87,7 +103,13 @@ def _shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]
                 if name not in shapes and args and isinstance(args[0], torch.Tensor):
                     shapes[name] = tuple(args[0].shape)
 
+            def out_hook(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
+                if f"{name}:out" not in shapes and isinstance(out, torch.Tensor):
+                    shapes[f"{name}:out"] = tuple(out.shape)
+
             handles.append(m.register_forward_pre_hook(hook))
+            if isinstance(m, nn.Conv2d):
+                handles.append(m.register_forward_hook(out_hook))
     pos, kw = as_args(example_inputs)
     was = model.training
     try:
@@ -117,11 +139,9 @@ def _pruned_copy(model: nn.Module, example_inputs: Any, option: Any) -> tuple[nn
         option = weights.WeightPruningConfig(pattern=option)
     if isinstance(option, weights.WeightPruningConfig):
         nm = option.nm
-        lin = [
-            n
-            for n, m in trial.named_modules()
-            if isinstance(m, nn.Linear) and (nm is None or m.in_features % nm[1] == 0)
-        ]
+        # the layers accelerate can make faster: plain Linear and groups-1 zero-padded Conv2d
+        lin = [n for n, m in linear_layers(trial)[0] if nm is None or m.in_features % nm[1] == 0]
+        lin += [n for n, m in conv_layers(trial)[0] if nm is None or m.in_channels % nm[1] == 0]
         import warnings
 
         from prunekit.kernels import SpeedupWarning
@@ -137,7 +157,7 @@ def _pruned_copy(model: nn.Module, example_inputs: Any, option: Any) -> tuple[nn
         )
         return trial, label, False
     if isinstance(option, structured.ChannelPruneConfig):
-        structured.prune_channels(trial, example_inputs, config=option)
+        structured.prune_channels(trial, example_inputs, config=_exclude_by_name(model, option))
         return trial, f"channels {option.ratio!r}", True
     if isinstance(option, Mapping):
         from prunekit.core import set_mask
@@ -151,6 +171,18 @@ def _pruned_copy(model: nn.Module, example_inputs: Any, option: Any) -> tuple[nn
     raise ConfigError(
         f"cannot estimate option of type {type(option).__name__}; pass a sparsity (0.9), a pattern ('2:4'), "
         "a WeightPruningConfig, a ChannelPruneConfig or a {layer_name: sparsity} mapping"
+    )
+
+
+def _exclude_by_name(model: nn.Module, cfg: Any) -> Any:
+    """``cfg`` with the modules of ``model`` in ``exclude`` given by name (the option runs on a copy)."""
+    ex = cfg.exclude
+    items = ex if isinstance(ex, (tuple, list)) else (ex,)
+    if ex is None or not any(isinstance(e, nn.Module) for e in items):
+        return cfg
+    names = {id(m): n for n, m in model.named_modules() if n}
+    return dataclasses.replace(
+        cfg, exclude=tuple(names.get(id(e), e) if isinstance(e, nn.Module) else e for e in items)
     )
 
 
@@ -190,7 +222,15 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
         new_shapes = _shapes(trial, example_inputs) if structured else shapes
         linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n in shapes]
         tokens = {n: math.prod(shapes[n][:-1]) for n, _ in linears}
+        # structured: every conv shrinks (depthwise too); unstructured: only those accelerate can replace
+        conv_pool = [(n, c) for n, c in model.named_modules() if type(c) is nn.Conv2d] if structured else \
+            conv_layers(model)[0]  # fmt: skip
+        convs: list[tuple[str, nn.Conv2d]] = [
+            (n, c) for n, c in conv_pool if n in shapes and f"{n}:out" in shapes
+        ]
+        conv_tokens = {n: conv_tokens_of(shapes, n, c) for n, c in convs}
         dense: dict[str, float] = {}
+        after: dict[str, float] = {}  # channels, measured: each pruned layer on its new shape
         other = 0.0
         total: float
         if measure:
@@ -199,52 +239,96 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             for n, m in linears:
                 x = torch.randn(tokens[n], m.in_features, dtype=m.weight.dtype)
                 fns[n] = lambda m=m, x=x: F.linear(x, m.weight, m.bias)
+            for n, c in convs:
+                fns[n] = _conv_fn(c, shapes[n])
+                if structured and n in new_shapes:
+                    fns[f"{n}:after"] = _conv_fn(trial.get_submodule(n), new_shapes[n])
             was = model.training
             model.eval()
             try:
-                ms = interleaved_ms(fns, rounds=rounds, target_s=1e-3)
+                with torch.no_grad():
+                    ms = interleaved_ms(fns, rounds=rounds, target_s=1e-3)
             finally:
                 model.train(was)
             total = ms.pop("__model__")
-            dense = ms
+            after = {k[: -len(":after")]: v for k, v in ms.items() if k.endswith(":after")}
+            dense = {k: v for k, v in ms.items() if not k.endswith(":after")}
             other = max(0.0, total - sum(dense.values()))
         else:
             dense = {n: table.dense_ms_for(m.out_features, m.in_features, tokens[n]) for n, m in linears}
+            dense |= {n: table.dense_ms_for(c.out_channels, _patch_len(c), conv_tokens[n]) for n, c in convs}
             total = sum(dense.values())
         measured = (
             _measured_ratios(trial, example_inputs, linears, tokens, rounds)
+            | _measured_conv_ratios(trial, convs, shapes, rounds)
             if measure and not structured
             else {}
         )
         layers: list[LayerEstimate] = []
         for n, m in linears:
             new = trial.get_submodule(n)
+            assert isinstance(new, nn.Linear)
             if structured:
-                assert isinstance(new, nn.Linear)
                 frac = (new.out_features * new.in_features) / (m.out_features * m.in_features)
                 layers.append(LayerEstimate(name=n, shape=(new.out_features, new.in_features), tokens=tokens[n],
                                             sparsity=0.0, kernel="dense", dense_ms=dense[n],
                                             predicted_ms=dense[n] * frac))  # fmt: skip
                 continue
-            assert isinstance(new, nn.Linear)
-            mask = linear_mask(new)
-            s = 1.0 - float(mask.float().mean())
-            if n in measured:
-                ratio, best = measured[n]
-            else:
-                ratio = table.ratio(tokens=tokens[n], sparsity=s) if s > 0 else 1.0
-                best = table.kernel(tokens=tokens[n], sparsity=s)
-            sparse = ratio * margin <= 1.0
-            kernel = best if sparse else "dense"
-            pred = dense[n] * (ratio if sparse else 1.0)
-            layers.append(LayerEstimate(name=n, shape=(m.out_features, m.in_features), tokens=tokens[n],
-                                        sparsity=s, kernel=kernel, dense_ms=dense[n], predicted_ms=pred))  # fmt: skip
+            layers.append(_unstructured(n, "linear", (m.out_features, m.in_features), tokens[n], linear_mask(new),
+                                        dense[n], measured, table, margin))  # fmt: skip
+        for n, c in convs:
+            pc = trial.get_submodule(n)
+            assert isinstance(pc, nn.Conv2d)
+            if structured:  # measured on the new shape; without measuring, by kept weights x positions
+                frac = (
+                    pc.weight.numel() / c.weight.numel() * conv_tokens_of(new_shapes, n, pc) / conv_tokens[n]
+                )
+                pred = after.get(n, dense[n] * frac)
+                layers.append(LayerEstimate(name=n, shape=(pc.out_channels, _patch_len(pc)), tokens=conv_tokens[n],
+                                            sparsity=0.0, kernel="dense", dense_ms=dense[n], predicted_ms=pred,
+                                            kind="conv2d"))  # fmt: skip
+                continue
+            layers.append(_unstructured(n, "conv2d", (c.out_channels, _patch_len(c)), conv_tokens[n],
+                                        linear_mask(pc), dense[n], measured, table, margin))  # fmt: skip
         if structured and other:
-            other *= _conv_mac_ratio(model, trial, shapes, new_shapes)
+            other *= _activation_ratio(model, shapes, new_shapes)
     predicted = other + sum(layer.predicted_ms for layer in layers)
     return SpeedupEstimate(
         option=label, dense_ms=total, predicted_ms=predicted, other_ms=other, layers=tuple(layers)
     )
+
+
+def _patch_len(conv: nn.Conv2d) -> int:
+    """Columns of the conv's weight as a matrix: ``in / groups * kh * kw``."""
+    return int(math.prod(conv.weight.shape[1:]))
+
+
+def conv_tokens_of(shapes: Mapping[str, tuple[int, ...]], name: str, conv: nn.Conv2d) -> int:
+    """Output positions (batch included) of conv ``name`` in ``shapes`` (1 if it did not run)."""
+    out = shapes.get(f"{name}:out")
+    return max(1, math.prod(out) // max(1, conv.out_channels)) if out else 1
+
+
+def _conv_fn(conv: nn.Module, in_shape: tuple[int, ...]) -> Any:
+    """``conv`` run on a random input of ``in_shape`` (its own padding mode, groups and geometry)."""
+    assert isinstance(conv, nn.Conv2d)
+    x = torch.randn(in_shape, dtype=conv.weight.dtype)
+    return lambda: conv._conv_forward(x, conv.weight, conv.bias)
+
+
+def _unstructured(name: str, kind: str, shape: tuple[int, int], tokens: int, mask: torch.Tensor, dense_ms: float,
+                  measured: Mapping[str, tuple[float, str]], table: KernelTable, margin: float) -> LayerEstimate:  # fmt: skip
+    """A weight-pruned layer: the measured (or table) kernel ratio, kept only if it beats dense by ``margin``."""
+    s = 1.0 - float(mask.float().mean()) if mask.numel() else 0.0
+    if name in measured:
+        ratio, best = measured[name]
+    elif s > 0 and mask.numel() >= MIN_WEIGHTS:
+        ratio, best = table.ratio(tokens=tokens, sparsity=s), table.kernel(tokens=tokens, sparsity=s)
+    else:
+        ratio, best = 1.0, "dense"
+    sparse = ratio * margin <= 1.0
+    return LayerEstimate(name=name, shape=shape, tokens=tokens, sparsity=s, kernel=best if sparse else "dense",
+                         dense_ms=dense_ms, predicted_ms=dense_ms * (ratio if sparse else 1.0), kind=kind)  # fmt: skip
 
 
 def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[str, nn.Linear]],
@@ -297,18 +381,57 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
     return out
 
 
-def _conv_mac_ratio(model: nn.Module, trial: nn.Module, shapes: Mapping[str, tuple[int, ...]],
-                    new_shapes: Mapping[str, tuple[int, ...]]) -> float:  # fmt: skip
-    """Kept fraction of the non-Linear work, approximated by the kept conv weights x inputs (1.0 if no conv)."""
-    old = new = 0.0
+def _measured_conv_ratios(trial: nn.Module, convs: list[tuple[str, nn.Conv2d]],
+                          shapes: Mapping[str, tuple[int, ...]], rounds: int) -> dict[str, tuple[float, str]]:  # fmt: skip
+    """Kernel time / dense time and the fastest kernel for each weight-pruned Conv2d, as :func:`accelerate`
+    times them (:func:`~prunekit.kernels.conv_candidate_kernels` as :class:`~prunekit.kernels.SparseConv2d`
+    against the masked ``F.conv2d``) on its recorded input. Convs of one weight shape, geometry, input
+    shape and sparsity (to 0.01) share one measurement, on the first one's real mask."""
+    from prunekit.kernels import SparseConv2d, conv_candidate_kernels
+
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    masks: dict[str, torch.Tensor] = {}
+    for n, _ in convs:
+        new = trial.get_submodule(n)
+        assert isinstance(new, nn.Conv2d)
+        mask = linear_mask(new)
+        if bool(mask.all()) or mask.numel() < MIN_WEIGHTS:
+            continue
+        masks[n] = mask
+        s = 1.0 - float(mask.float().mean())
+        key = (tuple(new.weight.shape), new.stride, new.padding, new.dilation, shapes[n], round(s, 2))
+        groups.setdefault(key, []).append(n)
+    out: dict[str, tuple[float, str]] = {}
+    g = torch.Generator().manual_seed(0)
+    for names in groups.values():
+        rep = trial.get_submodule(names[0])
+        assert isinstance(rep, nn.Conv2d)
+        mask = masks[names[0]]
+        x = torch.randn(shapes[names[0]], dtype=rep.weight.dtype, generator=g)
+        dense = masked_conv(rep, mask)
+        fns: dict[str, Any] = {"dense": lambda x=x, f=dense: f(x)}
+        for k in conv_candidate_kernels(mask):
+            if k != "dense":
+                layer = SparseConv2d.from_conv(rep, mask, k)
+                fns[k] = lambda x=x, layer=layer: layer(x)
+        with torch.no_grad():
+            ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
+        best = min((k for k in ms if k != "dense"), key=lambda k: ms[k])
+        for n in names:
+            out[n] = (ms[best] / ms["dense"], best)
+    return out
+
+
+def _activation_ratio(model: nn.Module, shapes: Mapping[str, tuple[int, ...]],
+                      new_shapes: Mapping[str, tuple[int, ...]]) -> float:  # fmt: skip
+    """Kept fraction of the work outside Linear and Conv layers after channel pruning, approximated by the
+    kept fraction of the activations the layers read (norms, activations, pooling and adds are
+    memory-bound: they shrink with the tensor, not with the MACs). 1.0 if no layer ran."""
+    old = new = 0
     for n, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and n in shapes and n in new_shapes:
-            t = trial.get_submodule(n)
-            assert isinstance(t, nn.Module)
-            wo, wn = m.weight.numel(), t.get_parameter("weight").numel()
-            so, sn = math.prod(shapes[n][2:]), math.prod(new_shapes[n][2:])
-            old += wo * so
-            new += wn * sn
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and n in shapes and n in new_shapes:
+            old += math.prod(shapes[n])
+            new += math.prod(new_shapes[n])
     return new / old if old else 1.0
 
 

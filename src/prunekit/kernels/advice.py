@@ -10,8 +10,9 @@ of the byte count of CSR) so it is tested with hand-made tables::
 
 Rules of :func:`warn_if_no_speedup` (so that small models and tests stay quiet):
 
-* only ``Linear`` layers with at least ``min_weights`` (default 2**20) weights count; smaller layers
-  are overhead-bound and their speed rarely matters;
+* only ``Linear`` and ``Conv2d`` layers with at least ``min_weights`` (default 2**20) weights count
+  (a conv as the ``(out, in * kh * kw)`` matrix its sparse kernels multiply); smaller layers are
+  overhead-bound and their speed rarely matters;
 * with this machine's cached kernel table (or a given one): warn when no counted layer reaches the
   measured crossover at any token count in the table;
 * without a table: warn only where physics forbids a speedup, i.e. at most 50% sparsity (CSR
@@ -32,6 +33,7 @@ from prunekit.kernels.table import KernelTable, cached_table
 
 ENV_SWITCH = "PRUNEKIT_SPEEDUP_WARNING"
 MIN_WEIGHTS = 1 << 20
+KINDS = ("Linear", "Conv2d")  # the layer types accelerate has sparse kernels for
 
 
 class SpeedupWarning(UserWarning):
@@ -70,7 +72,7 @@ def advise(layers: Iterable[tuple[str, str, tuple[int, ...], float]], *, table: 
         >>> advise([("fc", "Linear", (4096, 4096), 0.95)], table=t).can_speed_up
         True
     """
-    counted = [(n, s) for n, kind, shape, s in layers if kind == "Linear" and _numel(shape) >= min_weights]
+    counted = [(n, s) for n, kind, shape, s in layers if kind in KINDS and _numel(shape) >= min_weights]
     if not counted:
         return None
     names = tuple(n for n, _ in counted)
@@ -106,7 +108,7 @@ def advise(layers: Iterable[tuple[str, str, tuple[int, ...], float]], *, table: 
     else:
         fix += ", or unstructured sparsity well above 50% (measure with pk.speedup_estimate)"
     msg = (f"{what} cannot make inference faster {where}: best predicted speedup {best:.2f}x over "
-           f"{len(names)} large Linear layer(s). It still shrinks the saved file. For speed use {fix}. "
+           f"{len(names)} large Linear/Conv2d layer(s). It still shrinks the saved file. For speed use {fix}. "
            f"Silence with warnings.filterwarnings('ignore', category=SpeedupWarning) or {ENV_SWITCH}=0.")  # fmt: skip
     return SpeedupAdvice(can_speed_up=False, best_speedup=best, crossover=cross, counted=names, message=msg)
 
@@ -129,7 +131,7 @@ def warn_if_no_speedup(result: Any, *, table: KernelTable | None = None, min_wei
         result: a :class:`~prunekit.weights.WeightPruningResult` (``.layers`` rows with ``name``,
             ``kind``, ``shape``, ``sparsity``; ``.pattern``).
         table: a kernel table; default the cached one of this machine, if any.
-        min_weights: only Linear layers at least this big count.
+        min_weights: only Linear and Conv2d layers at least this big count.
         stacklevel: passed to :func:`warnings.warn` (3 = the caller of ``prune_weights``).
 
     Returns:
@@ -138,7 +140,7 @@ def warn_if_no_speedup(result: Any, *, table: KernelTable | None = None, min_wei
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
         return None
     rows = [(r.name, r.kind, tuple(r.shape), float(r.sparsity)) for r in result.layers]
-    if table is None and any(k == "Linear" and _numel(sh) >= min_weights for _, k, sh, _ in rows):
+    if table is None and any(k in KINDS and _numel(sh) >= min_weights for _, k, sh, _ in rows):
         table = cached_table()
     advice = advise(rows, table=table, pattern=getattr(result, "pattern", None), min_weights=min_weights)
     if advice is not None and not advice.can_speed_up:
