@@ -165,10 +165,10 @@ def test_a_measured_table_keeps_the_fastest_csr_kernel_per_cell() -> None:
     assert KernelTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t
 
 
-def test_measured_estimate_times_the_kernels_on_each_layer_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    """measure=True: one measurement per (shape, tokens, sparsity), on that layer's real mask (no timing asserts)."""
+@pytest.fixture
+def timed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The names of the functions each ``interleaved_ms`` call of the estimate times, in call order."""
     import prunekit.accel.estimate as estimate
-    from prunekit.kernels.kernels import INNER_KERNELS
 
     calls: list[tuple[str, ...]] = []
     real = estimate.interleaved_ms
@@ -178,6 +178,14 @@ def test_measured_estimate_times_the_kernels_on_each_layer_shape(monkeypatch: py
         return real(fns, **kw)
 
     monkeypatch.setattr(estimate, "interleaved_ms", spy)
+    return calls
+
+
+def test_measured_estimate_times_the_kernels_on_each_layer_shape(timed: list[tuple[str, ...]]) -> None:
+    """measure=True: one measurement per (shape, tokens, sparsity), on that layer's real mask (no timing asserts)."""
+    from prunekit.kernels.kernels import INNER_KERNELS
+
+    calls = timed
 
     class Branches(nn.Module):
         def __init__(self) -> None:
@@ -244,17 +252,8 @@ def test_conv_layers_are_estimated_from_the_table_without_timing() -> None:
     assert not any(hasattr(m, "weight_mask") for m in model.modules())  # the model is untouched
 
 
-def test_measured_conv_estimate_times_accelerates_conv_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prunekit.accel.estimate as estimate
-
-    calls: list[tuple[str, ...]] = []
-    real = estimate.interleaved_ms
-
-    def spy(fns, **kw):  # type: ignore[no-untyped-def]
-        calls.append(tuple(fns))
-        return real(fns, **kw)
-
-    monkeypatch.setattr(estimate, "interleaved_ms", spy)
+def test_measured_conv_estimate_times_accelerates_conv_kernels(timed: list[tuple[str, ...]]) -> None:
+    calls = timed
     est = speedup_estimate(SmallCNN().eval(), torch.randn(1, 32, 16, 16), 0.9, table=CPU, rounds=2)
     model_calls = [c for c in calls if "__model__" in c]
     assert (
@@ -269,17 +268,8 @@ def test_measured_conv_estimate_times_accelerates_conv_kernels(monkeypatch: pyte
     assert est.other_ms >= 0 and est.dense_ms > 0
 
 
-def test_channel_estimate_times_every_pruned_conv_on_its_new_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    import prunekit.accel.estimate as estimate
-
-    calls: list[tuple[str, ...]] = []
-    real = estimate.interleaved_ms
-
-    def spy(fns, **kw):  # type: ignore[no-untyped-def]
-        calls.append(tuple(fns))
-        return real(fns, **kw)
-
-    monkeypatch.setattr(estimate, "interleaved_ms", spy)
+def test_channel_estimate_times_every_pruned_conv_on_its_new_shape(timed: list[tuple[str, ...]]) -> None:
+    calls = timed
     model = SmallCNN().eval()
     x = torch.randn(1, 32, 16, 16)
     est = speedup_estimate(
