@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from prunekit.cli.demo import DemoConfig, DigitsCNN, human_bytes, run_demo
+from prunekit.cli.demo import DemoConfig, DigitsCNN, _prune_weights, human_bytes, run_demo
 from prunekit.errors import ConfigError
 
 
@@ -166,3 +166,36 @@ def test_prunekit_demo_command_full(tmp_path) -> None:  # type: ignore[no-untype
     assert all(r["latency_note"].startswith("accelerated: ") for r in rows if r["method"] == "weights")
     assert payload["hardware"]["threads"] == 1 and payload["seconds"] > 0
     assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
+    # wanda at 95% with global scope prunes a layer away: said in a note, not as a Python warning
+    assert "Warning" not in proc.stderr, proc.stderr
+    away = [n for n in payload["notes"] if "to over 99%" in n]
+    assert away and all(n.startswith("weights ") and "scope='layer'" in n for n in away), payload["notes"]
+
+
+def test_pruned_away_layers_become_notes_and_other_warnings_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import prunekit.weights as weights
+    from prunekit.errors import LayerPrunedAwayWarning
+
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-3)  # global magnitude takes all of this layer first
+    calib = DataLoader(TensorDataset(torch.randn(8, 64), torch.zeros(8, dtype=torch.long)), batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayerPrunedAwayWarning)  # must not escape
+        notes = _prune_weights(model, 0.87, "magnitude", calib)
+    assert len(notes) == 1 and "to over 99%: 0 (" in notes[0], notes
+    real = weights.prune_weights
+
+    def noisy(*a, **k):  # type: ignore[no-untyped-def]
+        warnings.warn("not the demo's to hide", UserWarning, stacklevel=2)
+        return real(*a, **k)
+
+    monkeypatch.setattr(weights, "prune_weights", noisy)
+    with pytest.warns(UserWarning, match="not the demo's"):  # other warnings still reach the user
+        assert _prune_weights(nn.Sequential(nn.Linear(8, 8)), 0.5, "magnitude", calib) == []

@@ -186,13 +186,24 @@ def _data(cfg: DemoConfig) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader
     return train, test, calib
 
 
-def _prune_weights(model: nn.Module, sparsity: float, criterion: str, calib: DataLoader[Any]) -> None:
+def _prune_weights(model: nn.Module, sparsity: float, criterion: str, calib: DataLoader[Any]) -> list[str]:
+    """Prune with global scope; return the messages of the layers it pruned away (shown as table notes,
+    not as Python warnings with a source line in the middle of the demo's output)."""
+    import warnings
+
+    from prunekit.errors import LayerPrunedAwayWarning
     from prunekit.weights import prune_weights
 
     kwargs: dict[str, Any] = {}
     if criterion in ("wanda", "taylor", "snip"):
         kwargs = {"data": calib, "loss_fn": nn.functional.cross_entropy}
-    prune_weights(model, sparsity, criterion=criterion, scope="global", **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LayerPrunedAwayWarning)
+        prune_weights(model, sparsity, criterion=criterion, scope="global", **kwargs)
+    for w in caught:  # anything else is not the demo's to hide
+        if not issubclass(w.category, LayerPrunedAwayWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return [str(w.message) for w in caught if issubclass(w.category, LayerPrunedAwayWarning)]
 
 
 def _row(
@@ -295,7 +306,9 @@ def _run(cfg: DemoConfig, progress: bool, out_dir: str | Path | None) -> DemoRes
                 bar.describe(f"weights {criterion} {s:.0%}")
                 torch.manual_seed(cfg.seed)
                 model = copy.deepcopy(dense)
-                _prune_weights(model, s, criterion, calib)
+                notes += [
+                    f"weights {criterion} {s:.0%}: {m}" for m in _prune_weights(model, s, criterion, calib)
+                ]
                 acc_pruned = _accuracy(model, test)
                 train_model(model, train, epochs=cfg.finetune_epochs, lr=cfg.lr / 3)
                 ms, iqr, latency_note = _accelerated_latency(model, batch, cfg)
