@@ -166,6 +166,7 @@ def flatten_tensors(obj: Any, out: list[torch.Tensor]) -> None:
 
 
 Substitute = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+_SCALARS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
 
 
 class _Recorder(TorchFunctionMode):
@@ -183,22 +184,23 @@ class _Recorder(TorchFunctionMode):
         self.opaque_modules: list[tuple[nn.Module, Any]] = []  # calls of rule-registered module types
         self.param_values: dict[str, int] = {}
         seen: dict[int, int] = {}
-        for kind, items in (
-            ("param", model.named_parameters(remove_duplicate=False)),
-            ("buffer", model.named_buffers(remove_duplicate=False)),
-        ):
-            for name, t in items:
-                if t is None:
-                    continue
-                if id(t) in seen:
-                    v = self.values[seen[id(t)]]
-                    v.names = (*v.names, name)
-                    continue
-                vid = self._new_value(t, kind)
-                self.values[vid].names = (name,)
-                seen[id(t)] = vid
-                self.param_values[name] = vid
-        for name, m in model.named_modules(remove_duplicate=False):
+        # the order of named_parameters / named_buffers(remove_duplicate=False), without their generators
+        mods = list(model.named_modules(remove_duplicate=False))
+        for kind, attr in (("param", "_parameters"), ("buffer", "_buffers")):
+            for mname, mod in mods:
+                for pname, t in getattr(mod, attr).items():
+                    if t is None:
+                        continue
+                    name = f"{mname}.{pname}" if mname else pname
+                    if id(t) in seen:
+                        v = self.values[seen[id(t)]]
+                        v.names = (*v.names, name)
+                        continue
+                    vid = self._new_value(t, kind)
+                    self.values[vid].names = (name,)
+                    seen[id(t)] = vid
+                    self.param_values[name] = vid
+        for name, m in mods:
             self.module_names.setdefault(id(m), name)
 
     # -- values -------------------------------------------------------------------------------
@@ -217,6 +219,8 @@ class _Recorder(TorchFunctionMode):
     def _replace(self, obj: Any, inputs: list[int], tensors: list[torch.Tensor]) -> Any:
         """``obj`` with every tensor replaced by its :class:`TensorRef`; the value ids go to ``inputs``,
         and every tensor found (dataclass fields too, which stay as they are) to ``tensors``."""
+        if type(obj) in _SCALARS:  # most arguments (strides, paddings, flags): nothing to look into
+            return obj
         if isinstance(obj, torch.Tensor):
             vid = self.value_of(obj)
             inputs.append(vid)
