@@ -299,10 +299,11 @@ def apply(model: nn.Module, plan: Plan) -> Snapshot:
         t = get_tensor(model, e.fqn, modules)
         by_tensor[id(t)].append(e)
         tensors[id(t)] = t
-        # a weight mask (prunekit.core.masks: buffer `<name>_mask` beside it) is re-sliced with its weight
+        # a weight mask (prunekit.core.masks: buffer `<name>_mask` beside it) is re-sliced with its weight;
+        # read from _buffers: a missing name through nn.Module.__getattr__ costs an exception per entry
         module_name, _, pname = e.fqn.rpartition(".")
         owner = modules.get(module_name)
-        mask = getattr(owner, pname + "_mask", None) if owner is not None else None
+        mask = owner._buffers.get(pname + "_mask") if owner is not None else None
         if isinstance(mask, torch.Tensor) and mask.shape == t.shape and mask is not t:
             by_tensor[id(mask)].append(e)
             tensors[id(mask)] = mask
