@@ -222,10 +222,10 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.a = nn.Conv2d(32, 32, 3, padding=1)
         self.b = nn.Conv2d(32, 32, 3, padding=1)
-        self.pw = nn.Conv2d(32, 64, 1)
-        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
-        self.bn = nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, 10)
+        self.pw = nn.Conv2d(32, 128, 1)  # 4096 weights: just enough for accelerate to time it
+        self.dw = nn.Conv2d(128, 128, 3, padding=1, groups=128)
+        self.bn = nn.BatchNorm2d(128)
+        self.fc = nn.Linear(128, 10)  # 1280 weights: accelerate leaves it dense untimed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.b(torch.relu(self.a(x))))
@@ -245,7 +245,7 @@ def test_conv_layers_are_estimated_from_the_table_without_timing() -> None:
     assert a.sparsity == pytest.approx(0.95, abs=0.01)
     assert a.dense_ms == pytest.approx(CPU.dense_ms_for(32, 288, 256))
     assert a.predicted_ms == pytest.approx(a.dense_ms * CPU.ratio(tokens=256, sparsity=a.sparsity))
-    # 10 x 64 weights: fewer than accelerate's min_weights, so it stays dense
+    # 10 x 128 weights: fewer than accelerate's min_weights, so it stays dense
     assert by["fc"].kernel == "dense" and by["fc"].predicted_ms == by["fc"].dense_ms
     slow = speedup_estimate(model, x, "2:4", table=CPU, measure=False)
     assert all(layer.kernel == "dense" for layer in slow.layers) and slow.speedup == pytest.approx(1.0)
@@ -261,9 +261,11 @@ def test_measured_conv_estimate_times_accelerates_conv_kernels(timed: list[tuple
     )
     kernel_calls = [c for c in calls if "__model__" not in c]
     # a and b share one measurement; the 3x3 convs get "taps", the 1x1 conv does not (compact+ kernels
-    # join where the random mask happens to zero whole channels)
+    # join where the random mask happens to zero whole channels); the small fc is not timed at all
     assert len(kernel_calls) == 2 and all(c[:2] == ("dense", "csr") for c in kernel_calls)
     assert sorted("taps" in c for c in kernel_calls) == [False, True]
+    fc = {layer.name: layer for layer in est.layers}["fc"]
+    assert fc.sparsity > 0.8 and fc.kernel == "dense" and fc.predicted_ms == fc.dense_ms
     assert {layer.kind for layer in est.layers} == {"linear", "conv2d"} and est.predicted_ms > 0
     assert est.other_ms >= 0 and est.dense_ms > 0
 
@@ -278,7 +280,7 @@ def test_channel_estimate_times_every_pruned_conv_on_its_new_shape(timed: list[t
     assert len(calls) == 1  # dense model, dense layers and pruned layers in the same alternating rounds
     assert {f"{n}:after" for n in ("a", "b", "pw", "dw")} <= set(calls[0])
     by = {layer.name: layer for layer in est.layers}
-    assert by["dw"].kind == "conv2d" and by["dw"].shape == (32, 9)  # depthwise convs shrink too
+    assert by["dw"].kind == "conv2d" and by["dw"].shape == (64, 9)  # depthwise convs shrink too
     assert by["a"].shape == (16, 288) and by["b"].shape == (16, 144)  # a reads the model's input
     assert est.predicted_ms > 0 and est.other_ms >= 0
     # without measuring: the dense time scaled by kept weights x output positions

@@ -200,9 +200,10 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             :class:`~prunekit.weights.WeightPruningConfig`, a :class:`~prunekit.structured.ChannelPruneConfig`
             or a ``{layer_name: sparsity}`` mapping.
         table: the kernel table; default this machine's (measured and cached on first use).
-        measure: time the dense model and its Linear layers, and the sparse kernels on each pruned
-            layer shape (one layer per shape, token count and sparsity, with its real mask); otherwise
-            everything comes from the table and only Linear layers are predicted.
+        measure: time the dense model and its Linear and Conv2d layers, and the sparse kernels on each
+            pruned layer shape (one layer per shape, input and sparsity, with its real mask; for a
+            channel option, each pruned conv on its new shape); otherwise everything comes from the
+            table and only the Linear and Conv2d layers are predicted.
         margin: CSR must beat dense by this factor to count (as in :func:`accelerate`).
         threads: thread count (default: the current one).
         rounds: timing rounds.
@@ -320,12 +321,12 @@ def _unstructured(name: str, kind: str, shape: tuple[int, int], tokens: int, mas
                   measured: Mapping[str, tuple[float, str]], table: KernelTable, margin: float) -> LayerEstimate:  # fmt: skip
     """A weight-pruned layer: the measured (or table) kernel ratio, kept only if it beats dense by ``margin``."""
     s = 1.0 - float(mask.float().mean()) if mask.numel() else 0.0
-    if name in measured:
-        ratio, best = measured[name]
-    elif s > 0 and mask.numel() >= MIN_WEIGHTS:
-        ratio, best = table.ratio(tokens=tokens, sparsity=s), table.kernel(tokens=tokens, sparsity=s)
-    else:
+    if s == 0 or mask.numel() < MIN_WEIGHTS:  # accelerate leaves it dense without timing
         ratio, best = 1.0, "dense"
+    elif name in measured:
+        ratio, best = measured[name]
+    else:
+        ratio, best = table.ratio(tokens=tokens, sparsity=s), table.kernel(tokens=tokens, sparsity=s)
     sparse = ratio * margin <= 1.0
     return LayerEstimate(name=name, shape=shape, tokens=tokens, sparsity=s, kernel=best if sparse else "dense",
                          dense_ms=dense_ms, predicted_ms=dense_ms * (ratio if sparse else 1.0), kind=kind)  # fmt: skip
@@ -349,7 +350,7 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
         new = trial.get_submodule(n)
         assert isinstance(new, nn.Linear)
         mask = linear_mask(new)
-        if not bool(mask.all()):
+        if not bool(mask.all()) and mask.numel() >= MIN_WEIGHTS:
             masks[n] = mask
     with torch.no_grad():
         feeds, reads = view_links(trial.eval(), example_inputs, {n: trial.get_submodule(n) for n in masks})
