@@ -266,6 +266,14 @@ def masked_conv(module: nn.Conv2d, mask: torch.Tensor) -> Callable[[torch.Tensor
     return lambda x: F.conv2d(x, masked, bias, stride, padding, dilation)
 
 
+def conv_candidates(module: nn.Conv2d, mask: torch.Tensor, only: tuple[str, ...] | None = None
+                    ) -> dict[str, SparseConv2d]:  # fmt: skip
+    """The sparse candidates :func:`accelerate` times for a conv (``dense`` is the masked ``F.conv2d``):
+    :func:`~prunekit.kernels.conv_candidate_kernels` of ``mask``, restricted to ``only`` if given."""
+    names = [k for k in conv_candidate_kernels(mask) if k != "dense" and (only is None or k in only)]
+    return {k: SparseConv2d.from_conv(module, mask, k) for k in names}
+
+
 def choose_conv(name: str, module: nn.Conv2d, in_shape: tuple[int, ...], cfg: AccelerateConfig,
                 timer: Timer | None) -> tuple[LayerChoice, SparseConv2d | None]:  # fmt: skip
     """:func:`choose_layer` for a conv: candidates timed on an input of the recorded shape."""
@@ -289,10 +297,7 @@ def choose_conv(name: str, module: nn.Conv2d, in_shape: tuple[int, ...], cfg: Ac
         return made("dense", "no pruned weights"), None
     if mask.numel() < cfg.min_weights and timer is None:
         return made("dense", f"fewer than {cfg.min_weights} weights"), None
-    names = [
-        k for k in conv_candidate_kernels(mask) if cfg.kernels is None or k in cfg.kernels or k == "dense"
-    ]
-    modules = {k: SparseConv2d.from_conv(module, mask, k) for k in names if k != "dense"}
+    modules = conv_candidates(module, mask, cfg.kernels)
     case = LayerCase(name, (co, ci * kh * kw), tokens, sparsity, ("dense", *modules), kind="conv2d")
     return decide(case, lambda: dense(x), modules, x, cfg, timer, made)
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.accel.choice import AccelerateConfig, conv_layers, linear_layers, masked_conv
+from prunekit.accel.choice import AccelerateConfig, conv_candidates, conv_layers, linear_layers, masked_conv
 from prunekit.accel.engine import as_args, linear_mask
 from prunekit.errors import ConfigError
 from prunekit.kernels import KernelTable, interleaved_ms, kernel_table, num_threads
@@ -229,7 +229,7 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
         convs: list[tuple[str, nn.Conv2d]] = [
             (n, c) for n, c in conv_pool if n in shapes and f"{n}:out" in shapes
         ]
-        conv_tokens = {n: conv_tokens_of(shapes, n, c) for n, c in convs}
+        conv_tokens = {n: _conv_tokens(shapes, n, c) for n, c in convs}
         dense: dict[str, float] = {}
         after: dict[str, float] = {}  # channels, measured: each pruned layer on its new shape
         other = 0.0
@@ -247,8 +247,7 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             was = model.training
             model.eval()
             try:
-                with torch.no_grad():
-                    ms = interleaved_ms(fns, rounds=rounds, target_s=1e-3)
+                ms = interleaved_ms(fns, rounds=rounds, target_s=1e-3)  # in inference mode
             finally:
                 model.train(was)
             total = ms.pop("__model__")
@@ -281,9 +280,7 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             pc = trial.get_submodule(n)
             assert isinstance(pc, nn.Conv2d)
             if structured:  # measured on the new shape; without measuring, by kept weights x positions
-                frac = (
-                    pc.weight.numel() / c.weight.numel() * conv_tokens_of(new_shapes, n, pc) / conv_tokens[n]
-                )
+                frac = pc.weight.numel() / c.weight.numel() * _conv_tokens(new_shapes, n, pc) / conv_tokens[n]
                 pred = after.get(n, dense[n] * frac)
                 layers.append(LayerEstimate(name=n, shape=(pc.out_channels, _patch_len(pc)), tokens=conv_tokens[n],
                                             sparsity=0.0, kernel="dense", dense_ms=dense[n], predicted_ms=pred,
@@ -304,7 +301,7 @@ def _patch_len(conv: nn.Conv2d) -> int:
     return int(math.prod(conv.weight.shape[1:]))
 
 
-def conv_tokens_of(shapes: Mapping[str, tuple[int, ...]], name: str, conv: nn.Conv2d) -> int:
+def _conv_tokens(shapes: Mapping[str, tuple[int, ...]], name: str, conv: nn.Conv2d) -> int:
     """Output positions (batch included) of conv ``name`` in ``shapes`` (1 if it did not run)."""
     out = shapes.get(f"{name}:out")
     return max(1, math.prod(out) // max(1, conv.out_channels)) if out else 1
@@ -375,11 +372,16 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
                 layer = SparseLinear(w, b, mask, kernel=k).eval()
                 layer.transposed_output = feed
                 fns[k] = lambda layer=layer, xs=xs: layer(xs)
-        ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
-        best = min((k for k in ms if k != "dense"), key=lambda k: ms[k])
-        for n in names:
-            out[n] = (ms[best] / ms["dense"], best)
+        out.update(dict.fromkeys(names, _fastest(fns, rounds)))
     return out
+
+
+def _fastest(fns: Mapping[str, Any], rounds: int) -> tuple[float, str]:
+    """Time ``dense`` and the candidates as :func:`accelerate` does (alternating rounds, clear losers
+    screened out); return (fastest candidate / dense, its name)."""
+    ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
+    best = min((k for k in ms if k != "dense"), key=lambda k: ms[k])
+    return ms[best] / ms["dense"], best
 
 
 def _measured_conv_ratios(trial: nn.Module, convs: list[tuple[str, nn.Conv2d]],
@@ -388,8 +390,6 @@ def _measured_conv_ratios(trial: nn.Module, convs: list[tuple[str, nn.Conv2d]],
     times them (:func:`~prunekit.kernels.conv_candidate_kernels` as :class:`~prunekit.kernels.SparseConv2d`
     against the masked ``F.conv2d``) on its recorded input. Convs of one weight shape, geometry, input
     shape and sparsity (to 0.01) share one measurement, on the first one's real mask."""
-    from prunekit.kernels import SparseConv2d, conv_candidate_kernels
-
     groups: dict[tuple[Any, ...], list[str]] = {}
     masks: dict[str, torch.Tensor] = {}
     for n, _ in convs:
@@ -411,15 +411,9 @@ def _measured_conv_ratios(trial: nn.Module, convs: list[tuple[str, nn.Conv2d]],
         x = torch.randn(shapes[names[0]], dtype=rep.weight.dtype, generator=g)
         dense = masked_conv(rep, mask)
         fns: dict[str, Any] = {"dense": lambda x=x, f=dense: f(x)}
-        for k in conv_candidate_kernels(mask):
-            if k != "dense":
-                layer = SparseConv2d.from_conv(rep, mask, k)
-                fns[k] = lambda x=x, layer=layer: layer(x)
-        with torch.no_grad():
-            ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
-        best = min((k for k in ms if k != "dense"), key=lambda k: ms[k])
-        for n in names:
-            out[n] = (ms[best] / ms["dense"], best)
+        for k, layer in conv_candidates(rep, mask).items():
+            fns[k] = lambda x=x, layer=layer: layer(x)
+        out.update(dict.fromkeys(names, _fastest(fns, rounds)))
     return out
 
 
