@@ -41,7 +41,7 @@ from prunekit.accel.engine import as_args, linear_mask
 from prunekit.errors import ConfigError
 from prunekit.kernels import KernelTable, interleaved_ms, kernel_table, num_threads
 
-MIN_WEIGHTS = AccelerateConfig().min_weights  # smaller layers: accelerate leaves them dense untimed
+_ACCEL_MIN_WEIGHTS = AccelerateConfig().min_weights  # smaller layers: accelerate leaves them dense untimed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -318,7 +318,7 @@ def _unstructured(name: str, kind: str, shape: tuple[int, int], tokens: int, mas
                   measured: Mapping[str, tuple[float, str]], table: KernelTable, margin: float) -> LayerEstimate:  # fmt: skip
     """A weight-pruned layer: the measured (or table) kernel ratio, kept only if it beats dense by ``margin``."""
     s = 1.0 - float(mask.float().mean()) if mask.numel() else 0.0
-    if s == 0 or mask.numel() < MIN_WEIGHTS:  # accelerate leaves it dense without timing
+    if s == 0 or mask.numel() < _ACCEL_MIN_WEIGHTS:  # accelerate leaves it dense without timing
         ratio, best = 1.0, "dense"
     elif name in measured:
         ratio, best = measured[name]
@@ -347,7 +347,7 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
         new = trial.get_submodule(n)
         assert isinstance(new, nn.Linear)
         mask = linear_mask(new)
-        if not bool(mask.all()) and mask.numel() >= MIN_WEIGHTS:
+        if not bool(mask.all()) and mask.numel() >= _ACCEL_MIN_WEIGHTS:
             masks[n] = mask
     with torch.no_grad():
         feeds, reads = view_links(trial.eval(), example_inputs, {n: trial.get_submodule(n) for n in masks})
@@ -396,7 +396,7 @@ def _measured_conv_ratios(trial: nn.Module, convs: list[tuple[str, nn.Conv2d]],
         new = trial.get_submodule(n)
         assert isinstance(new, nn.Conv2d)
         mask = linear_mask(new)
-        if bool(mask.all()) or mask.numel() < MIN_WEIGHTS:
+        if bool(mask.all()) or mask.numel() < _ACCEL_MIN_WEIGHTS:
             continue
         masks[n] = mask
         s = 1.0 - float(mask.float().mean())
