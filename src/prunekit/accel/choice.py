@@ -225,7 +225,7 @@ def choose_layer(name: str, module: nn.Linear | nn.Conv2d, in_shape: tuple[int, 
         return made("dense", "no pruned weights"), None
     if mask.numel() < cfg.min_weights and timer is None:
         return made("dense", f"fewer than {cfg.min_weights} weights"), None
-    names = [k for k in candidate_kernels(mask) if cfg.kernels is None or k in cfg.kernels or k == "dense"]
+    names = [k for k in candidate_kernels(mask, dtype=module.weight.dtype) if cfg.kernels is None or k in cfg.kernels or k == "dense"]
     weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
     masked = torch.where(mask, weight, weight.new_zeros(()))
     modules = {k: SparseLinear(weight, bias, mask, kernel=k).eval() for k in names if k != "dense"}

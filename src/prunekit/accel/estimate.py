@@ -367,7 +367,7 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
         x = torch.randn(t, in_f, dtype=w.dtype, generator=g)
         xs = x.t().contiguous().t() if read else x  # the transposed view the feeding layer returns
         fns: dict[str, Any] = {"dense": lambda x=x, w=masked, b=b: F.linear(x, w, b)}
-        for k in candidate_kernels(mask):
+        for k in candidate_kernels(mask, dtype=w.dtype):
             if k != "dense":
                 layer = SparseLinear(w, b, mask, kernel=k).eval()
                 layer.transposed_output = feed

@@ -8,6 +8,9 @@ same thing faster where the zeros allow it, in two independent steps::
                      whole zero        "csr"    CSR @ x.T, int32 indices    output row is pruned)
                      input columns)    "csr/K"  the same, W's columns in K
                                                 parts (x.T row blocks stay in cache)
+                                       "csr-numba" the same CSR arrays, run by
+                                                a kernel numba compiles for this CPU
+                                                (:mod:`prunekit.kernels.jit`; optional)
                                        "bsrKxK" block-sparse @ x.T
 
 Removing whole zero rows and columns is physical structured removal (a smaller dense matmul);
@@ -15,8 +18,9 @@ what is left goes to the inner kernel. Which combination wins depends on the sha
 tokens, the sparsity pattern and the machine, so :func:`prunekit.accel.engine` measures them.
 
 Kernel names are data (they go into saved files): ``"dense"``, ``"csr"``, ``"csr/2"``, ``"csr/4"``,
-``"csr/8"``, ``"bsr4"``, ``"bsr8"``, ``"bsr16"``, each optionally prefixed by ``"compact+"`` (drop zero
-rows/columns first).
+``"csr/8"``, ``"csr-numba"``, ``"bsr4"``, ``"bsr8"``, ``"bsr16"``, each optionally prefixed by ``"compact+"``
+(drop zero rows/columns first). ``"csr-numba"`` is a candidate only where numba is installed; a
+layer saved with it and loaded where numba is missing runs ``"csr"`` (same arrays, same function).
 
 Layout: the sparse kernels compute ``y.T = W @ x.T`` (MKL's CSR x dense wants the tokens as the
 contiguous dimension). They take ``x.T`` as it comes (no copy when ``x`` is already a transposed
@@ -37,8 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError, PrunekitError
+from prunekit.kernels import jit
 
-INNER_KERNELS: tuple[str, ...] = ("dense", "csr", "csr/2", "csr/4", "csr/8", "bsr4", "bsr8", "bsr16")
+JIT = "csr-numba"
+INNER_KERNELS: tuple[str, ...] = ("dense", "csr", "csr/2", "csr/4", "csr/8", JIT, "bsr4", "bsr8", "bsr16")
 CSR_SPLITS: tuple[int, ...] = (2, 4, 8)
 MIN_SPLIT_COLUMNS = 256  # a column part narrower than this is not worth a call of its own
 COMPACT = "compact+"
@@ -159,16 +165,27 @@ def block_fill(mask: torch.Tensor, block: int) -> float:
     return int(mask.sum()) / stored if stored else 1.0
 
 
-def candidate_kernels(mask: torch.Tensor, *, min_block_fill: float = 0.5) -> list[str]:
-    """Kernels worth timing for this mask (BSR only where tiles are mostly full, compaction only
-    where zero rows/columns remove at least 5%)."""
+def csr_kernels(in_features: int, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> list[str]:  # fmt: skip
+    """The CSR-family kernels for a weight with ``in_features`` columns: ``"csr"``, the column splits
+    wide enough to be worth it, and ``"csr-numba"`` where numba can run this dtype and device."""
+    names = ["csr", *(f"csr/{k}" for k in CSR_SPLITS if in_features >= k * MIN_SPLIT_COLUMNS)]
+    if jit.supports(dtype, torch.device(device)):
+        names.append(JIT)
+    return names
+
+
+def candidate_kernels(
+    mask: torch.Tensor, *, min_block_fill: float = 0.5, dtype: torch.dtype = torch.float32
+) -> list[str]:
+    """Kernels worth timing for this mask and weight ``dtype`` (BSR only where tiles are mostly full,
+    compaction only where zero rows/columns remove at least 5%, ``"csr-numba"`` where numba is installed)."""
     rows, cols = zero_structure(mask)
     stats = KernelStats(mask.shape[0], mask.shape[1], int(mask.sum()), rows.numel(), cols.numel())
     sub = mask.index_select(0, rows).index_select(1, cols) if stats.compactable else mask
     inner = ["dense"]
     if stats.nnz < mask.numel():
-        inner.append("csr")
-        inner += [f"csr/{k}" for k in CSR_SPLITS if sub.shape[1] >= k * MIN_SPLIT_COLUMNS]
+        inner += csr_kernels(sub.shape[1], dtype, mask.device)
         inner += [f"bsr{b}" for b in (4, 8, 16) if sub.numel() and block_fill(sub, b) >= min_block_fill]
     names = list(inner)
     if stats.compactable:
@@ -240,6 +257,12 @@ class SparseLinear(nn.Module):
         if tuple(mask.shape) != tuple(weight.shape) or weight.dim() != 2:
             raise ConfigError(f"SparseLinear needs a 2-D weight and a mask of its shape, got {tuple(weight.shape)} "
                               f"and {tuple(mask.shape)}")  # fmt: skip
+        if inner == JIT:
+            if jit.supports(weight.dtype, weight.device):
+                jit.compile_for(weight.dtype)
+            else:  # e.g. a saved plan loaded without numba: the same CSR arrays, run by torch
+                inner = "csr"
+                kernel = COMPACT + inner if compact else inner
         self.kernel = kernel
         self.inner = inner
         self.splits = int(inner[4:]) if inner.startswith("csr/") else 1
@@ -264,12 +287,13 @@ class SparseLinear(nn.Module):
         self._csr_key: tuple[int, int, int] | None = None
         self._parts: list[tuple[int, int, torch.Tensor]] = []
         self._parts_key: tuple[int, int, int] | None = None
+        self._bounds: tuple[tuple[int, int, int, int], list[int]] | None = None  # (key + threads, row edges)
         self.train(False)  # born in inference mode
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         # a sparse tensor has no storage to copy: rebuilt on use
-        state["_csr"] = state["_csr_key"] = state["_parts_key"] = None
+        state["_csr"] = state["_csr_key"] = state["_parts_key"] = state["_bounds"] = None
         state["_parts"] = []
         return state
 
@@ -296,12 +320,29 @@ class SparseLinear(nn.Module):
             self._parts_key = key
         return self._parts
 
+    def _row_bounds(self) -> list[int] | None:
+        """Row edges of equal kept-weight parts, one per torch thread (``None`` for one thread)."""
+        threads = torch.get_num_threads()
+        if threads <= 1:
+            return None
+        key = (*self._key(), threads)
+        if self._bounds is None or self._bounds[0] != key:
+            self._bounds = (key, jit.row_bounds(self.crow, threads))
+        return self._bounds[1]
+
     def _sparse_t(self, xt: torch.Tensor) -> torch.Tensor:
         """``W @ xt`` for ``xt`` (in, T) contiguous; the bias added here when no row scatter follows."""
         bias = self.bias.reshape(-1, 1) if self.bias is not None and self.row_index is None else None
         if self.inner.startswith("bsr"):
             yt = torch.mm(self.blocks, xt)
             return yt if bias is None else yt.add_(bias)
+        if (
+            self.inner == JIT
+            and xt.dtype == self.values.dtype
+            and not (xt.requires_grad and torch.is_grad_enabled())
+        ):
+            return jit.csr_mm(self.crow, self.col, self.values, xt, None if bias is None else self.bias,
+                              bounds=self._row_bounds())  # fmt: skip
         parts = self._csr_parts()
         (lo, hi, first), rest = parts[0], parts[1:]
         xs = xt if hi - lo == xt.shape[0] else xt[lo:hi]
@@ -386,6 +427,7 @@ __all__ = [
     "COMPACT",
     "CSR_SPLITS",
     "INNER_KERNELS",
+    "JIT",
     "MIN_SPLIT_COLUMNS",
     "InferenceOnlyError",
     "KernelStats",
@@ -395,6 +437,7 @@ __all__ = [
     "candidate_kernels",
     "column_parts",
     "compact_buffers",
+    "csr_kernels",
     "csr_parts",
     "parse_kernel",
     "quiet_sparse",

@@ -25,13 +25,14 @@ from typing import Any
 
 from prunekit.core import HardwareInfo, hardware_info
 from prunekit.errors import FormatError
+from prunekit.kernels import jit
 
 PLAN_FORMAT = "prunekit.accel"
 PLAN_VERSION = 1
 
 
 def fingerprint(info: HardwareInfo | None = None) -> str:
-    """A short hash of what makes timings comparable: CPU model, cores, threads, OS, torch version.
+    """A short hash of what makes timings comparable: CPU model, cores, threads, OS, torch and numba versions.
 
     Example:
         >>> fingerprint(hardware_info(threads=1)) == fingerprint(hardware_info(threads=1))
@@ -39,6 +40,7 @@ def fingerprint(info: HardwareInfo | None = None) -> str:
     """
     info = info if info is not None else hardware_info()
     key = {k: v for k, v in info.to_dict().items() if k != "python"}
+    key["numba"] = jit.version()  # installing or removing numba changes which kernels exist
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 
 from prunekit.core import hardware_info
 from prunekit.errors import ConfigError, FormatError
-from prunekit.kernels.kernels import CSR_SPLITS, MIN_SPLIT_COLUMNS, SparseLinear
+from prunekit.kernels.kernels import SparseLinear, csr_kernels
 from prunekit.kernels.plan import fingerprint
 from prunekit.kernels.timing import interleaved_ms, num_threads
 
 TABLE_FORMAT = "prunekit.kernels"
-TABLE_VERSION = 2  # 2: each cell is the fastest of csr, csr/2, csr/4 (1: plain csr only)
+TABLE_VERSION = 3  # 3: csr-numba among the kernels; 2: fastest of csr, csr/2, csr/4; 1: plain csr
 CACHE_ENV = "PRUNEKIT_CACHE_DIR"
 DEFAULT_TOKENS = (1, 8, 32, 128, 512)
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -250,7 +250,7 @@ def measure_table(*, shape: tuple[int, int] = (1024, 1024), tokens: tuple[int, .
     g = torch.Generator().manual_seed(0)
     w = torch.randn(shape, generator=g)
     b = torch.randn(shape[0], generator=g)
-    names = ["csr", *(f"csr/{k}" for k in CSR_SPLITS if shape[1] >= k * MIN_SPLIT_COLUMNS)]
+    names = csr_kernels(shape[1])
     with num_threads(threads) as used:
         dense: list[float] = []
         csr: list[list[float]] = [[] for _ in sparsities]

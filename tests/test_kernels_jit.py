@@ -1,0 +1,208 @@
+"""The numba CSR kernel (``csr-numba``): same function as the masked Linear, and a clean fallback.
+
+Oracle: ``F.linear(x, W * mask, b)`` (and torch's own CSR kernel on the same arrays). No timing:
+kernels are built directly or forced with a stub timer. Tests needing numba skip without it; the
+fallback tests pretend it is missing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import prunekit as pk
+from prunekit.accel import LayerCase, SparseLinear, accelerate, persist
+from prunekit.kernels import candidate_kernels, fingerprint, jit
+from prunekit.kernels.kernels import JIT, csr_parts
+from zoo import HF_ZOO, ZOO, output_tensors
+
+pytestmark = pytest.mark.filterwarnings("ignore::prunekit.errors.LayerPrunedAwayWarning")
+needs_numba = pytest.mark.skipif(not jit.available(), reason="numba is not installed (pip install numba)")
+
+
+def stub(kernel: str) -> Callable[[LayerCase, Mapping[str, Callable[[], object]]], dict[str, float]]:
+    def timer(case: LayerCase, fns: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+        return {k: 1.0 if k == "dense" else 0.1 if k == kernel else 0.5 for k in case.kernels}
+
+    return timer
+
+
+def layer(out: int, inp: int, sparsity: float, seed: int = 0, dtype: torch.dtype = torch.float32
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out, inp, generator=g, dtype=dtype)
+    b = torch.randn(out, generator=g, dtype=dtype)
+    return w, b, torch.rand(out, inp, generator=g) > sparsity
+
+
+@needs_numba
+@settings(max_examples=25, deadline=None)
+@given(
+    out=st.integers(1, 40),
+    inp=st.integers(1, 40),
+    tokens=st.integers(1, 37),
+    sparsity=st.sampled_from([0.0, 0.3, 0.8, 0.97, 1.0]),
+    parts=st.integers(1, 4),
+    with_bias=st.booleans(),
+    double=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_csr_mm_equals_dense_product(out: int, inp: int, tokens: int, sparsity: float, parts: int,
+                                     with_bias: bool, double: bool, seed: int) -> None:  # fmt: skip
+    dtype = torch.float64 if double else torch.float32
+    w, b, mask = layer(out, inp, sparsity, seed, dtype)
+    crow, col, values = csr_parts(torch.where(mask, w, 0.0), mask)
+    xt = torch.randn(inp, tokens, dtype=dtype, generator=torch.Generator().manual_seed(seed + 1))
+    bounds = jit.row_bounds(crow, parts)
+    got = jit.csr_mm(crow, col, values, xt, b if with_bias else None, bounds=bounds)
+    want = (w * mask) @ xt + (b[:, None] if with_bias else 0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(0, 50), min_size=1, max_size=60), parts=st.integers(1, 8))
+def test_row_bounds_cover_all_rows_in_order_and_balance_kept_weights(counts: list[int], parts: int) -> None:
+    crow = torch.zeros(len(counts) + 1, dtype=torch.int32)
+    torch.cumsum(torch.tensor(counts), 0, out=crow[1:])
+    edges = jit.row_bounds(crow, parts)
+    assert len(edges) == parts + 1
+    assert edges[0] == 0 and edges[-1] == len(counts)
+    assert edges == sorted(edges)
+    share = int(crow[-1]) / parts
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        # a part holds its share give or take one row's weights (rows are not split)
+        assert int(crow[hi] - crow[lo]) <= share + max(counts)
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel", [JIT, "compact+" + JIT])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_linear_numba_equals_masked_linear(kernel: str, threads: int) -> None:
+    w, b, mask = layer(48, 64, 0.85, seed=1)
+    mask[:, :5] = False  # whole zero columns and rows for the compact form
+    mask[40:] = False
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(2))
+    want = F.linear(x, w * mask, b)
+    m = SparseLinear(w, b, mask, kernel=kernel)
+    assert m.kernel == kernel and kernel in candidate_kernels(mask)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-5)
+        m.transposed_output = True  # the view-returning form, read again without a copy
+        y = m(x)
+        assert not y.is_contiguous() or y.shape[-2] == 1
+        torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            m(x.transpose(0, 1).contiguous().transpose(0, 1)), want, rtol=1e-4, atol=1e-5
+        )
+    finally:
+        torch.set_num_threads(before)
+    got_w, got_m = m.dense_weight_and_mask()
+    assert torch.equal(got_m, mask)
+    torch.testing.assert_close(got_w, w * mask)
+
+
+@needs_numba
+def test_numba_kernel_gives_gradients_through_torch_csr() -> None:
+    """An input that needs gradients runs torch's CSR on the same arrays (numba has no autograd)."""
+    w, b, mask = layer(16, 24, 0.7)
+    m = SparseLinear(w, b, mask, kernel=JIT)
+    x = torch.randn(4, 24, requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, (w * mask).sum(0).expand(4, 24), rtol=1e-4, atol=1e-5)
+
+
+@needs_numba
+def test_concurrent_calls_from_python_threads_agree() -> None:
+    w, b, mask = layer(64, 96, 0.9)
+    m = SparseLinear(w, b, mask, kernel=JIT)
+    xs = [torch.randn(7, 96, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    got: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        got[i] = m(xs[i])
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for i, x in enumerate(xs):
+        torch.testing.assert_close(got[i], F.linear(x, w * mask, b), rtol=1e-4, atol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("name", ["flatten_linear", "vit", "moe", "bert_sdpa", "llama_gqa_sdpa"])
+def test_accelerate_with_numba_matches_masked_zoo_model(name: str) -> None:
+    model, inputs = {**ZOO, **HF_ZOO}[name]()
+    pk.prune_weights(model, 0.8, include=[nn.Linear])
+    with torch.no_grad():
+        want = [t.clone() for t in output_tensors(model(*inputs))]
+    result = accelerate(model, inputs, timer=stub(JIT))
+    assert any(c.kernel == JIT for c in result.layers)
+    with torch.no_grad():
+        got = output_tensors(model(*inputs))
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5 * max(1.0, float(e.abs().max())))
+
+
+def pretend_no_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jit, "available", lambda: False)
+
+
+def test_without_numba_it_is_no_candidate_and_a_saved_choice_runs_torch_csr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w, b, mask = layer(32, 40, 0.8)
+    pretend_no_numba(monkeypatch)
+    assert all(JIT not in k for k in candidate_kernels(mask))
+    for kernel, effective in [(JIT, "csr"), ("compact+" + JIT, "compact+csr")]:
+        m = SparseLinear(w, b, mask, kernel=kernel)
+        assert (m.kernel, m.inner) == (effective, "csr")
+        x = torch.randn(6, 40)
+        torch.testing.assert_close(m(x), F.linear(x, w * mask, b), rtol=1e-4, atol=1e-5)
+
+
+def test_fingerprint_depends_on_numba_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    here = fingerprint()
+    monkeypatch.setattr(jit, "version", lambda: "0.0-other")
+    assert fingerprint() != here
+
+
+def test_other_dtypes_are_not_offered_the_numba_kernel() -> None:
+    mask = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) > 0.8
+    assert JIT not in candidate_kernels(mask, dtype=torch.bfloat16)
+    assert not jit.supports(torch.float16, torch.device("cpu"))
+
+
+@needs_numba
+def test_saved_numba_choice_reloads_and_runs_torch_csr_where_numba_is_missing(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32))
+
+    model = fresh()
+    pk.prune_weights(model, 0.9, scope="layer")
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        want = model(x).clone()
+    accelerate(model, (x,), timer=stub(JIT))
+    path = tmp_path / "m.safetensors"  # type: ignore[operator]
+    persist.save(model, path)
+    pretend_no_numba(monkeypatch)
+    loaded = persist.load(path, fresh(), remeasure_on="never")
+    kernels = [m.kernel for m in loaded.modules() if isinstance(m, SparseLinear)]
+    assert kernels and set(kernels) == {"csr"}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), want, rtol=1e-4, atol=1e-5)
