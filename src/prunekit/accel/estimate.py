@@ -2,9 +2,14 @@
 
 ::
 
-    dense model ──► one forward with hooks: every Linear/Conv2d input (and conv output) shape
+    dense model ──► one forward with hooks: every Linear/Conv2d input and output shape
                 ──► dense_ms of the model and of each Linear and Conv2d layer (measured, alternating)
-                    other_ms = model - sum(layers)        (attention, norms, activations, pooling, ...)
+                    other_ms = the model with each of those layers standing in as a fixed zero
+                               output (attention, norms, activations, pooling, ...; measured directly)
+                    in-model = model - other_ms - sum(layers): what the layers cost more inside the
+                               model than alone (their weights stream from DRAM, not a warm cache),
+                               shared over the layers by weight bytes and kept in proportion to the
+                               bytes a layer keeps (sparse kernel: 2 x density; channels: kept weights)
     option      ──► pruned copy (prune_weights / prune_channels on a deepcopy): per-layer
                     sparsity or new shape
     predicted   = other_ms * (kept fraction of the activations the layers read, structured only)
@@ -14,6 +19,10 @@
                                     mask, or with measure=False the table's fastest CSR kernel
                   the pruned layer's measured time                   channels (its new shape and input;
                                     measure=False: dense_ms * new_weights / old_weights)
+                + each layer's in-model share x the bytes it keeps
+
+A model that cannot run with stand-in layers (control flow on their outputs) gets the old split:
+``other_ms = model - sum(layers)``, no in-model share.
 
 A layer whose predicted gain is below ``margin`` counts as dense, as :func:`accelerate` would keep
 it, and so do layers :func:`accelerate` leaves dense (fewer than ``min_weights`` weights, grouped or
@@ -93,7 +102,7 @@ class SpeedupEstimate:
 
 def _shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
     """Input shape of every Linear/Conv layer on ``example_inputs`` (first call), and under
-    ``"<name>:out"`` a Conv2d's output shape."""
+    ``"<name>:out"`` a Linear's or Conv2d's output shape."""
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for name, m in model.named_modules():
@@ -108,7 +117,7 @@ def _shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]
                     shapes[f"{name}:out"] = tuple(out.shape)
 
             handles.append(m.register_forward_pre_hook(hook))
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
                 handles.append(m.register_forward_hook(out_hook))
     pos, kw = as_args(example_inputs)
     was = model.training
@@ -232,6 +241,7 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
         conv_tokens = {n: _conv_tokens(shapes, n, c) for n, c in convs}
         dense: dict[str, float] = {}
         after: dict[str, float] = {}  # channels, measured: each pruned layer on its new shape
+        in_model: dict[str, float] = {}  # extra time of each layer inside the model (weights from DRAM)
         other = 0.0
         total: float
         if measure:
@@ -247,13 +257,21 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             was = model.training
             model.eval()
             try:
+                stub = _stubbed_model(model, [n for n, _ in linears] + [n for n, _ in convs], shapes, pos, kw)
+                if stub is not None:
+                    fns["__stub__"] = stub
                 ms = interleaved_ms(fns, rounds=rounds, target_s=1e-3)  # in inference mode
             finally:
                 model.train(was)
             total = ms.pop("__model__")
+            outside = ms.pop("__stub__", None)
             after = {k[: -len(":after")]: v for k, v in ms.items() if k.endswith(":after")}
             dense = {k: v for k, v in ms.items() if not k.endswith(":after")}
-            other = max(0.0, total - sum(dense.values()))
+            if outside is None:  # the model cannot run with stand-in layers: all the rest is "other"
+                other = max(0.0, total - sum(dense.values()))
+            else:
+                other = min(outside, total)
+                in_model = _in_model_penalty(model, dense, max(0.0, total - other - sum(dense.values())))
         else:
             dense = {n: table.dense_ms_for(m.out_features, m.in_features, tokens[n]) for n, m in linears}
             dense |= {n: table.dense_ms_for(c.out_channels, _patch_len(c), conv_tokens[n]) for n, c in convs}
@@ -290,9 +308,64 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
                                         linear_mask(pc), dense[n], measured, table, margin))  # fmt: skip
         if structured and other:
             other *= _activation_ratio(model, shapes, new_shapes)
+        layers = [_with_in_model(layer, in_model.get(layer.name, 0.0), model, trial) for layer in layers]
     predicted = other + sum(layer.predicted_ms for layer in layers)
     return SpeedupEstimate(
         option=label, dense_ms=total, predicted_ms=predicted, other_ms=other, layers=tuple(layers)
+    )
+
+
+def _stubbed_model(model: nn.Module, names: list[str], shapes: Mapping[str, tuple[int, ...]],
+                   pos: tuple[Any, ...], kw: dict[str, Any]) -> Any:  # fmt: skip
+    """A call of ``model`` in which each named layer returns a fixed zero tensor of its recorded output
+    shape instead of computing: timing it measures the time outside those layers directly. ``None`` if
+    a layer cannot be stood in for or the model fails to run that way (then nothing is changed)."""
+    stand_ins: list[tuple[nn.Module, torch.Tensor]] = []
+    for n in names:
+        m = model.get_submodule(n)
+        out = shapes.get(f"{n}:out")
+        if out is None or "forward" in m.__dict__:
+            return None
+        stand_ins.append((m, torch.zeros(out, dtype=m.get_parameter("weight").dtype)))
+
+    def run() -> Any:
+        for m, z in stand_ins:
+            m.forward = lambda *a, z=z, **k: z
+        try:
+            return model(*pos, **kw)
+        finally:
+            for m, _ in stand_ins:
+                del m.forward
+
+    try:
+        with torch.no_grad():
+            run()
+    except Exception:  # a model whose control flow needs real layer outputs
+        return None
+    return run
+
+
+def _in_model_penalty(model: nn.Module, dense: Mapping[str, float], extra: float) -> dict[str, float]:
+    """Split ``extra`` (model time - time outside the layers - the layers timed on their own: mostly their
+    weights streaming from DRAM instead of a warm cache) over the layers by weight bytes."""
+    sizes = {n: model.get_submodule(n).get_parameter("weight").numel() for n in dense}
+    total = sum(sizes.values())
+    return {n: extra * size / total for n, size in sizes.items()} if total else {}
+
+
+def _with_in_model(layer: LayerEstimate, extra: float, model: nn.Module, trial: nn.Module) -> LayerEstimate:
+    """``layer`` with its share of the in-model time added: in full to the dense time, and to the
+    prediction scaled by the bytes its weights keep (a sparse kernel: 8 bytes per kept weight instead
+    of 4 per weight; dense or channel-pruned: its weights after / before)."""
+    if not extra:
+        return layer
+    if layer.kernel != "dense" and layer.sparsity > 0:
+        keep = min(1.0, 2.0 * (1.0 - layer.sparsity))
+    else:
+        before = model.get_submodule(layer.name).get_parameter("weight").numel()
+        keep = trial.get_submodule(layer.name).get_parameter("weight").numel() / max(1, before)
+    return dataclasses.replace(
+        layer, dense_ms=layer.dense_ms + extra, predicted_ms=layer.predicted_ms + extra * keep
     )
 
 
