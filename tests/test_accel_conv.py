@@ -34,13 +34,15 @@ from prunekit.accel.deploy import plain_copy
 from prunekit.accel.engine import conv_layers
 from prunekit.accel.states import effective_macs, weight_bytes
 from prunekit.core import count_macs, get_mask, masked_parameters, set_mask
-from prunekit.kernels import ConvGeometry, conv_candidate_kernels
+from prunekit.kernels import ConvGeometry, conv_candidate_kernels, jit
 from test_accel import assert_same, outputs, prefer
 from zoo import ZOO
 
 pytestmark = pytest.mark.filterwarnings("ignore::prunekit.errors.LayerPrunedAwayWarning")
 
-KERNELS = ["dense", "csr", "taps", "compact+dense", "compact+csr", "compact+taps"]
+NUMBA = ["csr-numba"] if jit.available() else []  # a candidate only where numba is installed
+BASE = ["dense", "csr", *NUMBA, "taps"]
+KERNELS = [*BASE, *("compact+" + k for k in BASE)]
 CNNS = ["resnet_basic", "resnet_bottleneck", "mobilenet_v2", "densenet", "inception", "unet", "efficientnet",
         "conv_classifier", "inplace", "grouped_conv", "shufflenet"]  # fmt: skip
 
@@ -124,7 +126,8 @@ def test_conv_candidates() -> None:
     assert conv_candidate_kernels(full) == ["dense"]
     sparse = torch.rand(8, 4, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5
     sparse[0, 0] = True
-    assert conv_candidate_kernels(sparse) == ["dense", "csr", "taps"]
+    assert conv_candidate_kernels(sparse) == BASE
+    assert "csr-numba" not in conv_candidate_kernels(sparse, torch.bfloat16)
     assert "taps" not in conv_candidate_kernels(sparse[:, :, :1, :1])  # 1x1: csr reads the input as it is
     assert conv_candidate_kernels(channel_mask((8, 4, 3, 3), torch.Generator().manual_seed(1))) == KERNELS
 
@@ -140,6 +143,7 @@ def prune_cnn(model: nn.Module, how: str) -> None:
 
 
 @pytest.mark.parametrize(("how", "kernel"), [("unstructured", "csr"), ("unstructured", "taps"),
+                                             *(("unstructured", k) for k in NUMBA),
                                              ("channels", "compact+taps")])  # fmt: skip
 @pytest.mark.parametrize("name", CNNS)
 def test_accelerate_matches_masked_model_on_zoo_cnns(name: str, how: str, kernel: str) -> None:

@@ -206,3 +206,39 @@ def test_saved_numba_choice_reloads_and_runs_torch_csr_where_numba_is_missing(
     assert kernels and set(kernels) == {"csr"}
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_without_numba_a_saved_conv_choice_runs_torch_csr(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.accel import SparseConv2d
+    from prunekit.kernels import conv_candidate_kernels
+
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(8, 6, 1)
+    mask = torch.rand(conv.weight.shape, generator=g) > 0.7
+    pretend_no_numba(monkeypatch)
+    assert JIT not in conv_candidate_kernels(mask)
+    layer = SparseConv2d.from_conv(conv, mask, JIT)
+    assert (layer.kernel, layer.inner) == ("csr", "csr")
+    x = torch.randn(2, 8, 5, 5, generator=g)
+    with torch.no_grad():
+        want = F.conv2d(x, conv.weight * mask, conv.bias)
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_numba
+def test_numba_conv_with_two_threads_equals_the_masked_conv() -> None:
+    from prunekit.accel import SparseConv2d
+
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    mask = torch.rand(conv.weight.shape, generator=g) > 0.8
+    layer = SparseConv2d.from_conv(conv, mask, JIT)
+    x = torch.randn(3, 16, 9, 9, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), F.conv2d(x, conv.weight * mask, conv.bias, padding=1),
+                                       rtol=1e-5, atol=1e-5)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)

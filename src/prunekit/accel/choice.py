@@ -225,7 +225,11 @@ def choose_layer(name: str, module: nn.Linear | nn.Conv2d, in_shape: tuple[int, 
         return made("dense", "no pruned weights"), None
     if mask.numel() < cfg.min_weights and timer is None:
         return made("dense", f"fewer than {cfg.min_weights} weights"), None
-    names = [k for k in candidate_kernels(mask, dtype=module.weight.dtype) if cfg.kernels is None or k in cfg.kernels or k == "dense"]
+    names = [
+        k
+        for k in candidate_kernels(mask, dtype=module.weight.dtype)
+        if cfg.kernels is None or k in cfg.kernels or k == "dense"
+    ]
     weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
     masked = torch.where(mask, weight, weight.new_zeros(()))
     modules = {k: SparseLinear(weight, bias, mask, kernel=k).eval() for k in names if k != "dense"}
@@ -270,7 +274,11 @@ def conv_candidates(module: nn.Conv2d, mask: torch.Tensor, only: tuple[str, ...]
                     ) -> dict[str, SparseConv2d]:  # fmt: skip
     """The sparse candidates :func:`accelerate` times for a conv (``dense`` is the masked ``F.conv2d``):
     :func:`~prunekit.kernels.conv_candidate_kernels` of ``mask``, restricted to ``only`` if given."""
-    names = [k for k in conv_candidate_kernels(mask) if k != "dense" and (only is None or k in only)]
+    names = [
+        k
+        for k in conv_candidate_kernels(mask, module.weight.dtype)
+        if k != "dense" and (only is None or k in only)
+    ]
     return {k: SparseConv2d.from_conv(module, mask, k) for k in names}
 
 

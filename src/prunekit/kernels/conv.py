@@ -42,8 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.kernels import jit
 from prunekit.kernels.kernels import (
     COMPACT,
+    JIT,
     InferenceOnlyError,
     build_csr,
     column_parts,
@@ -52,7 +54,7 @@ from prunekit.kernels.kernels import (
     split_kernel_name,
 )
 
-CONV_KERNELS: tuple[str, ...] = ("dense", "csr", "taps")
+CONV_KERNELS: tuple[str, ...] = ("dense", "csr", JIT, "taps")
 Pair = tuple[int, int]
 
 
@@ -72,13 +74,15 @@ def channel_structure(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, cols
 
 
-def conv_candidate_kernels(mask: torch.Tensor) -> list[str]:
-    """Conv kernels worth timing for a 4-D mask (``taps`` for kernels larger than 1x1; compaction only where
-    whole zero channels remove >= 5%)."""
+def conv_candidate_kernels(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> list[str]:
+    """Conv kernels worth timing for a 4-D mask and weight ``dtype`` (``taps`` for kernels larger than 1x1;
+    ``csr-numba`` where numba is installed; compaction only where whole zero channels remove >= 5%)."""
     if int(mask.sum()) == mask.numel():
         return ["dense"]
     rows, cols = channel_structure(mask)
     names = ["dense", "csr"]
+    if jit.supports(dtype, mask.device):
+        names.append(JIT)
     if tuple(mask.shape[2:]) != (1, 1):  # a 1x1 conv reads its input as it is (or strided: a quarter of it)
         names.append("taps")
     if rows.numel() * cols.numel() <= 0.95 * mask.shape[0] * mask.shape[1]:
@@ -151,6 +155,12 @@ class SparseConv2d(nn.Module):
         if tuple(mask.shape) != tuple(weight.shape) or weight.dim() != 4:
             raise ConfigError(f"SparseConv2d needs a 4-D weight and a mask of its shape, got {tuple(weight.shape)} "
                               f"and {tuple(mask.shape)}")  # fmt: skip
+        if inner == JIT:
+            if jit.supports(weight.dtype, weight.device):
+                jit.compile_for(weight.dtype)
+            else:  # e.g. a saved plan loaded without numba: the same CSR arrays, run by torch
+                inner = "csr"
+                kernel = COMPACT + inner if compact else inner
         self.kernel, self.inner, self.geometry = kernel, inner, geometry
         self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
         self.kernel_size = (int(weight.shape[2]), int(weight.shape[3]))
@@ -180,6 +190,7 @@ class SparseConv2d(nn.Module):
         self._csr_key: tuple[int, int, int] | None = None
         self._taps: list[tuple[int, torch.Tensor]] = []
         self._taps_key: tuple[int, int, int] | None = None
+        self._bounds = jit.ThreadBounds()  # csr-numba's row parts per thread
         self.train(False)  # born in inference mode
 
     @classmethod
@@ -194,6 +205,7 @@ class SparseConv2d(nn.Module):
             None  # sparse tensors have no storage to copy
         )
         state["_taps"] = []  # rebuilt on use
+        state["_bounds"] = jit.ThreadBounds()
         return state
 
     def _csr_tensor(self) -> torch.Tensor:
@@ -288,10 +300,20 @@ class SparseConv2d(nn.Module):
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
         cols, (h_out, w_out) = self._patches(x)
-        csr = self._csr_tensor()
         n, rows = cols.shape[0], self.sub_shape[0]
+        grad = cols.requires_grad and torch.is_grad_enabled()
+        if self.inner == JIT and not grad and cols.dtype == self.values.dtype:
+            bias_1d = self.bias if self.row_index is None else None
+            bounds = self._bounds.get(self.crow)
+            y = cols.new_empty(n, rows, cols.shape[2])
+            for i in range(n):
+                jit.csr_mm(
+                    self.crow, self.col, self.values, cols[i].contiguous(), bias_1d, bounds=bounds, out=y[i]
+                )
+            return y.view(n, rows, h_out, w_out)
+        csr = self._csr_tensor()
         bias = self.bias.reshape(-1, 1) if self.bias is not None and self.row_index is None else None
-        if n == 1 or (cols.requires_grad and torch.is_grad_enabled()):  # out= does not record autograd
+        if n == 1 or grad:  # out= does not record autograd
             ys = [torch.sparse.mm(csr, c) if bias is None else torch.addmm(bias, csr, c) for c in cols]
             y = ys[0].unsqueeze(0) if n == 1 else torch.stack(ys)
         else:

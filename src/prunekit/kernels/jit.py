@@ -123,14 +123,35 @@ def row_bounds(crow: torch.Tensor, parts: int) -> list[int]:
     return [int(e) for e in edges]
 
 
+class ThreadBounds:
+    """Row edges of equal kept-weight parts, one per torch thread, cached until the CSR arrays or the
+    thread count change (``None`` for one thread: no pool)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._edges: list[int] | None = None
+
+    def get(self, crow: torch.Tensor) -> list[int] | None:
+        threads = torch.get_num_threads()
+        if threads <= 1:
+            return None
+        key = (crow.data_ptr(), threads)
+        if self._key != key:
+            self._key, self._edges = key, row_bounds(crow, threads)
+        return self._edges
+
+
 def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor,
-           bias: torch.Tensor | None, *, bounds: list[int] | None = None) -> torch.Tensor:  # fmt: skip
+           bias: torch.Tensor | None, *, bounds: list[int] | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``W @ xt (+ bias[:, None])`` for the CSR ``W`` (int32 ``crow``/``col``) and ``xt`` (in, T) contiguous.
 
     ``bounds`` are row edges (:func:`row_bounds`) run in parallel on a thread pool; ``None``: one part.
+    ``out``: a contiguous ``(rows, T)`` tensor to write into (else a new one).
     """
     rows = crow.numel() - 1
-    out = torch.empty(rows, xt.shape[1], dtype=values.dtype)
+    if out is None:
+        out = torch.empty(rows, xt.shape[1], dtype=values.dtype)
     b = bias if bias is not None else values.new_zeros(rows)
     fn = _compiled(values.dtype)
     args = (crow.numpy(), col.numpy(), values.numpy(), xt.numpy(), b.numpy(), out.numpy())
@@ -145,4 +166,13 @@ def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torc
     return out
 
 
-__all__ = ["DTYPES", "available", "compile_for", "csr_mm", "row_bounds", "supports", "version"]
+__all__ = [
+    "DTYPES",
+    "ThreadBounds",
+    "available",
+    "compile_for",
+    "csr_mm",
+    "row_bounds",
+    "supports",
+    "version",
+]

@@ -287,13 +287,14 @@ class SparseLinear(nn.Module):
         self._csr_key: tuple[int, int, int] | None = None
         self._parts: list[tuple[int, int, torch.Tensor]] = []
         self._parts_key: tuple[int, int, int] | None = None
-        self._bounds: tuple[tuple[int, int, int, int], list[int]] | None = None  # (key + threads, row edges)
+        self._bounds = jit.ThreadBounds()  # csr-numba's row parts per thread
         self.train(False)  # born in inference mode
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         # a sparse tensor has no storage to copy: rebuilt on use
-        state["_csr"] = state["_csr_key"] = state["_parts_key"] = state["_bounds"] = None
+        state["_csr"] = state["_csr_key"] = state["_parts_key"] = None
+        state["_bounds"] = jit.ThreadBounds()
         state["_parts"] = []
         return state
 
@@ -320,16 +321,6 @@ class SparseLinear(nn.Module):
             self._parts_key = key
         return self._parts
 
-    def _row_bounds(self) -> list[int] | None:
-        """Row edges of equal kept-weight parts, one per torch thread (``None`` for one thread)."""
-        threads = torch.get_num_threads()
-        if threads <= 1:
-            return None
-        key = (*self._key(), threads)
-        if self._bounds is None or self._bounds[0] != key:
-            self._bounds = (key, jit.row_bounds(self.crow, threads))
-        return self._bounds[1]
-
     def _sparse_t(self, xt: torch.Tensor) -> torch.Tensor:
         """``W @ xt`` for ``xt`` (in, T) contiguous; the bias added here when no row scatter follows."""
         bias = self.bias.reshape(-1, 1) if self.bias is not None and self.row_index is None else None
@@ -342,7 +333,7 @@ class SparseLinear(nn.Module):
             and not (xt.requires_grad and torch.is_grad_enabled())
         ):
             return jit.csr_mm(self.crow, self.col, self.values, xt, None if bias is None else self.bias,
-                              bounds=self._row_bounds())  # fmt: skip
+                              bounds=self._bounds.get(self.crow))  # fmt: skip
         parts = self._csr_parts()
         (lo, hi, first), rest = parts[0], parts[1:]
         xs = xt if hi - lo == xt.shape[0] else xt[lo:hi]
