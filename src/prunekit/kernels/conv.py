@@ -51,6 +51,7 @@ from prunekit.kernels.kernels import (
     column_parts,
     compact_buffers,
     csr_parts,
+    runnable,
     split_kernel_name,
 )
 
@@ -155,12 +156,7 @@ class SparseConv2d(nn.Module):
         if tuple(mask.shape) != tuple(weight.shape) or weight.dim() != 4:
             raise ConfigError(f"SparseConv2d needs a 4-D weight and a mask of its shape, got {tuple(weight.shape)} "
                               f"and {tuple(mask.shape)}")  # fmt: skip
-        if inner == JIT:
-            if jit.supports(weight.dtype, weight.device):
-                jit.compile_for(weight.dtype)
-            else:  # e.g. a saved plan loaded without numba: the same CSR arrays, run by torch
-                inner = "csr"
-                kernel = COMPACT + inner if compact else inner
+        kernel, inner = runnable(kernel, compact, inner, weight)
         self.kernel, self.inner, self.geometry = kernel, inner, geometry
         self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
         self.kernel_size = (int(weight.shape[2]), int(weight.shape[3]))

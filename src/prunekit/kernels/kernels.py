@@ -54,6 +54,17 @@ class InferenceOnlyError(PrunekitError, RuntimeError):
     """An accelerated layer was asked to train (its weights are not parameters)."""
 
 
+def runnable(kernel: str, compact: bool, inner: str, weight: torch.Tensor) -> tuple[str, str]:
+    """``(kernel, inner)`` as they will run: ``csr-numba`` compiled now for the weight's dtype, or, where
+    numba cannot run it (not installed, e.g. a saved plan loaded elsewhere), ``csr`` on the same arrays."""
+    if inner != JIT:
+        return kernel, inner
+    if jit.supports(weight.dtype, weight.device):
+        jit.compile_for(weight.dtype)
+        return kernel, inner
+    return (COMPACT + "csr" if compact else "csr"), "csr"
+
+
 def split_kernel_name(name: str, kernels: Sequence[str], what: str) -> tuple[bool, str]:
     """``"compact+csr"`` -> ``(True, "csr")`` if ``"csr"`` is one of ``kernels``.
 
@@ -257,12 +268,7 @@ class SparseLinear(nn.Module):
         if tuple(mask.shape) != tuple(weight.shape) or weight.dim() != 2:
             raise ConfigError(f"SparseLinear needs a 2-D weight and a mask of its shape, got {tuple(weight.shape)} "
                               f"and {tuple(mask.shape)}")  # fmt: skip
-        if inner == JIT:
-            if jit.supports(weight.dtype, weight.device):
-                jit.compile_for(weight.dtype)
-            else:  # e.g. a saved plan loaded without numba: the same CSR arrays, run by torch
-                inner = "csr"
-                kernel = COMPACT + inner if compact else inner
+        kernel, inner = runnable(kernel, compact, inner, weight)
         self.kernel = kernel
         self.inner = inner
         self.splits = int(inner[4:]) if inner.startswith("csr/") else 1
@@ -432,6 +438,7 @@ __all__ = [
     "csr_parts",
     "parse_kernel",
     "quiet_sparse",
+    "runnable",
     "split_bounds",
     "split_kernel_name",
     "zero_structure",
