@@ -84,7 +84,10 @@ def test_row_bounds_cover_all_rows_in_order_and_balance_kept_weights(counts: lis
 @needs_numba
 @pytest.mark.parametrize("kernel", [JIT, "compact+" + JIT])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sparse_linear_numba_equals_masked_linear(kernel: str, threads: int) -> None:
+def test_sparse_linear_numba_equals_masked_linear(
+    kernel: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jit, "POOL_MIN_WORK", 0)  # the thread pool even for this small layer
     w, b, mask = layer(48, 64, 0.85, seed=1)
     mask[:, :5] = False  # whole zero columns and rows for the compact form
     mask[40:] = False
@@ -226,7 +229,8 @@ def test_without_numba_a_saved_conv_choice_runs_torch_csr(monkeypatch: pytest.Mo
 
 
 @needs_numba
-def test_numba_conv_with_two_threads_equals_the_masked_conv() -> None:
+def test_numba_conv_with_two_threads_equals_the_masked_conv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jit, "POOL_MIN_WORK", 0)
     from prunekit.accel import SparseConv2d
 
     g = torch.Generator().manual_seed(1)
@@ -240,5 +244,20 @@ def test_numba_conv_with_two_threads_equals_the_masked_conv() -> None:
         with torch.no_grad():
             torch.testing.assert_close(layer(x), F.conv2d(x, conv.weight * mask, conv.bias, padding=1),
                                        rtol=1e-5, atol=1e-5)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_bounds_use_the_pool_only_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    crow = torch.tensor([0, 3, 3, 7, 10], dtype=torch.int32)
+    bounds = jit.ThreadBounds()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(jit, "POOL_MIN_WORK", 10 * 8)
+        assert bounds.get(crow, 7) is None  # 10 kept weights x 7 tokens < 80
+        assert bounds.get(crow, 8) == jit.row_bounds(crow, 2)
+        torch.set_num_threads(1)
+        assert bounds.get(crow, 1000) is None  # one thread: no pool
     finally:
         torch.set_num_threads(before)

@@ -300,7 +300,7 @@ class SparseConv2d(nn.Module):
         grad = cols.requires_grad and torch.is_grad_enabled()
         if self.inner == JIT and not grad and cols.dtype == self.values.dtype:
             bias_1d = self.bias if self.row_index is None else None
-            bounds = self._bounds.get(self.crow)
+            bounds = self._bounds.get(self.crow, cols.shape[2])
             y = cols.new_empty(n, rows, cols.shape[2])
             for i in range(n):
                 jit.csr_mm(

@@ -339,7 +339,7 @@ class SparseLinear(nn.Module):
             and not (xt.requires_grad and torch.is_grad_enabled())
         ):
             return jit.csr_mm(self.crow, self.col, self.values, xt, None if bias is None else self.bias,
-                              bounds=self._bounds.get(self.crow))  # fmt: skip
+                              bounds=self._bounds.get(self.crow, xt.shape[1]))  # fmt: skip
         parts = self._csr_parts()
         (lo, hi, first), rest = parts[0], parts[1:]
         xs = xt if hi - lo == xt.shape[0] else xt[lo:hi]
