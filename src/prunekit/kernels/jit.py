@@ -3,13 +3,14 @@
 ``y.T = W @ x.T`` row by row: for each kept weight ``W[r, c]`` add ``W[r, c] * x.T[c, :]`` to
 ``y.T[r, :]``, four kept weights per pass over the row (one load and store of ``y.T[r, :]`` for four
 multiply-adds, vectorized over the tokens by LLVM for the machine it runs on: AVX-512 here, NEON on
-ARM). On a BERT-base layer at 90% sparsity and 128 tokens this was 2-3x faster than torch's MKL CSR
-(``benchmarks/speed.py``); :func:`prunekit.accel.accelerate` still times it against dense and the
-other kernels on each layer and keeps the fastest.
+ARM). On BERT-base layer shapes at 80-95% sparsity and 128 tokens this was 1.5-2.5x faster than
+torch's MKL CSR on one thread (a sweep outside the repo; end to end: ``benchmarks/speed.py``);
+:func:`prunekit.accel.accelerate` still times it against dense and the other kernels on each
+layer and keeps the fastest.
 
-With more than one torch thread the rows are split into parts of equal kept-weight count, run on a
-thread pool (the kernel releases the GIL); no numba threading layer is used, so nothing here
-conflicts with torch's OpenMP runtime or with ``fork``.
+With more than one torch thread and enough work (:data:`POOL_MIN_WORK`) the rows are split into
+parts of equal kept-weight count, run on a thread pool (the kernel releases the GIL); no numba
+threading layer is used, so nothing here conflicts with torch's OpenMP runtime or with ``fork``.
 
 numba is imported, and the kernel compiled (about a second per dtype), on first use only.
 """
@@ -90,10 +91,13 @@ _compile_lock = threading.Lock()
 def _compiled(dtype: torch.dtype) -> Callable[..., None]:
     import numba
 
+    # fused multiply-adds and reassociation only: no fast-math assumption that inputs hold no inf/NaN
     kind = {torch.float32: "float32", torch.float64: "float64"}[dtype]
     signature = f"void(int32[::1], int32[::1], {kind}[::1], {kind}[:, ::1], {kind}[::1], {kind}[:, ::1], int64, int64)"
     with _compile_lock:
-        fn = numba.njit(signature, fastmath=True, nogil=True, boundscheck=False, cache=False)(_rows_kernel)
+        fn = numba.njit(
+            signature, fastmath={"contract", "reassoc"}, nogil=True, boundscheck=False, cache=False
+        )(_rows_kernel)
     return fn
 
 
@@ -110,6 +114,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool
     pid = os.getpid()
     if _pool is None or _pool[0] != pid or _pool[1] != workers:
+        if _pool is not None and _pool[0] == pid:  # another thread count: let the old threads go
+            _pool[2].shutdown(wait=False)
         _pool = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="prunekit-csr"))
     return _pool[2]
 
