@@ -106,18 +106,21 @@ def compile_for(dtype: torch.dtype) -> None:
     _compiled(dtype)
 
 
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None
+_pools: tuple[int, dict[int, ThreadPoolExecutor]] = (os.getpid(), {})
+_pools_lock = threading.Lock()
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """A thread pool of ``workers`` threads for this process (a forked child gets its own)."""
-    global _pool
-    pid = os.getpid()
-    if _pool is None or _pool[0] != pid or _pool[1] != workers:
-        if _pool is not None and _pool[0] == pid:  # another thread count: let the old threads go
-            _pool[2].shutdown(wait=False)
-        _pool = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="prunekit-csr"))
-    return _pool[2]
+    """A thread pool of ``workers`` threads for this process, one per size (a forked child gets its own;
+    a pool is never shut down while another call could still be submitting to it)."""
+    global _pools
+    with _pools_lock:
+        if _pools[0] != os.getpid():
+            _pools = (os.getpid(), {})
+        pool = _pools[1].get(workers)
+        if pool is None:
+            pool = _pools[1][workers] = ThreadPoolExecutor(workers, thread_name_prefix="prunekit-csr")
+        return pool
 
 
 def row_bounds(crow: torch.Tensor, parts: int) -> list[int]:
