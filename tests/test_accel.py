@@ -26,7 +26,7 @@ from prunekit.accel import (
 )
 from prunekit.accel.engine import linear_layers
 from prunekit.core import get_mask, masked_parameters, set_mask
-from prunekit.kernels import block_fill, candidate_kernels
+from prunekit.kernels import block_fill, candidate_kernels, jit
 from zoo import HF_ZOO, ZOO, output_tensors
 
 # tiny zoo layers pruned globally can end up (almost) empty: that warning is tested in tests/test_calibration.py
@@ -86,13 +86,14 @@ def assert_same(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, float(b.abs().max())))
 
 
+@pytest.mark.parametrize("inner", ["csr", *(["csr-numba"] if jit.available() else [])])
 @pytest.mark.parametrize("how", ["unstructured", "2:4", "structured"])
 @pytest.mark.parametrize("name", WITH_LINEAR)
-def test_accelerate_matches_masked_model_on_zoo(name: str, how: str) -> None:
+def test_accelerate_matches_masked_model_on_zoo(name: str, how: str, inner: str) -> None:
     model, inputs = {**ZOO, **HF_ZOO}[name]()
     prune(model, how)
     want = outputs(model, inputs)
-    kernel = "compact+csr" if how == "structured" else "csr"
+    kernel = "compact+" + inner if how == "structured" else inner
     result = accelerate(model, inputs, timer=prefer(kernel))
     pruned = [c for c in result.layers if c.sparsity > 0]
     assert pruned, "the pruning left no pruned Linear layer"
