@@ -36,6 +36,7 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+@cache
 def version() -> str | None:
     """numba's version, or ``None`` when it is not installed (part of the timing fingerprint)."""
     if not available():
