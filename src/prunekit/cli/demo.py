@@ -38,7 +38,7 @@ from prunekit.core import (
 )
 from prunekit.errors import ConfigError
 from prunekit.io import file_size
-from prunekit.kernels import jit
+from prunekit.kernels import numba_available
 from prunekit.training import num_threads
 from prunekit.training import train as train_model
 
@@ -343,7 +343,7 @@ def _run(cfg: DemoConfig, progress: bool, out_dir: str | Path | None) -> DemoRes
         if any(r.method == "weights" for r in rows):
             notes.append(
                 "weights rows: latency of a copy run through pk.accelerate, which times dense and sparse "
-                f"kernels (CSR{', numba CSR' if jit.available() else ''}, BSR, conv taps) per Linear and Conv2d "
+                f"kernels (CSR{', numba CSR' if numba_available() else ''}, BSR, conv taps) per Linear and Conv2d "
                 "layer on this machine and keeps a sparse "
                 "one only where it beats dense by 10% (layers under 4,096 weights stay dense untimed)"
             )

@@ -1,6 +1,7 @@
 """Sparse kernels and their measured speed on this machine (below the pruning verbs, so they can advise).
 
 - :mod:`~prunekit.kernels.kernels`: ``SparseLinear`` (dense / CSR / BSR / compact) for inference.
+- :mod:`~prunekit.kernels.jit`: the ``csr-numba`` kernel (optional numba); ``numba_available()``.
 - :mod:`~prunekit.kernels.conv`: ``SparseConv2d`` (dense / CSR via im2col / compact) for inference.
 - :mod:`~prunekit.kernels.table`: the per-machine kernel table (measured once, cached).
 - :mod:`~prunekit.kernels.advice`: ``SpeedupWarning`` when a pruning cannot be faster here.
@@ -21,6 +22,7 @@ from prunekit.kernels.conv import (
     conv_candidate_kernels,
     parse_conv_kernel,
 )
+from prunekit.kernels.jit import available as numba_available
 from prunekit.kernels.kernels import (
     InferenceOnlyError,
     SparseLinear,
@@ -68,6 +70,7 @@ __all__ = [
     "LayerChoice",
     "measure_table",
     "num_threads",
+    "numba_available",
     "parse_conv_kernel",
     "parse_kernel",
     "save_table",
