@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,7 +174,7 @@ def test_other_dtypes_are_not_offered_the_numba_kernel() -> None:
 
 @needs_numba
 def test_saved_numba_choice_reloads_and_runs_torch_csr_where_numba_is_missing(
-    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fresh() -> nn.Module:
         torch.manual_seed(0)
@@ -185,7 +186,7 @@ def test_saved_numba_choice_reloads_and_runs_torch_csr_where_numba_is_missing(
     with torch.no_grad():
         want = model(x).clone()
     accelerate(model, (x,), timer=stub(JIT))
-    path = tmp_path / "m.safetensors"  # type: ignore[operator]
+    path = tmp_path / "m.safetensors"
     persist.save(model, path)
     pretend_no_numba(monkeypatch)
     loaded = persist.load(path, fresh(), remeasure_on="never")
