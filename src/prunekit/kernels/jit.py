@@ -145,16 +145,17 @@ class ThreadBounds:
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
+        self._nnz = 0
         self._edges: list[int] | None = None
 
     def get(self, crow: torch.Tensor, tokens: int) -> list[int] | None:
         threads = torch.get_num_threads()
-        if threads <= 1 or int(crow[-1]) * tokens < POOL_MIN_WORK:
+        if threads <= 1:
             return None
         key = (crow.data_ptr(), threads)
-        if self._key != key:
-            self._key, self._edges = key, row_bounds(crow, threads)
-        return self._edges
+        if self._key != key:  # the kept-weight count is read once, not on every call
+            self._key, self._nnz, self._edges = key, int(crow[-1]), row_bounds(crow, threads)
+        return self._edges if self._nnz * tokens >= POOL_MIN_WORK else None
 
 
 def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor,
