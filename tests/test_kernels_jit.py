@@ -246,3 +246,26 @@ def test_thread_bounds_use_the_pool_only_for_enough_work(monkeypatch: pytest.Mon
         assert bounds.get(crow, 1000) is None  # one thread: no pool
     finally:
         torch.set_num_threads(before)
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    ("host", "preset", "want"),
+    [
+        ("+sse2,+avx512f,+avx2", None, "+sse2,+avx512f,+avx2,-prefer-256-bit"),  # AVX-512: wide vectors
+        ("+sse2,-avx512f,+avx2", None, None),  # no AVX-512: numba's own choice
+        ("+sse2,+avx512f", "+sse2", "+sse2"),  # the user's NUMBA_CPU_FEATURES wins
+    ],
+)
+def test_wide_vectors_are_asked_for_only_on_avx512_and_never_over_the_users_setting(
+    host: str, preset: str | None, want: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llvmlite.binding as llvm
+    import numba
+
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", preset)
+    monkeypatch.setattr(
+        llvm, "get_host_cpu_features", lambda: type("F", (), {"flatten": lambda self: host})()
+    )
+    jit._prefer_wide_vectors(numba)
+    assert numba.config.CPU_FEATURES == want
