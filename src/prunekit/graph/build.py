@@ -30,6 +30,7 @@ or custom autograd Functions are frozen and reported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -63,6 +64,12 @@ class Member:
     dim: int
     size: int
     units: np.ndarray
+
+    @functools.cached_property
+    def in_order(self) -> bool:
+        """Index i belongs to unit i, for every index (``units`` is ``0, 1, ..., size - 1``)."""
+        u = self.units
+        return len(u) == 0 or (u[0] == 0 and u[-1] == len(u) - 1 and bool((u[1:] > u[:-1]).all()))
 
 
 @dataclasses.dataclass

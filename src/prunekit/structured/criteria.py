@@ -63,10 +63,42 @@ def reduce_members(
     return total
 
 
+def _identity(m: Member, n_units: int) -> bool:
+    """Index i of the member is unit i (strictly increasing from 0, ``n_units`` of them)."""
+    return len(m.units) == n_units and m.in_order
+
+
+def _lp_members(group: Group, params: Mapping[str, torch.Tensor], p: int) -> torch.Tensor:
+    """:func:`reduce_members` of ``|t|^p`` summed along each member's dim (L1: p=1, squared L2: p=2).
+
+    The 1-D members whose index i is unit i (a BatchNorm's four vectors, biases) are stacked and reduced in
+    one call instead of one small call chain each: on MobileNetV2 they are 208 of 295 members.
+    """
+    total = torch.zeros(group.n_units, dtype=torch.float64)
+    vectors = []
+    for m in group.members:
+        t = params.get(m.name)
+        if t is None:
+            continue
+        t = t.detach()
+        if t.dim() == 1 and _identity(m, group.n_units) and t.dtype.is_floating_point:
+            vectors.append(t)
+            continue
+        v = _norm_along(t, m.dim, p)
+        total += _scatter(m, (v if p == 1 else v.pow(2)).double().cpu(), group.n_units)
+    if len(vectors) > 1 and len({(t.dtype, t.device) for t in vectors}) == 1:
+        a = torch.stack(vectors).float().abs()
+        total += (a if p == 1 else a * a).double().cpu().sum(0)
+    else:
+        for t in vectors:
+            a = t.float().abs()
+            total += (a if p == 1 else a * a).double().cpu()
+    return total
+
+
 def _scatter(m: Member, vals: torch.Tensor, n_units: int) -> torch.Tensor:
-    u = m.units
-    if len(u) == n_units and (n_units == 0 or (u[0] == 0 and bool(np.all(u[1:] > u[:-1])))):
-        return vals  # index i is unit i (strictly increasing from 0, n_units of them): the scatter is a copy
+    if _identity(m, n_units):
+        return vals  # the scatter is a copy
     units = torch.from_numpy(m.units)
     sel = units >= 0
     return torch.zeros(n_units, dtype=torch.float64).index_add_(0, units[sel], vals[sel])
@@ -104,7 +136,7 @@ class L1:
     def score(
         self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
     ) -> torch.Tensor:
-        return reduce_members(group, params, lambda t, d, n: _norm_along(t, d, 1))
+        return _lp_members(group, params, 1)
 
 
 class L2:
@@ -116,8 +148,7 @@ class L2:
     def score(
         self, group: Group, params: Mapping[str, torch.Tensor], module_types: Mapping[str, str]
     ) -> torch.Tensor:
-        sq = reduce_members(group, params, lambda t, d, n: _norm_along(t, d, 2).pow(2))
-        return sq.sqrt()
+        return _lp_members(group, params, 2).sqrt()
 
 
 class BNScale:
