@@ -161,3 +161,26 @@ def test_column_split_kernel_chosen_by_accelerate_matches() -> None:
     result = accelerate(model, (x,), timer=stub("csr/4"))
     assert result.layers[0].kernel == "csr/4"
     torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["csr", "csr/2", "bsr4"])
+def test_layers_reading_the_same_input_share_its_transpose_until_it_changes(kernel: str) -> None:
+    layers = []
+    for seed in range(3):  # q, k, v: three layers on one input
+        w, b, m = layer(16, 512, 0.9, seed=seed)
+        if kernel == "bsr4":
+            m = m.reshape(4, 4, 128, 4).any(dim=(1, 3)).repeat_interleave(4, 0).repeat_interleave(4, 1)
+        layers.append((SparseLinear(w, b, m, kernel=kernel), w * m, b))
+    x = torch.randn(2, 7, 512)
+    for fast, wm, b in layers:
+        torch.testing.assert_close(fast(x), F.linear(x, wm, b), rtol=1e-4, atol=1e-4)
+    x.mul_(-2.0)  # changed in place: the shared copy must not be reused
+    for fast, wm, b in layers:
+        torch.testing.assert_close(fast(x), F.linear(x, wm, b), rtol=1e-4, atol=1e-4)
+    y = torch.randn(3, 5, 512)  # another input of another shape
+    for fast, wm, b in layers:
+        torch.testing.assert_close(fast(y), F.linear(y, wm, b), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # a view of the same storage changed: its version moves with the base
+        x[..., :3].zero_()
+    for fast, wm, b in layers:
+        torch.testing.assert_close(fast(x), F.linear(x, wm, b), rtol=1e-4, atol=1e-4)

@@ -32,7 +32,9 @@ ways was 17% of a 95%-sparse BERT's time at batch 1.
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +50,32 @@ INNER_KERNELS: tuple[str, ...] = ("dense", "csr", "csr/2", "csr/4", "csr/8", JIT
 CSR_SPLITS: tuple[int, ...] = (2, 4, 8)
 MIN_SPLIT_COLUMNS = 256  # a column part narrower than this is not worth a call of its own
 COMPACT = "compact+"
+
+
+class _SharedTranspose(threading.local):
+    """The last ``x.T`` a sparse layer made contiguous, handed to the next sparse layer that reads the same
+    ``x``, unchanged (same tensor object and version): attention's q, k and v projections, an MLP's gate and
+    up projections. One tensor per thread stays referenced until the next layer replaces it."""
+
+    def __init__(self) -> None:
+        self.ref: weakref.ref[torch.Tensor] | None = None
+        self.version = -1
+        self.xt: torch.Tensor | None = None
+
+    def get(self, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """``x2.t().contiguous()`` for ``x2``, a ``(T, in)`` view of ``x``; reused while ``x`` is unchanged."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x2.t().contiguous()
+        ref, xt = self.ref, self.xt
+        if ref is not None and xt is not None and ref() is x and x._version == self.version:
+            if xt.shape == (x2.shape[1], x2.shape[0]) and xt.dtype == x2.dtype:
+                return xt
+        xt = x2.t().contiguous()
+        self.ref, self.version, self.xt = weakref.ref(x), x._version, xt
+        return xt
+
+
+_shared_t = _SharedTranspose()
 
 
 class InferenceOnlyError(PrunekitError, RuntimeError):
@@ -372,7 +400,7 @@ class SparseLinear(nn.Module):
         if self.col_index is not None:
             xt = xt.index_select(0, self.col_index)  # a fresh contiguous (kept_in, T)
         elif not xt.is_contiguous():
-            xt = xt.contiguous()
+            xt = _shared_t.get(x, x2)  # q, k and v read one copy
         yt = self._sparse_t(xt)  # (kept_out, T)
         if self.row_index is not None:
             full = yt.new_zeros(self.out_features, yt.shape[1])
