@@ -184,3 +184,10 @@ def test_layers_reading_the_same_input_share_its_transpose_until_it_changes(kern
         x[..., :3].zero_()
     for fast, wm, b in layers:
         torch.testing.assert_close(fast(x), F.linear(x, wm, b), rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():  # inference tensors have no version counter: copied every time
+        z = torch.randn(2, 7, 512)
+        for fast, wm, b in layers:
+            torch.testing.assert_close(fast(z), F.linear(z, wm, b), rtol=1e-4, atol=1e-4)
+        z.mul_(3.0)
+        for fast, wm, b in layers:
+            torch.testing.assert_close(fast(z), F.linear(z, wm, b), rtol=1e-4, atol=1e-4)

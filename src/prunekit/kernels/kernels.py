@@ -55,7 +55,8 @@ COMPACT = "compact+"
 class _SharedTranspose(threading.local):
     """The last ``x.T`` a sparse layer made contiguous, handed to the next sparse layer that reads the same
     ``x``, unchanged (same tensor object and version): attention's q, k and v projections, an MLP's gate and
-    up projections. One tensor per thread stays referenced until the next layer replaces it."""
+    up projections. One tensor per thread stays referenced until the next layer replaces it. Inference
+    tensors (``torch.inference_mode``) have no version counter, so they are copied every time."""
 
     def __init__(self) -> None:
         self.ref: weakref.ref[torch.Tensor] | None = None
@@ -64,8 +65,8 @@ class _SharedTranspose(threading.local):
 
     def get(self, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """``x2.t().contiguous()`` for ``x2``, a ``(T, in)`` view of ``x``; reused while ``x`` is unchanged."""
-        if torch.is_grad_enabled() and x.requires_grad:
-            return x2.t().contiguous()
+        if x.is_inference() or (torch.is_grad_enabled() and x.requires_grad):
+            return x2.t().contiguous()  # no version counter to see an in-place change / autograd's copy
         ref, xt = self.ref, self.xt
         if ref is not None and xt is not None and ref() is x and x._version == self.version:
             if xt.shape == (x2.shape[1], x2.shape[0]) and xt.dtype == x2.dtype:
