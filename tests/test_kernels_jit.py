@@ -7,9 +7,11 @@ fallback tests pretend it is missing.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +27,18 @@ from prunekit.kernels.kernels import JIT, csr_parts
 
 pytestmark = pytest.mark.filterwarnings("ignore::prunekit.errors.LayerPrunedAwayWarning")
 needs_numba = pytest.mark.skipif(not jit.available(), reason="numba is not installed (pip install numba)")
+
+
+@pytest.fixture(params=["team", "pool"])
+def parallel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Split rows over threads even for small layers, on torch's OpenMP team or on the Python pool."""
+    if request.param == "team" and not jit.in_openmp_team():
+        pytest.skip("no OpenMP runtime of torch's to call here (Linux with GNU or Intel OpenMP)")
+    if request.param == "pool":
+        monkeypatch.setattr(jit, "in_openmp_team", lambda: False)
+    monkeypatch.setattr(jit, "POOL_MIN_WORK", 0)
+    monkeypatch.setattr(jit, "TEAM_MIN_WORK", 0)
+    return str(request.param)
 
 
 def stub(kernel: str) -> Callable[[LayerCase, Mapping[str, Callable[[], object]]], dict[str, float]]:
@@ -84,10 +98,7 @@ def test_row_bounds_cover_all_rows_in_order_and_balance_kept_weights(counts: lis
 @needs_numba
 @pytest.mark.parametrize("kernel", [JIT, "compact+" + JIT])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sparse_linear_numba_equals_masked_linear(
-    kernel: str, threads: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(jit, "POOL_MIN_WORK", 0)  # the thread pool even for this small layer
+def test_sparse_linear_numba_equals_masked_linear(kernel: str, threads: int, parallel: str) -> None:
     w, b, mask = layer(48, 64, 0.85, seed=1)
     mask[:, :5] = False  # whole zero columns and rows for the compact form
     mask[40:] = False
@@ -125,20 +136,27 @@ def test_numba_kernel_gives_gradients_through_torch_csr() -> None:
 
 
 @needs_numba
-def test_concurrent_calls_from_python_threads_agree() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_concurrent_calls_from_python_threads_agree(threads: int, parallel: str) -> None:
     w, b, mask = layer(64, 96, 0.9)
     m = SparseLinear(w, b, mask, kernel=JIT)
     xs = [torch.randn(7, 96, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     got: dict[int, torch.Tensor] = {}
 
     def run(i: int) -> None:
-        got[i] = m(xs[i])
+        torch.set_num_threads(threads)  # per thread under OpenMP: each Python thread opens its own team
+        for _ in range(20):
+            got[i] = m(xs[i])
 
     workers = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    before = torch.get_num_threads()
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
     for i, x in enumerate(xs):
         torch.testing.assert_close(got[i], F.linear(x, w * mask, b), rtol=1e-4, atol=1e-5)
 
@@ -214,8 +232,7 @@ def test_without_numba_a_saved_conv_choice_runs_torch_csr(monkeypatch: pytest.Mo
 
 
 @needs_numba
-def test_numba_conv_with_two_threads_equals_the_masked_conv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jit, "POOL_MIN_WORK", 0)
+def test_numba_conv_with_two_threads_equals_the_masked_conv(parallel: str) -> None:
     from prunekit.accel import SparseConv2d
 
     g = torch.Generator().manual_seed(1)
@@ -233,13 +250,16 @@ def test_numba_conv_with_two_threads_equals_the_masked_conv(monkeypatch: pytest.
         torch.set_num_threads(before)
 
 
-def test_thread_bounds_use_the_pool_only_for_enough_work(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("team", [True, False])
+def test_thread_bounds_split_rows_only_for_enough_work(team: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     crow = torch.tensor([0, 3, 3, 7, 10], dtype=torch.int32)
     bounds = jit.ThreadBounds()
     before = torch.get_num_threads()
+    monkeypatch.setattr(jit, "in_openmp_team", lambda: team)
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(jit, "POOL_MIN_WORK", 10 * 8)
+        monkeypatch.setattr(jit, "POOL_MIN_WORK" if team else "TEAM_MIN_WORK", 10**9)  # the other one
+        monkeypatch.setattr(jit, "TEAM_MIN_WORK" if team else "POOL_MIN_WORK", 10 * 8)
         assert bounds.get(crow, 7) is None  # 10 kept weights x 7 tokens < 80
         assert bounds.get(crow, 8) == jit.row_bounds(crow, 2)
         torch.set_num_threads(1)
@@ -269,3 +289,58 @@ def test_wide_vectors_are_asked_for_only_on_avx512_and_never_over_the_users_sett
     )
     jit._prefer_wide_vectors(numba)
     assert numba.config.CPU_FEATURES == want
+
+
+def _child_product(
+    conn: Any, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, xt: torch.Tensor
+) -> None:
+    torch.set_num_threads(2)
+    y = jit.csr_mm(crow, col, val, xt, None, bounds=jit.row_bounds(crow, 2))
+    conn.send((jit.in_openmp_team(), y.numpy().copy()))  # by value: a tensor would go by shared memory
+
+
+@needs_numba
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_child_forked_after_the_team_ran_uses_the_pool_and_finishes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """GNU OpenMP hangs in a child's first parallel region once the parent ran one: the child must not open
+    one (the reference product is computed here, as torch's own parallel ops would hang there too)."""
+    import multiprocessing as mp
+
+    monkeypatch.setattr(jit, "TEAM_MIN_WORK", 0)
+    monkeypatch.setattr(jit, "POOL_MIN_WORK", 0)
+    w, _, mask = layer(96, 128, 0.9)
+    csr = (w * mask).to_sparse_csr()
+    crow, col, val = csr.crow_indices().int(), csr.col_indices().int(), csr.values()
+    xt = torch.randn(128, 16, generator=torch.Generator().manual_seed(3))
+    want = (w * mask) @ xt
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.testing.assert_close(jit.csr_mm(crow, col, val, xt, None, bounds=jit.row_bounds(crow, 2)), want,
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        ctx = mp.get_context("fork")
+        here, there = ctx.Pipe()
+        child = ctx.Process(target=_child_product, args=(there, crow, col, val, xt))
+        child.start()
+        ok = here.poll(60)
+        child.join(5)
+        if child.exitcode is None:
+            child.kill()
+        assert ok, "the forked child did not finish its product in 60 s"
+        team, got = here.recv()
+    finally:
+        torch.set_num_threads(before)
+    assert not team
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_openmp_team_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNEKIT_CSR_THREADS", "pool")
+    jit._openmp.cache_clear()
+    try:
+        assert not jit.in_openmp_team()
+    finally:
+        monkeypatch.delenv("PRUNEKIT_CSR_THREADS")
+        jit._openmp.cache_clear()

@@ -9,17 +9,25 @@ end to end: ``benchmarks/speed.py``);
 :func:`prunekit.accel.accelerate` still times it against dense and the other kernels on each
 layer and keeps the fastest.
 
-With more than one torch thread and enough work (:data:`POOL_MIN_WORK`) the rows are split into
-parts of equal kept-weight count, run on a thread pool (the kernel releases the GIL); no numba
-threading layer is used, so nothing here conflicts with torch's OpenMP runtime or with ``fork``.
+With more than one torch thread and enough work (:class:`ThreadBounds`) the rows are split into
+parts of equal kept-weight count, one per thread. Where torch runs on an OpenMP runtime this process
+can call (GNU's or Intel's, found on Linux: :func:`in_openmp_team`) the parts run on torch's own
+OpenMP threads, in one ``GOMP_parallel`` region as torch's ``at::parallel_for`` opens: those threads
+spin after each torch op, so they start at once (a Python thread had to wait ~0.3 ms for the core the
+spinning thread held). Elsewhere, or with ``PRUNEKIT_CSR_THREADS=pool``, they run on a Python thread
+pool (the kernel releases the GIL), as they do in a forked child (GNU OpenMP hangs in a child forked
+after its parent ran a parallel region). No numba threading layer is used, so no second OpenMP runtime
+is loaded.
 
 numba is imported, and the kernel compiled (about a second per dtype), on first use only.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -144,8 +152,130 @@ def _compiled(dtype: torch.dtype) -> Callable[..., None]:
 
 
 def compile_for(dtype: torch.dtype) -> None:
-    """Compile the kernel for ``dtype`` now (else on first call; about a second)."""
+    """Compile the kernel for ``dtype`` now (else on first call; about a second), and with more than one
+    torch thread its OpenMP-team callback too."""
     _compiled(dtype)
+    if torch.get_num_threads() > 1 and in_openmp_team():
+        _team_worker(dtype)
+
+
+# --------------------------------------------------------------------------- torch's OpenMP team
+
+OMP_RUNTIMES = ("libgomp", "libiomp5")  # GNU's, and Intel's (which exports GNU's GOMP_* entry points)
+
+
+@cache
+def _openmp() -> tuple[Any, int] | None:
+    """The OpenMP runtime torch runs its intra-op threads on, as a ``ctypes`` library, and the process
+    that found it; ``None`` if there is none to call.
+
+    Found among the shared libraries mapped into this process (Linux ``/proc/self/maps``); used only when
+    exactly one such runtime is loaded, torch's parallel backend is OpenMP, and it exports
+    ``GOMP_parallel``, ``omp_get_thread_num`` and ``omp_get_num_threads``. Elsewhere (macOS, Windows, two
+    runtimes in one process) the rows go to a Python thread pool instead.
+    """
+    if os.environ.get("PRUNEKIT_CSR_THREADS", "").lower() == "pool":
+        return None
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return None
+    pattern = rf"/(?:{'|'.join(OMP_RUNTIMES)})[^/\s]*\.so[^/\s]*$"
+    paths = {line.split()[-1] for line in maps.splitlines() if re.search(pattern, line)}
+    if len(paths) != 1 or "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        lib = ctypes.CDLL(paths.pop())  # already loaded by torch: the same handle, the same thread team
+        parallel = lib.GOMP_parallel
+        for name in ("omp_get_thread_num", "omp_get_num_threads"):
+            getattr(lib, name)
+    except (OSError, AttributeError):
+        return None
+    parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    return lib, os.getpid()
+
+
+def in_openmp_team() -> bool:
+    """More torch threads run the kernel on torch's own OpenMP threads (else on a Python thread pool).
+
+    Only in the process that found the runtime: a child forked after its parent ran OpenMP threads hangs
+    in its first parallel region (GNU OpenMP; torch's own ops too), so a forked child uses the pool.
+    """
+    if not available():
+        return False
+    found = _openmp()
+    return found is not None and found[1] == os.getpid()
+
+
+@cache
+def _team_worker(dtype: torch.dtype) -> Any:
+    """A C callback (numba ``cfunc``) that each thread of an OpenMP team runs: its share of the row parts.
+
+    Its one argument points at int64s: the addresses of crow, col, values, x.T, bias and out, then rows,
+    tokens, kept weights, in_features, the number of parts and the ``parts + 1`` row edges.
+    """
+    import numba
+    from numba import types
+    from numba.core.extending import intrinsic
+    from numba.np.numpy_support import carray
+
+    pointer: Any = types.CPointer
+    found = _openmp()
+    assert found is not None
+    lib = found[0]
+    thread_num, num_threads = lib.omp_get_thread_num, lib.omp_get_num_threads
+    for fn in (thread_num, num_threads):
+        fn.argtypes, fn.restype = [], ctypes.c_int
+    value = {torch.float32: types.float32, torch.float64: types.float64}[dtype]
+
+    def pointer_to(kind: Any) -> Any:
+        @intrinsic
+        def as_pointer(typingctx: Any, address: Any) -> Any:
+            sig = pointer(kind)(types.int64)
+
+            def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+            return sig, codegen
+
+        return as_pointer
+
+    ints, values = pointer_to(types.int32), pointer_to(value)
+    rows_kernel = _compiled(dtype)
+
+    def worker(d: Any) -> None:
+        rows, tokens, nnz, inp, parts = d[6], d[7], d[8], d[9], d[10]
+        crow = carray(ints(d[0]), rows + 1)
+        col = carray(ints(d[1]), nnz)
+        val = carray(values(d[2]), nnz)
+        xt = carray(values(d[3]), (inp, tokens))
+        bias = carray(values(d[4]), rows)
+        out = carray(values(d[5]), (rows, tokens))
+        part = thread_num()
+        step = num_threads()
+        while part < parts:
+            rows_kernel(crow, col, val, xt, bias, out, d[11 + part], d[12 + part])
+            part += step
+
+    with _compile_lock:
+        return numba.cfunc(types.void(pointer(types.int64)), nogil=True)(worker)
+
+
+def _run_in_team(fn_args: tuple[Any, ...], dtype: torch.dtype, bounds: list[int]) -> None:
+    """Run the row parts ``bounds`` on torch's OpenMP threads (one ``GOMP_parallel`` region, as an
+    ``at::parallel_for`` opens): the threads are torch's own, spinning after the last op, so no wake-up."""
+    import numpy as np
+
+    crow, col, val, xt, bias, out = fn_args
+    parts = len(bounds) - 1
+    d = np.array([crow.ctypes.data, col.ctypes.data, val.ctypes.data, xt.ctypes.data, bias.ctypes.data,
+                  out.ctypes.data, out.shape[0], out.shape[1], val.shape[0], xt.shape[0], parts, *bounds],
+                 dtype=np.int64)  # fmt: skip
+    found = _openmp()
+    assert found is not None
+    found[0].GOMP_parallel(_team_worker(dtype).address, d.ctypes.data, parts, 0)
 
 
 _pools: tuple[int, dict[int, ThreadPoolExecutor]] = (os.getpid(), {})
@@ -175,14 +305,16 @@ def row_bounds(crow: torch.Tensor, parts: int) -> list[int]:
 
 
 POOL_MIN_WORK = 10_000_000  # kept weights x tokens below which one thread is faster than the pool
+TEAM_MIN_WORK = 1_000_000  # the same for torch's OpenMP team
 
 
 class ThreadBounds:
     """Row edges of equal kept-weight parts, one per torch thread, cached until the CSR arrays or the
-    thread count change. ``None`` (no pool) for one thread, or for less work than
-    :data:`POOL_MIN_WORK`: waking a pool thread took about 0.3 ms on a 2-core VM while torch's OpenMP
-    threads spin after each op, more than a 768x768 layer at 95% takes on one thread (0.22 ms;
-    3072x768 at 95%, 15M: 1.19 ms on one thread, 0.77 ms on two)."""
+    thread count change. ``None`` (one part) for one thread, or for less work than
+    :data:`TEAM_MIN_WORK` on torch's OpenMP team (a parallel region cost about 30 us on a 2-core VM:
+    256x256 at 90%, 128 tokens, 0.84M, 0.079 ms on one thread, 0.094 on two; 768x768 at 95%, 3.8M,
+    0.25 -> 0.19 ms; 3072x768 at 95%, 15M, 0.89 -> 0.52 ms), or :data:`POOL_MIN_WORK` on the Python
+    pool: waking a pool thread took about 0.3 ms while torch's OpenMP threads spin after each op."""
 
     def __init__(self) -> None:
         self._key: tuple[int, int] | None = None
@@ -196,7 +328,8 @@ class ThreadBounds:
         key = (crow.data_ptr(), threads)
         if self._key != key:  # the kept-weight count is read once, not on every call
             self._key, self._nnz, self._edges = key, int(crow[-1]), row_bounds(crow, threads)
-        return self._edges if self._nnz * tokens >= POOL_MIN_WORK else None
+        least = TEAM_MIN_WORK if in_openmp_team() else POOL_MIN_WORK
+        return self._edges if self._nnz * tokens >= least else None
 
 
 def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor,
@@ -216,6 +349,9 @@ def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torc
     if bounds is None or len(bounds) <= 2:
         fn(*args, 0, rows)
         return out
+    if in_openmp_team():
+        _run_in_team(args, values.dtype, bounds)
+        return out
     pool = _executor(len(bounds) - 2)
     futures = [pool.submit(fn, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:], strict=False)]
     fn(*args, bounds[0], bounds[1])
@@ -226,10 +362,12 @@ def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torc
 
 __all__ = [
     "DTYPES",
+    "TEAM_MIN_WORK",
     "ThreadBounds",
     "available",
     "compile_for",
     "csr_mm",
+    "in_openmp_team",
     "row_bounds",
     "supports",
     "version",
