@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-DTYPES = (torch.float32, torch.float64)
+_NUMBA_TYPES = {torch.float32: "float32", torch.float64: "float64"}  # torch dtype -> numba type name
+DTYPES = tuple(_NUMBA_TYPES)
 
 
 @cache
@@ -142,7 +143,7 @@ def _compiled(dtype: torch.dtype) -> Callable[..., None]:
 
     _prefer_wide_vectors(numba)
     # fused multiply-adds and reassociation only: no fast-math assumption that inputs hold no inf/NaN
-    kind = {torch.float32: "float32", torch.float64: "float64"}[dtype]
+    kind = _NUMBA_TYPES[dtype]
     signature = f"void(int32[::1], int32[::1], {kind}[::1], {kind}[:, ::1], {kind}[::1], {kind}[:, ::1], int64, int64)"
     with _compile_lock:
         fn = numba.njit(
@@ -228,7 +229,7 @@ def _team_worker(dtype: torch.dtype) -> Any:
     thread_num, num_threads = lib.omp_get_thread_num, lib.omp_get_num_threads
     for fn in (thread_num, num_threads):
         fn.argtypes, fn.restype = [], ctypes.c_int
-    value = {torch.float32: types.float32, torch.float64: types.float64}[dtype]
+    value = getattr(types, _NUMBA_TYPES[dtype])
 
     def pointer_to(kind: Any) -> Any:
         @intrinsic
@@ -337,7 +338,8 @@ def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torc
            out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``W @ xt (+ bias[:, None])`` for the CSR ``W`` (int32 ``crow``/``col``) and ``xt`` (in, T) contiguous.
 
-    ``bounds`` are row edges (:func:`row_bounds`) run in parallel on a thread pool; ``None``: one part.
+    ``bounds`` are row edges (:func:`row_bounds`) run in parallel, on torch's OpenMP team where
+    :func:`in_openmp_team`, else on a Python thread pool; ``None``: one part on the calling thread.
     ``out``: a contiguous ``(rows, T)`` tensor to write into (else a new one).
     """
     rows = crow.numel() - 1

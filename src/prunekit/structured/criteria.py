@@ -86,13 +86,12 @@ def _lp_members(group: Group, params: Mapping[str, torch.Tensor], p: int) -> tor
             continue
         v = _norm_along(t, m.dim, p)
         total += _scatter(m, (v if p == 1 else v.pow(2)).double().cpu(), group.n_units)
-    if len(vectors) > 1 and len({(t.dtype, t.device) for t in vectors}) == 1:
-        a = torch.stack(vectors).float().abs()
+    same_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for t in vectors:  # torch.stack needs one dtype and device
+        same_kind.setdefault((t.dtype, t.device), []).append(t)
+    for ts in same_kind.values():
+        a = torch.stack(ts).float().abs()
         total += (a if p == 1 else a * a).double().cpu().sum(0)
-    else:
-        for t in vectors:
-            a = t.float().abs()
-            total += (a if p == 1 else a * a).double().cpu()
     return total
 
 
