@@ -84,15 +84,34 @@ def _lp_members(group: Group, params: Mapping[str, torch.Tensor], p: int) -> tor
         if t.dim() == 1 and _identity(m, group.n_units) and t.dtype.is_floating_point:
             vectors.append(t)
             continue
+        a = _numpy_view(t) if p == 2 else None
+        if a is not None:  # squared L2 in one einsum (1x1 convs along dim 1: 3-4x faster than torch here)
+            x = a.reshape(math.prod(a.shape[: m.dim]), a.shape[m.dim], -1)
+            sq = torch.from_numpy(np.einsum("ijk,ijk->j", x, x).astype(np.float64))
+            total += _scatter(m, sq, group.n_units)
+            continue
         v = _norm_along(t, m.dim, p)
         total += _scatter(m, (v if p == 1 else v.pow(2)).double().cpu(), group.n_units)
     same_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in vectors:  # torch.stack needs one dtype and device
         same_kind.setdefault((t.dtype, t.device), []).append(t)
-    for ts in same_kind.values():
-        a = torch.stack(ts).float().abs()
-        total += (a if p == 1 else a * a).double().cpu().sum(0)
+    for (dtype, device), ts in same_kind.items():
+        if p == 2 and device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            st = np.stack([t.resolve_neg().numpy() for t in ts])
+            total += torch.from_numpy(np.einsum("ij,ij->j", st, st).astype(np.float64))
+            continue
+        absval = torch.stack(ts).float().abs()
+        total += (absval if p == 1 else absval * absval).double().cpu().sum(0)
     return total
+
+
+def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """The tensor's memory as a numpy array (no copy) for a plain CPU float32/float64 tensor, else None."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.layout != torch.strided:
+        return None
+    if t.is_conj() or t.is_neg() or t.dim() < 2:
+        return None
+    return t.numpy()
 
 
 def _scatter(m: Member, vals: torch.Tensor, n_units: int) -> torch.Tensor:
