@@ -64,18 +64,27 @@ def layer(out: int, inp: int, sparsity: float, seed: int = 0, dtype: torch.dtype
     tokens=st.integers(1, 37),
     sparsity=st.sampled_from([0.0, 0.3, 0.8, 0.97, 1.0]),
     parts=st.integers(1, 4),
+    column_parts=st.integers(1, 5),
     with_bias=st.booleans(),
     double=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_csr_mm_equals_dense_product(out: int, inp: int, tokens: int, sparsity: float, parts: int,
-                                     with_bias: bool, double: bool, seed: int) -> None:  # fmt: skip
+                                     column_parts: int, with_bias: bool, double: bool, seed: int
+                                     ) -> None:  # fmt: skip
+    """Row parts (threads) and column parts (``csr-numba/K``, more parts than columns too) in any mix."""
     dtype = torch.float64 if double else torch.float32
     w, b, mask = layer(out, inp, sparsity, seed, dtype)
     crow, col, values = csr_parts(torch.where(mask, w, 0.0), mask)
     xt = torch.randn(inp, tokens, dtype=dtype, generator=torch.Generator().manual_seed(seed + 1))
     bounds = jit.row_bounds(crow, parts)
-    got = jit.csr_mm(crow, col, values, xt, b if with_bias else None, bounds=bounds)
+    arrays = (
+        jit.column_split(crow, col, values, inp, column_parts) if column_parts > 1 else (crow, col, values)
+    )
+    if column_parts > 1:
+        split_crow = arrays[0]
+        assert split_crow.shape == (column_parts, out + 1) and int(split_crow[-1, -1]) == int(crow[-1])
+    got = jit.csr_mm(*arrays, xt, b if with_bias else None, bounds=bounds)
     want = (w * mask) @ xt + (b[:, None] if with_bias else 0)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -125,6 +134,40 @@ def test_sparse_linear_numba_equals_masked_linear(kernel: str, threads: int, par
 
 
 @needs_numba
+@pytest.mark.parametrize("kernel", [JIT + "/2", "compact+" + JIT + "/4"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sparse_linear_numba_column_parts_equal_masked_linear(
+    kernel: str, threads: int, parallel: str
+) -> None:
+    """``csr-numba/K`` (a candidate from K x 192 kept input columns) computes the masked Linear."""
+    w, b, mask = layer(40, 900, 0.9, seed=3)
+    mask[:, 100:130] = False
+    mask[35:] = False
+    x = torch.randn(2, 9, 900, generator=torch.Generator().manual_seed(4))
+    want = F.linear(x, w * mask, b)
+    m = SparseLinear(w, b, mask, kernel=kernel)
+    assert (m.kernel, m.splits) == (kernel, int(kernel[-1])) and kernel in candidate_kernels(mask)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-5)
+        m.values = m.values * 2.0  # a new buffer (as load_state_dict gives): the split copy is rebuilt
+        torch.testing.assert_close(m(x), F.linear(x, w * mask * 2.0, b), rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+    got_w, got_m = m.dense_weight_and_mask()
+    assert torch.equal(got_m, mask)
+    torch.testing.assert_close(got_w, w * mask * 2.0)
+
+
+def test_column_parts_are_offered_only_for_wide_enough_layers() -> None:
+    names = candidate_kernels(torch.rand(8, 800, generator=torch.Generator().manual_seed(0)) > 0.5)
+    if jit.available():
+        assert {JIT, JIT + "/2", JIT + "/4"} <= set(names) and JIT + "/8" not in names
+    assert "csr/2" in names and "csr/4" not in names  # torch's parts: 256 columns each at least
+
+
+@needs_numba
 def test_numba_kernel_gives_gradients_through_torch_csr() -> None:
     """An input that needs gradients runs torch's CSR on the same arrays (numba has no autograd)."""
     w, b, mask = layer(16, 24, 0.7)
@@ -171,9 +214,10 @@ def test_without_numba_it_is_no_candidate_and_a_saved_choice_runs_torch_csr(
     w, b, mask = layer(32, 40, 0.8)
     pretend_no_numba(monkeypatch)
     assert all(JIT not in k for k in candidate_kernels(mask))
-    for kernel, effective in [(JIT, "csr"), ("compact+" + JIT, "compact+csr")]:
+    for kernel, effective in [(JIT, "csr"), ("compact+" + JIT, "compact+csr"), (JIT + "/2", "csr/2"),
+                              ("compact+" + JIT + "/4", "compact+csr/4")]:  # fmt: skip
         m = SparseLinear(w, b, mask, kernel=kernel)
-        assert (m.kernel, m.inner) == (effective, "csr")
+        assert (m.kernel, m.inner) == (effective, effective.removeprefix("compact+"))
         x = torch.randn(6, 40)
         torch.testing.assert_close(m(x), F.linear(x, w * mask, b), rtol=1e-4, atol=1e-5)
 
@@ -212,6 +256,31 @@ def test_saved_numba_choice_reloads_and_runs_torch_csr_where_numba_is_missing(
     assert kernels and set(kernels) == {"csr"}
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), want, rtol=1e-4, atol=1e-5)
+
+
+@needs_numba
+def test_saved_column_parts_choice_reloads_as_chosen_and_as_torch_parts_without_numba(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(400, 24))
+
+    model = fresh()
+    pk.prune_weights(model, 0.5, scope="layer")
+    x = torch.randn(3, 7, 400)
+    with torch.no_grad():
+        want = model(x).clone()
+    accelerate(model, (x,), timer=stub(JIT + "/2"))
+    path = tmp_path / "m.safetensors"
+    persist.save(model, path)
+    for missing, kernel in [(False, JIT + "/2"), (True, "csr/2")]:
+        if missing:
+            pretend_no_numba(monkeypatch)
+        loaded = persist.load(path, fresh(), remeasure_on="never")
+        assert [m.kernel for m in loaded.modules() if isinstance(m, SparseLinear)] == [kernel]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), want, rtol=1e-4, atol=1e-5)
 
 
 def test_without_numba_a_saved_conv_choice_runs_torch_csr(monkeypatch: pytest.MonkeyPatch) -> None:

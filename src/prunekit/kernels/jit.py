@@ -66,55 +66,62 @@ def supports(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 def _rows_kernel(crow: Any, col: Any, val: Any, xt: Any, bias: Any, out: Any, r0: int, r1: int) -> None:
-    """``out[r] = bias[r] + sum_j val[j] * xt[col[j]]`` for rows ``r0 <= r < r1`` (compiled by numba)."""
+    """``out[r] = bias[r] + sum_j val[j] * xt[col[j]]`` for rows ``r0 <= r < r1`` (compiled by numba).
+
+    ``crow`` is ``(parts, rows + 1)``: part ``p`` holds the kept weights of one column range, ``crow[p, r]``
+    to ``crow[p, r + 1]`` those of row ``r`` (``col`` global); the parts run one after the other over all
+    the rows, so the rows of ``xt`` one part reads stay in cache (one part: plain CSR).
+    """
     tokens = out.shape[1]
-    for r in range(r0, r1):
-        o = out[r]
-        b = bias[r]
-        for t in range(tokens):
-            o[t] = b
-        j = crow[r]
-        hi = crow[r + 1]
-        while j + 8 <= hi:
-            x0 = xt[col[j]]
-            x1 = xt[col[j + 1]]
-            x2 = xt[col[j + 2]]
-            x3 = xt[col[j + 3]]
-            x4 = xt[col[j + 4]]
-            x5 = xt[col[j + 5]]
-            x6 = xt[col[j + 6]]
-            x7 = xt[col[j + 7]]
-            v0 = val[j]
-            v1 = val[j + 1]
-            v2 = val[j + 2]
-            v3 = val[j + 3]
-            v4 = val[j + 4]
-            v5 = val[j + 5]
-            v6 = val[j + 6]
-            v7 = val[j + 7]
-            for t in range(tokens):
-                o[t] += ((v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])) + (
-                    (v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t])
-                )
-            j += 8
-        if j + 4 <= hi:
-            x0 = xt[col[j]]
-            x1 = xt[col[j + 1]]
-            x2 = xt[col[j + 2]]
-            x3 = xt[col[j + 3]]
-            v0 = val[j]
-            v1 = val[j + 1]
-            v2 = val[j + 2]
-            v3 = val[j + 3]
-            for t in range(tokens):
-                o[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
-            j += 4
-        while j < hi:
-            x0 = xt[col[j]]
-            v0 = val[j]
-            for t in range(tokens):
-                o[t] += v0 * x0[t]
-            j += 1
+    for p in range(crow.shape[0]):
+        for r in range(r0, r1):
+            o = out[r]
+            if p == 0:
+                b = bias[r]
+                for t in range(tokens):
+                    o[t] = b
+            j = crow[p, r]
+            hi = crow[p, r + 1]
+            while j + 8 <= hi:
+                x0 = xt[col[j]]
+                x1 = xt[col[j + 1]]
+                x2 = xt[col[j + 2]]
+                x3 = xt[col[j + 3]]
+                x4 = xt[col[j + 4]]
+                x5 = xt[col[j + 5]]
+                x6 = xt[col[j + 6]]
+                x7 = xt[col[j + 7]]
+                v0 = val[j]
+                v1 = val[j + 1]
+                v2 = val[j + 2]
+                v3 = val[j + 3]
+                v4 = val[j + 4]
+                v5 = val[j + 5]
+                v6 = val[j + 6]
+                v7 = val[j + 7]
+                for t in range(tokens):
+                    o[t] += ((v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])) + (
+                        (v4 * x4[t] + v5 * x5[t]) + (v6 * x6[t] + v7 * x7[t])
+                    )
+                j += 8
+            if j + 4 <= hi:
+                x0 = xt[col[j]]
+                x1 = xt[col[j + 1]]
+                x2 = xt[col[j + 2]]
+                x3 = xt[col[j + 3]]
+                v0 = val[j]
+                v1 = val[j + 1]
+                v2 = val[j + 2]
+                v3 = val[j + 3]
+                for t in range(tokens):
+                    o[t] += (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+                j += 4
+            while j < hi:
+                x0 = xt[col[j]]
+                v0 = val[j]
+                for t in range(tokens):
+                    o[t] += v0 * x0[t]
+                j += 1
 
 
 _compile_lock = threading.Lock()
@@ -144,7 +151,7 @@ def _compiled(dtype: torch.dtype) -> Callable[..., None]:
     _prefer_wide_vectors(numba)
     # fused multiply-adds and reassociation only: no fast-math assumption that inputs hold no inf/NaN
     kind = _NUMBA_TYPES[dtype]
-    signature = f"void(int32[::1], int32[::1], {kind}[::1], {kind}[:, ::1], {kind}[::1], {kind}[:, ::1], int64, int64)"
+    signature = f"void(int32[:, ::1], int32[::1], {kind}[::1], {kind}[:, ::1], {kind}[::1], {kind}[:, ::1], int64, int64)"
     with _compile_lock:
         fn = numba.njit(
             signature, fastmath={"contract", "reassoc"}, nogil=True, boundscheck=False, cache=False
@@ -215,7 +222,8 @@ def _team_worker(dtype: torch.dtype) -> Any:
     """A C callback (numba ``cfunc``) that each thread of an OpenMP team runs: its share of the row parts.
 
     Its one argument points at int64s: the addresses of crow, col, values, x.T, bias and out, then rows,
-    tokens, kept weights, in_features, the number of parts and the ``parts + 1`` row edges.
+    tokens, kept weights, in_features, the number of column parts (``crow``'s first dim), the number of
+    row parts and the ``parts + 1`` row edges.
     """
     import numba
     from numba import types
@@ -247,8 +255,8 @@ def _team_worker(dtype: torch.dtype) -> Any:
     rows_kernel = _compiled(dtype)
 
     def worker(d: Any) -> None:
-        rows, tokens, nnz, inp, parts = d[6], d[7], d[8], d[9], d[10]
-        crow = carray(ints(d[0]), rows + 1)
+        rows, tokens, nnz, inp, cparts, parts = d[6], d[7], d[8], d[9], d[10], d[11]
+        crow = carray(ints(d[0]), (cparts, rows + 1))
         col = carray(ints(d[1]), nnz)
         val = carray(values(d[2]), nnz)
         xt = carray(values(d[3]), (inp, tokens))
@@ -257,7 +265,7 @@ def _team_worker(dtype: torch.dtype) -> Any:
         part = thread_num()
         step = num_threads()
         while part < parts:
-            rows_kernel(crow, col, val, xt, bias, out, d[11 + part], d[12 + part])
+            rows_kernel(crow, col, val, xt, bias, out, d[12 + part], d[13 + part])
             part += step
 
     with _compile_lock:
@@ -272,7 +280,8 @@ def _run_in_team(fn_args: tuple[Any, ...], dtype: torch.dtype, bounds: list[int]
     crow, col, val, xt, bias, out = fn_args
     parts = len(bounds) - 1
     d = np.array([crow.ctypes.data, col.ctypes.data, val.ctypes.data, xt.ctypes.data, bias.ctypes.data,
-                  out.ctypes.data, out.shape[0], out.shape[1], val.shape[0], xt.shape[0], parts, *bounds],
+                  out.ctypes.data, out.shape[0], out.shape[1], val.shape[0], xt.shape[0], crow.shape[0], parts,
+                  *bounds],
                  dtype=np.int64)  # fmt: skip
     found = _openmp()
     assert found is not None
@@ -333,21 +342,51 @@ class ThreadBounds:
         return self._edges if self._nnz * tokens >= least else None
 
 
+def column_split(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_features: int, parts: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The CSR arrays reordered for ``csr-numba/K``: ``parts`` column ranges of nearly equal width, one
+    after the other, each in row order (``crow`` becomes ``(parts, rows + 1)``; ``col`` stays global).
+
+    Example:
+        >>> crow, col = torch.tensor([0, 2, 3], dtype=torch.int32), torch.tensor([0, 3, 2], dtype=torch.int32)
+        >>> c2, col2, v2 = column_split(crow, col, torch.tensor([1.0, 2.0, 3.0]), 4, 2)
+        >>> c2.tolist(), col2.tolist(), v2.tolist()
+        ([[0, 1, 1], [1, 2, 3]], [0, 3, 2], [1.0, 2.0, 3.0])
+    """
+    rows = crow.numel() - 1
+    row_of = torch.repeat_interleave(torch.arange(rows), (crow[1:] - crow[:-1]).long())
+    edges = torch.tensor([in_features * p // parts for p in range(1, parts)], dtype=col.dtype)
+    part_of = torch.bucketize(
+        col, edges, right=True
+    )  # column c is in part p where edges[p-1] <= c < edges[p]
+    order = torch.argsort(part_of.long() * (rows + 1) + row_of, stable=True)  # by part, then row (cols kept)
+    counts = torch.bincount(part_of.long() * rows + row_of, minlength=parts * rows).view(parts, rows)
+    split = torch.zeros(parts, rows + 1, dtype=torch.int64)
+    if rows:
+        ends = torch.cumsum(counts.reshape(-1), 0).view(parts, rows)  # end of each (part, row), in order
+        split[:, 1:] = ends
+        split[1:, 0] = ends[:-1, -1]  # a part starts where the previous one ends
+    return split.to(torch.int32), col[order].contiguous(), values[order].contiguous()
+
+
 def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, xt: torch.Tensor,
            bias: torch.Tensor | None, *, bounds: list[int] | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """``W @ xt (+ bias[:, None])`` for the CSR ``W`` (int32 ``crow``/``col``) and ``xt`` (in, T) contiguous.
 
-    ``bounds`` are row edges (:func:`row_bounds`) run in parallel, on torch's OpenMP team where
+    ``crow`` is the plain ``(rows + 1,)`` or, for column parts, the ``(parts, rows + 1)`` of
+    :func:`column_split` (its ``col`` and ``values`` with it). ``bounds`` are row edges
+    (:func:`row_bounds` of the plain ``crow``) run in parallel, on torch's OpenMP team where
     :func:`in_openmp_team`, else on a Python thread pool; ``None``: one part on the calling thread.
     ``out``: a contiguous ``(rows, T)`` tensor to write into (else a new one).
     """
-    rows = crow.numel() - 1
+    crow2 = crow.view(1, -1) if crow.dim() == 1 else crow
+    rows = crow2.shape[1] - 1
     if out is None:
         out = torch.empty(rows, xt.shape[1], dtype=values.dtype)
     b = bias if bias is not None else values.new_zeros(rows)
     fn = _compiled(values.dtype)
-    args = (crow.numpy(), col.numpy(), values.numpy(), xt.numpy(), b.numpy(), out.numpy())
+    args = (crow2.numpy(), col.numpy(), values.numpy(), xt.numpy(), b.numpy(), out.numpy())
     if bounds is None or len(bounds) <= 2:
         fn(*args, 0, rows)
         return out
@@ -367,6 +406,7 @@ __all__ = [
     "TEAM_MIN_WORK",
     "ThreadBounds",
     "available",
+    "column_split",
     "compile_for",
     "csr_mm",
     "in_openmp_team",

@@ -11,6 +11,8 @@ same thing faster where the zeros allow it, in two independent steps::
                                        "csr-numba" the same CSR arrays, run by
                                                 a kernel numba compiles for this CPU
                                                 (:mod:`prunekit.kernels.jit`; optional)
+                                       "csr-numba/K" the same, W's columns in K
+                                                parts in one call (many tokens)
                                        "bsrKxK" block-sparse @ x.T
 
 Removing whole zero rows and columns is physical structured removal (a smaller dense matmul);
@@ -18,9 +20,10 @@ what is left goes to the inner kernel. Which combination wins depends on the sha
 tokens, the sparsity pattern and the machine, so :func:`prunekit.accel.engine` measures them.
 
 Kernel names are data (they go into saved files): ``"dense"``, ``"csr"``, ``"csr/2"``, ``"csr/4"``,
-``"csr/8"``, ``"csr-numba"``, ``"bsr4"``, ``"bsr8"``, ``"bsr16"``, each optionally prefixed by ``"compact+"``
-(drop zero rows/columns first). ``"csr-numba"`` is a candidate only where numba is installed; a
-layer saved with it and loaded where numba is missing runs ``"csr"`` (same arrays, same function).
+``"csr/8"``, ``"csr-numba"``, ``"csr-numba/2"``, ``"csr-numba/4"``, ``"csr-numba/8"``, ``"bsr4"``, ``"bsr8"``,
+``"bsr16"``, each optionally prefixed by ``"compact+"`` (drop zero rows/columns first). The ``csr-numba``
+kernels are candidates only where numba is installed; a layer saved with one and loaded where numba is
+missing runs ``"csr"`` or ``"csr/K"`` (same arrays, same function).
 
 Layout: the sparse kernels compute ``y.T = W @ x.T`` (MKL's CSR x dense wants the tokens as the
 contiguous dimension). They take ``x.T`` as it comes (no copy when ``x`` is already a transposed
@@ -46,9 +49,15 @@ from prunekit.errors import ConfigError, PrunekitError
 from prunekit.kernels import jit
 
 JIT = "csr-numba"
-INNER_KERNELS: tuple[str, ...] = ("dense", "csr", "csr/2", "csr/4", "csr/8", JIT, "bsr4", "bsr8", "bsr16")
 CSR_SPLITS: tuple[int, ...] = (2, 4, 8)
+INNER_KERNELS: tuple[str, ...] = (
+    "dense", "csr", *(f"csr/{k}" for k in CSR_SPLITS), JIT, *(f"{JIT}/{k}" for k in CSR_SPLITS),
+    "bsr4", "bsr8", "bsr16",
+)  # fmt: skip
 MIN_SPLIT_COLUMNS = 256  # a column part narrower than this is not worth a call of its own
+# csr-numba's parts run in one call: narrower parts pay (192 columns x 1024 tokens of x.T fit a 2 MB L2;
+# 768x768 at 95%, 1024 tokens, 1 thread: 2.13 ms whole, 1.40 in 2 parts, 1.30 in 4; 768x3072: 16.3, 5.3 in 8)
+JIT_MIN_SPLIT_COLUMNS = 192
 COMPACT = "compact+"
 
 
@@ -84,14 +93,17 @@ class InferenceOnlyError(PrunekitError, RuntimeError):
 
 
 def runnable(kernel: str, compact: bool, inner: str, weight: torch.Tensor) -> tuple[str, str]:
-    """``(kernel, inner)`` as they will run: ``csr-numba`` compiled now for the weight's dtype, or, where
-    numba cannot run it (not installed, e.g. a saved plan loaded elsewhere), ``csr`` on the same arrays."""
-    if inner != JIT:
+    """``(kernel, inner)`` as they will run: ``csr-numba`` (``/K``) compiled now for the weight's dtype, or,
+    where numba cannot run it (not installed, e.g. a saved plan loaded elsewhere), ``csr`` (``csr/K``) on
+    the same arrays."""
+    base, _, parts = inner.partition("/")
+    if base != JIT:
         return kernel, inner
     if jit.supports(weight.dtype, weight.device):
         jit.compile_for(weight.dtype)
         return kernel, inner
-    return (COMPACT + "csr" if compact else "csr"), "csr"
+    fallback = f"csr/{parts}" if parts else "csr"
+    return (COMPACT + fallback if compact else fallback), fallback
 
 
 def split_kernel_name(name: str, kernels: Sequence[str], what: str) -> tuple[bool, str]:
@@ -208,10 +220,11 @@ def block_fill(mask: torch.Tensor, block: int) -> float:
 def csr_kernels(in_features: int, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu") -> list[str]:  # fmt: skip
     """The CSR-family kernels for a weight with ``in_features`` columns: ``"csr"``, the column splits
-    wide enough to be worth it, and ``"csr-numba"`` where numba can run this dtype and device."""
+    wide enough to be worth it, and ``"csr-numba"`` (with its splits) where numba can run this dtype and
+    device."""
     names = ["csr", *(f"csr/{k}" for k in CSR_SPLITS if in_features >= k * MIN_SPLIT_COLUMNS)]
     if jit.supports(dtype, torch.device(device)):
-        names.append(JIT)
+        names += [JIT, *(f"{JIT}/{k}" for k in CSR_SPLITS if in_features >= k * JIT_MIN_SPLIT_COLUMNS)]
     return names
 
 
@@ -300,7 +313,8 @@ class SparseLinear(nn.Module):
         kernel, inner = runnable(kernel, compact, inner, weight)
         self.kernel = kernel
         self.inner = inner
-        self.splits = int(inner[4:]) if inner.startswith("csr/") else 1
+        self.splits = int(inner.rpartition("/")[2]) if inner.startswith("csr") and "/" in inner else 1
+        self.numba = inner.partition("/")[0] == JIT
         self.transposed_output = False  # True: return y as the transposed view of y.T (no copy)
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
         weight, mask = compact_buffers(self, weight, bias, mask, zero_structure if compact else None)
@@ -322,13 +336,17 @@ class SparseLinear(nn.Module):
         self._csr_key: tuple[int, int, int] | None = None
         self._parts: list[tuple[int, int, torch.Tensor]] = []
         self._parts_key: tuple[int, int, int] | None = None
+        self._jit_split: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # csr-numba/K's arrays
+        self._jit_key: tuple[int, int, int] | None = None
         self._bounds = jit.ThreadBounds()  # csr-numba's row parts per thread
         self.train(False)  # born in inference mode
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
         # a sparse tensor has no storage to copy: rebuilt on use
-        state["_csr"] = state["_csr_key"] = state["_parts_key"] = None
+        state["_csr"] = state["_csr_key"] = state["_parts_key"] = state["_jit_split"] = state["_jit_key"] = (
+            None
+        )
         state["_bounds"] = jit.ThreadBounds()
         state["_parts"] = []
         return state
@@ -356,6 +374,19 @@ class SparseLinear(nn.Module):
             self._parts_key = key
         return self._parts
 
+    def _jit_arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(crow, col, values)`` as ``csr-numba`` reads them: the buffers, or for ``csr-numba/K`` a copy
+        in K column parts (:func:`prunekit.kernels.jit.column_split`; the saved buffers stay plain CSR)."""
+        if self.splits == 1:
+            return self.crow, self.col, self.values
+        key = self._key()
+        if self._jit_split is None or self._jit_key != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._jit_split = jit.column_split(self.crow, self.col, self.values, self.sub_shape[1],
+                                                   self.splits)  # fmt: skip
+            self._jit_key = key
+        return self._jit_split
+
     def _sparse_t(self, xt: torch.Tensor) -> torch.Tensor:
         """``W @ xt`` for ``xt`` (in, T) contiguous; the bias added here when no row scatter follows."""
         bias = self.bias.reshape(-1, 1) if self.bias is not None and self.row_index is None else None
@@ -363,11 +394,12 @@ class SparseLinear(nn.Module):
             yt = torch.mm(self.blocks, xt)
             return yt if bias is None else yt.add_(bias)
         if (
-            self.inner == JIT
+            self.numba
             and xt.dtype == self.values.dtype
             and not (xt.requires_grad and torch.is_grad_enabled())
         ):
-            return jit.csr_mm(self.crow, self.col, self.values, xt, None if bias is None else self.bias,
+            crow, col, values = self._jit_arrays()
+            return jit.csr_mm(crow, col, values, xt, None if bias is None else self.bias,
                               bounds=self._bounds.get(self.crow, xt.shape[1]))  # fmt: skip
         parts = self._csr_parts()
         (lo, hi, first), rest = parts[0], parts[1:]
@@ -454,6 +486,7 @@ __all__ = [
     "CSR_SPLITS",
     "INNER_KERNELS",
     "JIT",
+    "JIT_MIN_SPLIT_COLUMNS",
     "MIN_SPLIT_COLUMNS",
     "InferenceOnlyError",
     "KernelStats",

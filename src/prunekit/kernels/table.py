@@ -41,7 +41,8 @@ from prunekit.kernels.plan import fingerprint
 from prunekit.kernels.timing import interleaved_ms, num_threads
 
 TABLE_FORMAT = "prunekit.kernels"
-TABLE_VERSION = 3  # 3: csr-numba among the kernels; 2: fastest of csr, csr/2, csr/4; 1: plain csr
+# 4: csr-numba/K too; 3: csr-numba among the kernels; 2: fastest of csr, csr/2, csr/4; 1: plain csr
+TABLE_VERSION = 4
 CACHE_ENV = "PRUNEKIT_CACHE_DIR"
 DEFAULT_TOKENS = (1, 8, 32, 128, 512)
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
