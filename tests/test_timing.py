@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+import torch
 
 import prunekit.kernels.timing as timing
 from prunekit.accel import AccelerateConfig
@@ -67,3 +68,16 @@ def test_bad_screen_is_refused() -> None:
         timing.interleaved_ms({"a": lambda: None}, rounds=1, screen=0.5)
     with pytest.raises(ConfigError, match="screen"):
         AccelerateConfig(screen=0.9)
+
+
+def test_fresh_inputs_never_pass_the_same_tensor_twice_in_a_row() -> None:
+    """Timing a sparse layer on one input again and again would reuse its cached x.T (no copy)."""
+    from prunekit.kernels import fresh_inputs
+
+    x = torch.randn(6, 4).t()  # a transposed view: the copy keeps its strides
+    seen: list[torch.Tensor] = []
+    call = fresh_inputs(seen.append, x)
+    for _ in range(4):
+        call()
+    assert [id(t) for t in seen[:2]] == [id(t) for t in seen[2:]] and seen[0] is not seen[1]
+    assert all(torch.equal(t, x) and t.stride() == x.stride() for t in seen)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal, TypeVar
 
 import torch
@@ -27,6 +26,7 @@ from prunekit.kernels import (
     SparseLinear,
     candidate_kernels,
     conv_candidate_kernels,
+    fresh_inputs,
     interleaved_ms,
     parse_conv_kernel,
     parse_kernel,
@@ -248,7 +248,7 @@ def decide(case: LayerCase, dense: Callable[[], torch.Tensor], modules: Mapping[
     output equals dense's to tolerance. ``made(kernel, reason, timings)`` builds the choice."""
     fns: dict[str, Callable[[], object]] = {"dense": dense}
     for k, m in modules.items():
-        fns[k] = partial(m, x)
+        fns[k] = fresh_inputs(m, x)  # a new input each call, as in the model (no reused x.T)
     timings, best, gain = pick(case, fns, cfg, timer)
     if best == "dense" or gain < cfg.margin:
         why = "dense is fastest" if best == "dense" else f"{best} only {gain:.2f}x (< margin {cfg.margin})"

@@ -49,7 +49,7 @@ from torch import nn
 from prunekit.accel.choice import AccelerateConfig, conv_candidates, conv_layers, linear_layers, masked_conv
 from prunekit.accel.engine import as_args, linear_mask
 from prunekit.errors import ConfigError
-from prunekit.kernels import KernelTable, interleaved_ms, kernel_table, num_threads
+from prunekit.kernels import KernelTable, fresh_inputs, interleaved_ms, kernel_table, num_threads
 
 _ACCEL_MIN_WEIGHTS = AccelerateConfig().min_weights  # smaller layers: accelerate leaves them dense untimed
 
@@ -444,7 +444,7 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
             if k != "dense":
                 layer = SparseLinear(w, b, mask, kernel=k).eval()
                 layer.transposed_output = feed
-                fns[k] = lambda layer=layer, xs=xs: layer(xs)
+                fns[k] = fresh_inputs(layer, xs)  # as accelerate times it: a new input each call
         out.update(dict.fromkeys(names, _fastest(fns, rounds)))
     return out
 

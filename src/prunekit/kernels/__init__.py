@@ -47,6 +47,7 @@ from prunekit.kernels.table import (
 )
 from prunekit.kernels.timing import (
     calls_per_burst,
+    fresh_inputs,
     interleaved_ms,
     num_threads,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "conv_candidate_kernels",
     "ConvGeometry",
     "fingerprint",
+    "fresh_inputs",
     "InferenceOnlyError",
     "interleaved_ms",
     "kernel_table",

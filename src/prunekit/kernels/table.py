@@ -38,7 +38,7 @@ from prunekit.core import hardware_info
 from prunekit.errors import ConfigError, FormatError
 from prunekit.kernels.kernels import SparseLinear, csr_kernels
 from prunekit.kernels.plan import fingerprint
-from prunekit.kernels.timing import interleaved_ms, num_threads
+from prunekit.kernels.timing import fresh_inputs, interleaved_ms, num_threads
 
 TABLE_FORMAT = "prunekit.kernels"
 # 4: csr-numba/K too; 3: csr-numba among the kernels; 2: fastest of csr, csr/2, csr/4; 1: plain csr
@@ -267,7 +267,7 @@ def measure_table(*, shape: tuple[int, int] = (1024, 1024), tokens: tuple[int, .
                 fns: dict[str, Any] = {"dense": lambda x=x: F.linear(x, w, b)}
                 for k in names:  # exactly what accelerate times: SparseLinear on a contiguous x
                     layer = SparseLinear(w, b, mask, kernel=k)
-                    fns[k] = lambda layer=layer, x=x: layer(x)
+                    fns[k] = fresh_inputs(layer, x)  # a new input each call, as in a model
                 ms = interleaved_ms(fns, rounds=rounds, screen=1.5, keep=("dense",))
                 k = min(names, key=lambda k: ms[k])
                 dense_t.append(ms["dense"])
