@@ -294,3 +294,49 @@ def test_load_rejects_unknown_remeasure_mode(tmp_path: object) -> None:
     path = persist.save(model, tmp_path / "m.safetensors")  # type: ignore[operator]
     with pytest.raises(pk.ConfigError, match="remeasure_on"):
         persist.load(path, nn.Sequential(nn.Linear(16, 16)), remeasure_on="sometimes")
+
+
+def test_accelerate_times_each_linear_with_the_input_copy_it_will_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """q/k/v-like siblings share one x.T, a layer after a sparse one through an activation reads a view,
+    every other layer copies its input: each is timed that way (fresh inputs only for the copying ones)."""
+    import prunekit.accel.choice as choice
+    import prunekit.accel.engine as engine
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.up, self.down = (nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 128),
+                                                  nn.Linear(128, 64))  # fmt: skip
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.q(x) + self.k(x)
+            return self.down(self.act(self.up(h)))
+
+    torch.manual_seed(0)
+    model = Block()
+    pk.prune_weights(model, 0.9, scope="layer")
+    kinds: dict[str, str] = {}
+    fresh: list[bool] = []
+    real_choose, real_decide = engine.choose_layer, choice.decide
+
+    def spy_choose(name, module, shape, cfg, timer, input_kind="shared"):  # type: ignore[no-untyped-def]
+        kinds[name] = input_kind
+        return real_choose(name, module, shape, cfg, timer, input_kind)
+
+    def spy_decide(*args, **kw):  # type: ignore[no-untyped-def]
+        fresh.append(bool(kw.get("fresh", False)))
+        return real_decide(*args, **kw)
+
+    monkeypatch.setattr(engine, "choose_layer", spy_choose)
+    monkeypatch.setattr(choice, "decide", spy_decide)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        want = model(x).clone()
+    accelerate(model, x, timer=lambda case, fns: {k: 1.0 if k == "dense" else 0.5 for k in case.kernels})
+    assert kinds == {"q": "fresh", "k": "shared", "up": "fresh", "down": "view"}
+    assert fresh == [True, False, True, False]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)

@@ -200,19 +200,23 @@ def test_measured_estimate_times_the_kernels_on_each_layer_shape(timed: list[tup
 
     est = speedup_estimate(Branches(), torch.randn(4, 512), 0.9, table=CPU, rounds=2)
     kernel_calls = [c for c in calls if "__model__" not in c]
-    # a and b (same shape, tokens, sparsity and layout) share one measurement; up returns a transposed view
-    # (a ReLU away from down), down reads it: each its own
-    assert len(kernel_calls) == 3
+    # a copies x.T, b and up read the same x (its x.T is shared: another layout than a's), up returns a
+    # transposed view (a ReLU away from down), down reads it: each its own measurement
+    assert len(kernel_calls) == 4
     assert all(c[0] == "dense" and "csr" in c for c in kernel_calls)
     names = ("dense", *INNER_KERNELS, *("compact+" + k for k in INNER_KERNELS))
     assert all(layer.kernel in names for layer in est.layers) and est.predicted_ms > 0
-    assert est.layers[0].kernel == est.layers[1].kernel
-    from prunekit.accel.engine import view_links
+    from prunekit.accel.engine import input_kinds, input_links, view_links
 
     m = Branches()
     with torch.no_grad():
         linears = {n: c for n, c in m.named_children() if isinstance(c, nn.Linear)}
         assert view_links(m, torch.randn(4, 512), linears) == ({"up"}, {"down"})
+        assert input_links(m, torch.randn(4, 512), linears) == ({"up"}, {"down"}, {"b", "up"})
+    pk.prune_weights(m, 0.9, scope="layer")
+    assert input_kinds(m, torch.randn(4, 512), list(linears.items())) == {
+        "a": "fresh", "b": "shared", "up": "shared", "down": "view"
+    }  # fmt: skip
 
 
 class SmallCNN(nn.Module):

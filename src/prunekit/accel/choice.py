@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, TypeVar
 
 import torch
@@ -206,9 +207,20 @@ def pick(case: LayerCase, fns: Mapping[str, Callable[[], object]], cfg: Accelera
     return timings, best, gain
 
 
+InputKind = Literal["fresh", "view", "shared"]
+
+
 def choose_layer(name: str, module: nn.Linear | nn.Conv2d, in_shape: tuple[int, ...], cfg: AccelerateConfig,
-                 timer: Timer | None) -> tuple[LayerChoice, SparseLinear | SparseConv2d | None]:  # fmt: skip
-    """Time the candidates of one layer; return the choice and the module to install (``None``: dense)."""
+                 timer: Timer | None, input_kind: InputKind = "shared"
+                 ) -> tuple[LayerChoice, SparseLinear | SparseConv2d | None]:  # fmt: skip
+    """Time the candidates of one layer; return the choice and the module to install (``None``: dense).
+
+    ``input_kind`` says what a Linear's input is in the model, so that the sparse kernels are timed with
+    the ``x.T`` copy they will really make: ``"fresh"`` a new tensor on every call (the copy is paid:
+    :func:`~prunekit.kernels.fresh_inputs`), ``"view"`` the transposed view a sparse layer before it
+    returns (no copy), ``"shared"`` a tensor an earlier sparse layer read too (attention's k and v after
+    q: the copy is shared). Timed on one tensor over and over, as ``"shared"``, the copy is left out.
+    """
     if isinstance(module, nn.Conv2d):
         return choose_conv(name, module, in_shape, cfg, timer)
     mask = linear_mask(module)
@@ -234,21 +246,25 @@ def choose_layer(name: str, module: nn.Linear | nn.Conv2d, in_shape: tuple[int, 
     masked = torch.where(mask, weight, weight.new_zeros(()))
     modules = {k: SparseLinear(weight, bias, mask, kernel=k).eval() for k in names if k != "dense"}
     x = torch.randn(int(tokens), in_f, dtype=weight.dtype, generator=torch.Generator().manual_seed(0))
+    if input_kind == "view":
+        x = x.t().contiguous().t()
     case = LayerCase(name, (out_f, in_f), int(tokens), sparsity, ("dense", *modules))
-    return decide(case, lambda: F.linear(x, masked, bias), modules, x, cfg, timer, made)
+    return decide(case, lambda: F.linear(x, masked, bias), modules, x, cfg, timer, made,
+                  fresh=input_kind == "fresh")  # fmt: skip
 
 
 M = TypeVar("M", SparseLinear, SparseConv2d)
 
 
 def decide(case: LayerCase, dense: Callable[[], torch.Tensor], modules: Mapping[str, M], x: torch.Tensor,
-           cfg: AccelerateConfig, timer: Timer | None, made: Callable[..., LayerChoice]
+           cfg: AccelerateConfig, timer: Timer | None, made: Callable[..., LayerChoice], fresh: bool = False
            ) -> tuple[LayerChoice, M | None]:  # fmt: skip
-    """Time dense and every candidate on ``x``; keep the fastest only if it wins by the margin and its
-    output equals dense's to tolerance. ``made(kernel, reason, timings)`` builds the choice."""
+    """Time dense and every candidate on ``x`` (``fresh``: on ``x`` and a copy in turn); keep the fastest
+    only if it wins by the margin and its output equals dense's to tolerance. ``made(kernel, reason,
+    timings)`` builds the choice."""
     fns: dict[str, Callable[[], object]] = {"dense": dense}
     for k, m in modules.items():
-        fns[k] = fresh_inputs(m, x)  # a new input each call, as in the model (no reused x.T)
+        fns[k] = fresh_inputs(m, x) if fresh else partial(m, x)
     timings, best, gain = pick(case, fns, cfg, timer)
     if best == "dense" or gain < cfg.margin:
         why = "dense is fastest" if best == "dense" else f"{best} only {gain:.2f}x (< margin {cfg.margin})"
@@ -355,6 +371,7 @@ __all__ = [
     "LayerCase",
     "Timer",
     "choose_conv",
+    "InputKind",
     "choose_layer",
     "close",
     "conv_layers",

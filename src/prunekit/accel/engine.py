@@ -19,7 +19,7 @@ compact), always with contiguous outputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from torch import nn
 from prunekit.accel.choice import (
     AccelerateConfig,
     AccelerationError,
+    InputKind,
     LayerCase,
     Timer,
     choose_layer,
@@ -119,14 +120,26 @@ def view_links(
 ) -> tuple[set[str], set[str]]:
     """``(feeders, receivers)``: the layers of ``sparse`` (name -> module) whose output reaches another one
     through parameter-free, shape-keeping modules only (:func:`view_feeders`), and the layers so reached
-    (they read a transposed view: no input copy).
+    (they read a transposed view: no input copy). See :func:`input_links`."""
+    feeders, receivers, _ = input_links(model, example_inputs, sparse)
+    return feeders, receivers
 
-    One forward with hooks; outputs are told apart by ``id``, kept alive until the end (so no id is reused).
+
+def input_links(
+    model: nn.Module, example_inputs: Any, sparse: Mapping[str, nn.Module]
+) -> tuple[set[str], set[str], set[str]]:
+    """``(feeders, receivers, sharers)`` of the layers of ``sparse`` (name -> module): feeders and receivers
+    as in :func:`view_links`; sharers read the very tensor an earlier one of them read (attention's k and v
+    after q: one ``x.T`` copy serves them all).
+
+    One forward with hooks; tensors are told apart by ``id``, kept alive until the end (so no id is reused).
     """
     producers: dict[int, set[str]] = {}  # id(tensor) -> sparse layers it derives from
+    read: set[int] = set()  # id(tensor) of the inputs of sparse layers so far
     alive: list[torch.Tensor] = []
     feeders: set[str] = set()
     receivers: set[str] = set()
+    sharers: set[str] = set()
     names = {id(m): n for n, m in sparse.items()}
     handles = []
 
@@ -136,6 +149,10 @@ def view_links(
             feeders.update(found)
             if found:
                 receivers.add(names[id(mod)])
+            if id(args[0]) in read:
+                sharers.add(names[id(mod)])
+            read.add(id(args[0]))
+            alive.append(args[0])
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not isinstance(out, torch.Tensor):
@@ -157,7 +174,25 @@ def view_links(
     finally:
         for h in handles:
             h.remove()
-    return feeders, receivers
+    return feeders, receivers, sharers
+
+
+def input_kinds(model: nn.Module, example_inputs: Any, linears: Sequence[tuple[str, nn.Module]]
+                ) -> dict[str, InputKind]:  # fmt: skip
+    """What each pruned Linear of ``linears`` will read once they all run sparse (:func:`choose_layer`'s
+    ``input_kind``): a transposed view from a sparse layer before it, the input of an earlier one, or a
+    tensor of its own that it must copy. One eval, no-grad forward."""
+    pruned = {n: m for n, m in linears if isinstance(m, nn.Linear) and not bool(linear_mask(m).all())}
+    if not pruned:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, receivers, sharers = input_links(model, example_inputs, pruned)
+    finally:
+        model.train(was_training)
+    return {n: "view" if n in receivers else "shared" if n in sharers else "fresh" for n in pruned}
 
 
 def end_to_end_ms(model: nn.Module, example_inputs: Any, swaps: Mapping[str, tuple[nn.Module, nn.Module]],
@@ -250,6 +285,9 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
     layers: list[tuple[str, nn.Module]] = sorted([*linears, *convs], key=lambda nm: order[nm[0]])
     skipped = sorted([*skipped, *conv_skipped], key=lambda nr: order.get(nr[0], 0))
     shapes, reference = record_input_shapes(model, layers, example_inputs)
+    kinds = input_kinds(model, example_inputs, linears)
+    if not cfg.transposed_outputs:  # no layer returns a view: the receivers copy too
+        kinds = {n: "fresh" if k == "view" else k for n, k in kinds.items()}
     choices: list[LayerChoice] = []
     swaps: dict[str, tuple[nn.Module, nn.Module]] = {}
     for name, module in layers:
@@ -257,7 +295,7 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
             skipped.append((name, "not called on example_inputs"))
             continue
         assert isinstance(module, (nn.Linear, nn.Conv2d))
-        choice, fast = choose_layer(name, module, shapes[name], cfg, timer)
+        choice, fast = choose_layer(name, module, shapes[name], cfg, timer, kinds.get(name, "fresh"))
         choices.append(choice)
         if fast is not None:
             swaps[name] = (module, fast)
@@ -378,6 +416,8 @@ __all__ = [
     "accelerate",
     "apply_choices",
     "choose_layer",
+    "input_kinds",
+    "input_links",
     "close",
     "conv_layers",
     "deaccelerate",

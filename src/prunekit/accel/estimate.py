@@ -40,6 +40,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -409,10 +410,11 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
     Layers of one shape, token count, sparsity (to 0.01) and layout share one measurement, taken on
     the first of them with its real mask: the candidates :func:`accelerate` would time, run as it
     runs them, in the layout it will give them (a layer feeding another pruned one through GELU,
-    Dropout, ... returns a transposed view; the one it feeds reads it without a copy: see
-    :func:`~prunekit.accel.engine.view_links`).
+    Dropout, ... returns a transposed view; the one it feeds reads it without a copy; a layer reading the
+    input of an earlier one shares its ``x.T``; any other pays its copy: see
+    :func:`~prunekit.accel.engine.input_links`).
     """
-    from prunekit.accel.engine import view_links
+    from prunekit.accel.engine import input_links
     from prunekit.kernels import SparseLinear, candidate_kernels
 
     masks: dict[str, torch.Tensor] = {}
@@ -423,16 +425,17 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
         if not bool(mask.all()) and mask.numel() >= _ACCEL_MIN_WEIGHTS:
             masks[n] = mask
     with torch.no_grad():
-        feeds, reads = view_links(trial.eval(), example_inputs, {n: trial.get_submodule(n) for n in masks})
-    groups: dict[tuple[int, int, int, float, bool, bool], list[str]] = {}
+        feeds, reads, shares = input_links(trial.eval(), example_inputs,
+                                           {n: trial.get_submodule(n) for n in masks})  # fmt: skip
+    groups: dict[tuple[int, int, int, float, bool, bool, bool], list[str]] = {}
     for n, m in linears:
         if n in masks:
             s = 1.0 - float(masks[n].float().mean())
-            key = (m.out_features, m.in_features, tokens[n], round(s, 2), n in feeds, n in reads)
+            key = (m.out_features, m.in_features, tokens[n], round(s, 2), n in feeds, n in reads, n in shares)
             groups.setdefault(key, []).append(n)
     out: dict[str, tuple[float, str]] = {}
     g = torch.Generator().manual_seed(0)
-    for (_, in_f, t, _, feed, read), names in groups.items():
+    for (_, in_f, t, _, feed, read, shared), names in groups.items():
         rep = trial.get_submodule(names[0])
         assert isinstance(rep, nn.Linear)
         w, b, mask = rep.weight.detach(), None if rep.bias is None else rep.bias.detach(), masks[names[0]]
@@ -444,7 +447,8 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
             if k != "dense":
                 layer = SparseLinear(w, b, mask, kernel=k).eval()
                 layer.transposed_output = feed
-                fns[k] = fresh_inputs(layer, xs)  # as accelerate times it: a new input each call
+                # as accelerate times it: the x.T copy is paid unless the input is a view or shared
+                fns[k] = partial(layer, xs) if read or shared else fresh_inputs(layer, xs)
         out.update(dict.fromkeys(names, _fastest(fns, rounds)))
     return out
 
