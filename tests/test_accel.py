@@ -340,3 +340,33 @@ def test_accelerate_times_each_linear_with_the_input_copy_it_will_make(
     assert fresh == [True, False, True, False]
     with torch.no_grad():
         torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_ms", [(1.0, 2.0), (2.0, 1.0)])
+def test_a_model_slower_as_a_whole_is_kept_dense(
+    model_ms: tuple[float, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every layer wins alone; the whole model measured slower is rolled back, faster is kept (no timing:
+    both measurements are faked)."""
+    import prunekit.accel.choice as choice
+    import prunekit.accel.engine as engine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.GELU(), nn.Linear(128, 64))
+    pk.prune_weights(model, 0.9, scope="layer")
+    monkeypatch.setattr(
+        choice, "interleaved_ms", lambda fns, **kw: {k: 1.0 if k == "dense" else 0.5 for k in fns}
+    )
+    monkeypatch.setattr(engine, "end_to_end_ms", lambda *a, **kw: model_ms)
+    x = torch.randn(5, 128)
+    with torch.no_grad():
+        want = model(x).clone()
+    result = accelerate(model, x)
+    sparse = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    slower = model_ms[1] > model_ms[0]
+    assert len(sparse) == (0 if slower else 2)
+    assert all((c.kernel == "dense") == slower for c in result.layers)
+    assert all(("whole model ran slower" in c.reason) == slower for c in result.layers)
+    assert (result.dense_ms, result.accelerated_ms) == (model_ms[0], model_ms[0] if slower else model_ms[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)

@@ -19,6 +19,7 @@ compact), always with contiguous outputs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -51,6 +52,8 @@ from prunekit.kernels import (
     interleaved_ms,
     num_threads,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def as_args(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -344,6 +347,16 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
             replace_module(model, name, old)
         model.train(was_training)
         raise
+    if dense_ms is not None and acc_ms is not None and acc_ms > dense_ms:
+        # each layer won alone, the model as a whole did not (caches, memory traffic): keep it as it was
+        for name, (old, _) in swaps.items():
+            replace_module(model, name, old)
+        why = (f"the whole model ran slower with its {len(swaps)} sparse layers ({acc_ms:.3g} ms against "
+               f"{dense_ms:.3g} ms dense), so every layer was kept dense")  # fmt: skip
+        choices = [replace(c, kernel="dense", reason=why, transposed_output=False) if c.name in swaps else c
+                   for c in choices]  # fmt: skip
+        logger.info("accelerate: %s", why)  # the reason is in each layer's choice; no warning: timing noise
+        acc_ms = dense_ms
     info = hardware_info(threads)
     result = AccelerationResult(layers=tuple(choices), skipped=tuple(skipped), hardware=info,
                                 fingerprint=fingerprint(info), dense_ms=dense_ms, accelerated_ms=acc_ms,
