@@ -342,6 +342,12 @@ class ThreadBounds:
         return self._edges if self._nnz * tokens >= least else None
 
 
+def column_edges(columns: int, parts: int) -> list[int]:
+    """``parts + 1`` edges of nearly equal column ranges over ``range(columns)`` (empty ones where ``parts``
+    is larger than ``columns``): part ``p`` is ``edges[p] <= c < edges[p + 1]``."""
+    return [columns * p // parts for p in range(parts + 1)]
+
+
 def column_split(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in_features: int, parts: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The CSR arrays reordered for ``csr-numba/K``: ``parts`` column ranges of nearly equal width, one
@@ -355,10 +361,8 @@ def column_split(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, in
     """
     rows = crow.numel() - 1
     row_of = torch.repeat_interleave(torch.arange(rows), (crow[1:] - crow[:-1]).long())
-    edges = torch.tensor([in_features * p // parts for p in range(1, parts)], dtype=col.dtype)
-    part_of = torch.bucketize(
-        col, edges, right=True
-    )  # column c is in part p where edges[p-1] <= c < edges[p]
+    edges = torch.tensor(column_edges(in_features, parts)[1:-1], dtype=col.dtype)
+    part_of = torch.bucketize(col, edges, right=True)  # the p of column_edges
     order = torch.argsort(part_of.long() * (rows + 1) + row_of, stable=True)  # by part, then row (cols kept)
     counts = torch.bincount(part_of.long() * rows + row_of, minlength=parts * rows).view(parts, rows)
     split = torch.zeros(parts, rows + 1, dtype=torch.int64)
@@ -406,6 +410,7 @@ __all__ = [
     "TEAM_MIN_WORK",
     "ThreadBounds",
     "available",
+    "column_edges",
     "column_split",
     "compile_for",
     "csr_mm",

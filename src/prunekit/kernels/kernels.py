@@ -158,23 +158,25 @@ def build_csr(
 
 def split_bounds(columns: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous column ranges of nearly equal width covering ``range(columns)``."""
-    edges = [columns * p // parts for p in range(parts + 1)]
+    edges = jit.column_edges(columns, parts)
     return [(lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
 
 
 def column_parts(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: Sequence[int],
                  parts: int) -> list[tuple[int, int, torch.Tensor]]:  # fmt: skip
-    """``(lo, hi, csr)`` per column range: the CSR matrix ``W[:, lo:hi]`` (local column indices)."""
-    rows = int(shape[0])
-    row_of = torch.repeat_interleave(torch.arange(rows), (crow[1:] - crow[:-1]).long())
+    """``(lo, hi, csr)`` per column range: the CSR matrix ``W[:, lo:hi]`` (local column indices), cut from
+    :func:`prunekit.kernels.jit.column_split`'s reordering (the ranges of :func:`split_bounds`)."""
+    columns = int(shape[1])
+    split, pcol, pval = jit.column_split(crow, col, values, columns, parts)
+    edges = jit.column_edges(columns, parts)
     out = []
-    for lo, hi in split_bounds(int(shape[1]), parts):
-        keep = (col >= lo) & (col < hi)
-        counts = torch.bincount(row_of[keep], minlength=rows)
-        pcrow = torch.zeros(rows + 1, dtype=torch.int32)
-        torch.cumsum(counts, 0, out=pcrow[1:])
-        pcol = (col[keep] - lo).to(torch.int32)
-        out.append((lo, hi, build_csr(pcrow, pcol, values[keep].contiguous(), (rows, hi - lo))))
+    for p, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)):
+        if hi == lo:  # split_bounds leaves empty ranges out
+            continue
+        start, end = int(split[p, 0]), int(split[p, -1])
+        csr = build_csr((split[p] - start).to(torch.int32), pcol[start:end] - lo, pval[start:end],
+                        (int(shape[0]), hi - lo))  # fmt: skip
+        out.append((lo, hi, csr))
     return out
 
 
