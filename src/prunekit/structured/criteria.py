@@ -95,9 +95,9 @@ def _lp_members(group: Group, params: Mapping[str, torch.Tensor], p: int) -> tor
     same_kind: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for t in vectors:  # torch.stack needs one dtype and device
         same_kind.setdefault((t.dtype, t.device), []).append(t)
-    for (dtype, device), ts in same_kind.items():
-        if p == 2 and device.type == "cpu" and dtype in (torch.float32, torch.float64):
-            st = np.stack([t.resolve_neg().numpy() for t in ts])
+    for ts in same_kind.values():
+        if p == 2 and all(_numpy_able(t) for t in ts):
+            st = np.stack([t.numpy() for t in ts])
             total += torch.from_numpy(np.einsum("ij,ij->j", st, st).astype(np.float64))
             continue
         absval = torch.stack(ts).float().abs()
@@ -105,13 +105,19 @@ def _lp_members(group: Group, params: Mapping[str, torch.Tensor], p: int) -> tor
     return total
 
 
+def _numpy_able(t: torch.Tensor) -> bool:
+    """``t.numpy()`` is the tensor's own memory: a plain CPU float32/float64 tensor (no conj/neg bit)."""
+    return (
+        t.device.type == "cpu"
+        and t.dtype in (torch.float32, torch.float64)
+        and t.layout == torch.strided
+        and not (t.is_conj() or t.is_neg())
+    )
+
+
 def _numpy_view(t: torch.Tensor) -> np.ndarray | None:
-    """The tensor's memory as a numpy array (no copy) for a plain CPU float32/float64 tensor, else None."""
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.layout != torch.strided:
-        return None
-    if t.is_conj() or t.is_neg() or t.dim() < 2:
-        return None
-    return t.numpy()
+    """The memory of a tensor with at least 2 dims as a numpy array (no copy) where :func:`_numpy_able`."""
+    return t.numpy() if t.dim() >= 2 and _numpy_able(t) else None
 
 
 def _scatter(m: Member, vals: torch.Tensor, n_units: int) -> torch.Tensor:
