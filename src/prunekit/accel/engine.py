@@ -343,14 +343,12 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
             with torch.no_grad():
                 dense_ms, acc_ms = end_to_end_ms(model, example_inputs, swaps, max(5, cfg.rounds // 2))
     except BaseException:
-        for name, (old, _) in swaps.items():
-            replace_module(model, name, old)
+        _put_back(model, swaps)
         model.train(was_training)
         raise
     if dense_ms is not None and acc_ms is not None and acc_ms > dense_ms:
         # each layer won alone, the model as a whole did not (caches, memory traffic): keep it as it was
-        for name, (old, _) in swaps.items():
-            replace_module(model, name, old)
+        _put_back(model, swaps)
         why = (f"the whole model ran slower with its {len(swaps)} sparse layers ({acc_ms:.3g} ms against "
                f"{dense_ms:.3g} ms dense), so every layer was kept dense")  # fmt: skip
         choices = [replace(c, kernel="dense", reason=why, transposed_output=False) if c.name in swaps else c
@@ -363,6 +361,12 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
                                 max_abs_error=worst)  # fmt: skip
     attach_plan(model, result)
     return result
+
+
+def _put_back(model: nn.Module, swaps: Mapping[str, tuple[nn.Module, nn.Module]]) -> None:
+    """The original module at every name of ``swaps`` (name -> (original, replacement))."""
+    for name, (old, _) in swaps.items():
+        replace_module(model, name, old)
 
 
 def apply_choices(
