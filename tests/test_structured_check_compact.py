@@ -109,13 +109,14 @@ def _compact_forward(model: nn.Module, keep: dict[str, dict[int, np.ndarray]], x
     made = {"compact": 0}
     real_out = fast.state.out
 
-    def out(is_compact, vals, idx, consts):  # type: ignore[no-untyped-def]
-        made["compact"] += bool(is_compact and idx is not None)
-        return real_out(is_compact, vals, idx, consts)
+    def out(uses, vals, idx, consts):  # type: ignore[no-untyped-def]
+        made["compact"] += bool(uses and idx is not None)
+        return real_out(uses, vals, idx, consts)
 
     fast.state.out = out  # type: ignore[method-assign]
     with torch.no_grad(), fast:
         y = model(x)
+        assert not fast.state.table  # every compact tensor was read by all its consumers, then dropped
     fast.check_outputs([y])
     return y, made["compact"]
 
@@ -134,6 +135,39 @@ def test_compact_forward_equals_the_dense_zeroed_forward(coupled: bool, seed: in
     for k, v in m.state_dict().items():  # the original tensors are never written
         assert torch.equal(v, before[k]), k
     assert not any("forward" in mod.__dict__ for mod in m.modules())  # the forwards are put back
+
+
+class _Branches(nn.Module):
+    """One compact activation read by three convolutions (an inception-like fork), then concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.a = nn.Conv2d(16, 8, 1)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+        self.c = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return torch.cat([self.a(h), self.b(h), self.c(h)], 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_compact_tensor_read_by_several_modules_serves_them_all(seed: int) -> None:
+    """The stem's ReLU output stays compact for its three readers and is dropped after the last one."""
+    torch.manual_seed(seed)
+    m = _Branches().eval()
+    m.stem[1].bias.data.uniform_(-0.5, 0.5)
+    rng = np.random.default_rng(seed)
+    rows = rng.random(16) < 0.5
+    rows[0] = True
+    keep = {n: {0: rows} for n in ("stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias",
+                                   "stem.1.running_mean", "stem.1.running_var")}  # fmt: skip
+    keep |= {"a.weight": {1: rows}, "b.weight": {1: rows}}
+    x = torch.randn(2, 3, 9, 9)
+    got, n_compact = _compact_forward(m, keep, x)
+    torch.testing.assert_close(got, _zeroed_oracle(m, keep, x), rtol=1e-5, atol=1e-5)
+    assert n_compact >= 2  # conv -> bn -> relu ran compact up to the fork
 
 
 def test_non_zero_constant_channels_read_by_a_conv_run_dense() -> None:
@@ -184,8 +218,8 @@ def test_masked_outputs_fall_back_to_the_dense_forward_when_diverged(monkeypatch
     seen = {"diverged": 0}
     real_fallback = check._masked_forward
 
-    def always(self, is_compact, vals, idx, consts):  # type: ignore[no-untyped-def]
-        return real_out(self, True, vals, idx, consts)
+    def always(self, uses, vals, idx, consts):  # type: ignore[no-untyped-def]
+        return real_out(self, 1, vals, idx, consts)
 
     def counting(*a, compact: bool):  # type: ignore[no-untyped-def]
         seen["diverged"] += not compact
@@ -252,9 +286,9 @@ def test_a_model_in_training_mode_gets_the_compact_check_too(monkeypatch: pytest
     made = {"compact": 0}
     real_out = compact._State.out
 
-    def out(self, is_compact, vals, idx, consts):  # type: ignore[no-untyped-def]
-        made["compact"] += bool(is_compact and idx is not None)
-        return real_out(self, is_compact, vals, idx, consts)
+    def out(self, uses, vals, idx, consts):  # type: ignore[no-untyped-def]
+        made["compact"] += bool(uses and idx is not None)
+        return real_out(self, uses, vals, idx, consts)
 
     monkeypatch.setattr(compact._State, "out", out)
     m = _net().train()

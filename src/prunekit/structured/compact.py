@@ -54,25 +54,35 @@ class _Compact(torch.Tensor):
 
 
 class _State:
-    """The compact tensors alive in one forward: id -> (guard, values, kept channel ids, constants)."""
+    """The compact tensors alive in one forward: id -> (guard, values, kept channel ids, constants, uses left).
+
+    An entry is dropped when its last consumer in the trace has read it, so the values of a finished
+    chain are freed (and their memory reused, still in cache) as in the plain forward.
+    """
 
     def __init__(self) -> None:
-        self.table: dict[int, tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor]] = {}
+        self.table: dict[int, tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor, list[int]]] = {}
 
     def unpack(self, x: Any) -> tuple[torch.Tensor, np.ndarray | None, torch.Tensor | None]:
-        ent = self.table.get(id(x))
+        key = id(x)
+        ent = self.table.get(key)
         if ent is None:
             return x, None, None
+        left = ent[4]
+        left[0] -= 1
+        if left[0] <= 0:
+            del self.table[key]
         return ent[1], ent[2], ent[3]
 
-    def out(self, compact: bool, vals: torch.Tensor, idx: np.ndarray | None, consts: torch.Tensor | None
+    def out(self, uses: int, vals: torch.Tensor, idx: np.ndarray | None, consts: torch.Tensor | None
             ) -> torch.Tensor:  # fmt: skip
+        """``vals`` handed on compact to ``uses`` consumers (0: materialised at full width)."""
         if idx is None or consts is None:
             return vals
-        if not compact:
+        if not uses:
             return dense(vals, idx, consts)
         guard = vals.as_subclass(_Compact)
-        self.table[id(guard)] = (guard, vals, idx, consts)
+        self.table[id(guard)] = (guard, vals, idx, consts, [uses])
         return guard
 
 
@@ -172,11 +182,11 @@ class CompactForward:
         outputs = set(trace.output_values)
         compact_in = {n for n, m in candidates.items() if type(m) is not nn.Linear}
         for name, mod in candidates.items():
-            flags = []
+            flags = []  # per call: how many replaced modules read its output compact (0: none, dense)
             for i in nodes_of[name]:
                 out = trace.nodes[i].outputs[0] if trace.nodes[i].outputs else -1
                 cons = [trace.nodes[c] for c in consumers.get(out, [])]
-                flags.append(
+                compact = (
                     type(mod) is not nn.Linear
                     and out >= 0
                     and out not in outputs
@@ -184,6 +194,7 @@ class CompactForward:
                     and all(c.module in compact_in and c.inputs[0] == out and out not in c.inputs[1:]
                             for c in cons)
                 )  # fmt: skip
+                flags.append(len(cons) if compact else 0)
             self.modules[name] = mod
             self.forwards[name] = self._make(mod, flags, keep)
 
@@ -201,16 +212,16 @@ class CompactForward:
         self.state.table.clear()
 
     def check_outputs(self, outs: list[torch.Tensor]) -> None:
-        if any(id(o) in self.state.table for o in outs):
+        if any(isinstance(o, _Compact) for o in outs):
             raise Diverged("a compact tensor is a model output")
 
     # -- the replaced forwards --------------------------------------------------------------------
-    def _make(self, mod: nn.Module, flags: list[bool], keep: Mapping[int, Mapping[int, np.ndarray]]
+    def _make(self, mod: nn.Module, flags: list[int], keep: Mapping[int, Mapping[int, np.ndarray]]
               ) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
         calls = [0]
         st = self.state
 
-        def flag() -> bool:
+        def flag() -> int:
             k = calls[0]
             calls[0] += 1
             if k >= len(flags):
@@ -221,9 +232,9 @@ class CompactForward:
             conv = _ConvPlan(mod, keep)
 
             def conv_forward(x: torch.Tensor) -> torch.Tensor:
-                compact = flag()
+                uses = flag()
                 vals, idx, consts = st.unpack(x)
-                return st.out(compact, *conv(vals, idx, consts))
+                return st.out(uses, *conv(vals, idx, consts))
 
             return conv_forward
         if isinstance(mod, nn.Linear):
@@ -245,7 +256,7 @@ class CompactForward:
             def bn_forward(x: torch.Tensor) -> torch.Tensor:
                 if bn.training:
                     raise Diverged("a BatchNorm2d in training mode")
-                compact = flag()
+                uses = flag()
                 vals, idx, consts = st.unpack(x)
                 if idx is None or consts is None:
                     return F.batch_norm(vals, rm, rv, w, b, False, 0.0, eps)
@@ -253,27 +264,27 @@ class CompactForward:
                 sel = [None if t is None else t.index_select(0, ti) for t in (rm, rv, w, b)]
                 y = F.batch_norm(vals, sel[0], sel[1], sel[2], sel[3], False, 0.0, eps)
                 c = F.batch_norm(consts.view(1, -1), rm, rv, w, b, False, 0.0, eps).view(-1)
-                return st.out(compact, y, idx, c)
+                return st.out(uses, y, idx, c)
 
             return bn_forward
         plain = type(mod).forward.__get__(mod)
         if type(mod) is nn.MaxPool2d:
 
             def pool_forward(x: torch.Tensor) -> torch.Tensor:
-                compact = flag()
+                uses = flag()
                 vals, idx, consts = st.unpack(x)
                 if idx is None or consts is None:
                     return plain(vals)  # type: ignore[no-any-return]
-                return st.out(compact, plain(vals), idx, consts)  # the max of a constant is that constant
+                return st.out(uses, plain(vals), idx, consts)  # the max of a constant is that constant
 
             return pool_forward
 
         def act_forward(x: torch.Tensor) -> torch.Tensor:
-            compact = flag()
+            uses = flag()
             vals, idx, consts = st.unpack(x)
             if idx is None or consts is None:
                 return plain(vals)  # type: ignore[no-any-return]
-            return st.out(compact, plain(vals), idx, plain(consts.clone()))
+            return st.out(uses, plain(vals), idx, plain(consts.clone()))
 
         return act_forward
 
