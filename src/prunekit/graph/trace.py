@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from prunekit.graph.rules.custom import module_node_kwargs, module_op_name, opaque_module_type
 
@@ -175,7 +175,9 @@ class _Recorder(TorchFunctionMode):
         self.substitute = substitute or {}
         self.nodes: list[Node] = []
         self.values: list[Value] = []
-        self.binding: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> vid
+        # id(tensor) -> (weak reference, vid): a dead tensor's id may be reused, its entry then no longer
+        # matches (the weak reference is dead or names another object); activations are never kept alive
+        self.binding: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
         self.keep: list[torch.Tensor] = []  # params/buffers are kept alive by the model anyway
         self.module_stack: list[str] = [""]
         self.module_names: dict[int, str] = {}
@@ -207,14 +209,19 @@ class _Recorder(TorchFunctionMode):
     def _new_value(self, t: torch.Tensor, kind: str, producer: int = -1) -> int:
         vid = len(self.values)
         self.values.append(Value(vid=vid, shape=tuple(t.shape), kind=kind, producer=producer))
-        self.binding[t] = vid
+        self.binding[id(t)] = (weakref.ref(t), vid)
         return vid
 
+    def bound(self, t: torch.Tensor) -> int | None:
+        """The value id of ``t`` if this trace has seen it."""
+        ent = self.binding.get(id(t))
+        return ent[1] if ent is not None and ent[0]() is t else None
+
     def value_of(self, t: torch.Tensor) -> int:
-        vid = self.binding.get(t)  # type: ignore[no-untyped-call]
+        vid = self.bound(t)
         if vid is None:
             vid = self._new_value(t, "const")
-        return int(vid)
+        return vid
 
     def _replace(self, obj: Any, inputs: list[int], tensors: list[torch.Tensor]) -> Any:
         """``obj`` with every tensor replaced by its :class:`TensorRef`; the value ids go to ``inputs``,
@@ -227,7 +234,8 @@ class _Recorder(TorchFunctionMode):
             tensors.append(obj)
             return TensorRef(vid)
         if isinstance(obj, (list, tuple)):
-            rep = [self._replace(o, inputs, tensors) for o in obj]
+            scalars = _SCALARS
+            rep = [o if type(o) in scalars else self._replace(o, inputs, tensors) for o in obj]
             return tuple(rep) if isinstance(obj, tuple) else rep
         if isinstance(obj, dict):
             return {k: self._replace(v, inputs, tensors) for k, v in obj.items()}
@@ -272,10 +280,10 @@ class _Recorder(TorchFunctionMode):
         for o in outs:
             base = o._base if o._base is not None else None
             node.outputs.append(self._new_value(o, "op", index))
-            if inplace and base is not None and base.numel() != o.numel() and base in self.binding:
+            old = None if base is None or not inplace or base.numel() == o.numel() else self.bound(base)
+            if old is not None:
                 # An in-place write into a partial view modifies its base: the base gets a new version
                 # produced by a synthetic node that reads the old base and the written view.
-                old = int(self.binding[base])
                 w = len(self.nodes)
                 wnode = Node(w, "view_write", None, (), {}, [old, node.outputs[-1]], [], node.module, True)
                 self.nodes.append(wnode)
