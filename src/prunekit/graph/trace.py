@@ -281,7 +281,7 @@ class _Recorder(TorchFunctionMode):
             base = o._base if o._base is not None else None
             node.outputs.append(self._new_value(o, "op", index))
             old = None if base is None or not inplace or base.numel() == o.numel() else self.bound(base)
-            if old is not None:
+            if base is not None and old is not None:
                 # An in-place write into a partial view modifies its base: the base gets a new version
                 # produced by a synthetic node that reads the old base and the written view.
                 w = len(self.nodes)
