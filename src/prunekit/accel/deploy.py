@@ -161,7 +161,9 @@ class OnnxModel:
         if named:
             missing = [n for n in self.input_names if n not in named]
             if inputs or missing:
-                raise ConfigError(f"{self.path.name} takes the inputs {self.input_names} by name; missing {missing}")
+                raise ConfigError(
+                    f"{self.path.name} takes the inputs {self.input_names} by name; missing {missing}"
+                )
             feed = {n: named[n].detach().cpu().numpy() for n in self.input_names}
         else:
             feed = {n: x.detach().cpu().numpy() for n, x in zip(self.input_names, inputs, strict=True)}
