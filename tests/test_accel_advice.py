@@ -182,41 +182,80 @@ def timed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     return calls
 
 
-def test_measured_estimate_times_the_kernels_on_each_layer_shape(timed: list[tuple[str, ...]]) -> None:
-    """measure=True: one measurement per (shape, tokens, sparsity), on that layer's real mask (no timing asserts)."""
+class Branches(nn.Module):
+    """a and b read x, up reads it too and feeds down through a ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.up, self.down = (nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 1024),
+                                              nn.Linear(1024, 512))  # fmt: skip
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x) + self.down(self.act(self.up(x)))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 2.0])
+def test_measured_estimate_times_each_layer_in_the_layout_accelerate_gives_it(
+    monkeypatch: pytest.MonkeyPatch, ratio: float
+) -> None:
+    """measure=True: one measurement per (shape, tokens, sparsity, layout), on that layer's real mask; the
+    layout of a layer follows what the layers before it were measured to do (a given kernel ratio: no timing)."""
+    import prunekit.accel.estimate as estimate
     from prunekit.kernels.kernels import INNER_KERNELS
 
-    calls = timed
+    calls: list[tuple[str, ...]] = []
 
-    class Branches(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b, self.up, self.down = (nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 1024),
-                                                  nn.Linear(1024, 512))  # fmt: skip
-            self.act = nn.ReLU()
+    def fastest(fns, rounds):  # type: ignore[no-untyped-def]
+        calls.append(tuple(fns))
+        return ratio, "csr"
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.a(x) + self.b(x) + self.down(self.act(self.up(x)))
-
+    monkeypatch.setattr(estimate, "_fastest", fastest)
     est = speedup_estimate(Branches(), torch.randn(4, 512), 0.9, table=CPU, rounds=2)
-    kernel_calls = [c for c in calls if "__model__" not in c]
-    # a copies x.T, b and up read the same x (its x.T is shared: another layout than a's), up returns a
-    # transposed view (a ReLU away from down), down reads it: each its own measurement
-    assert len(kernel_calls) == 4
-    assert all(c[0] == "dense" and "csr" in c for c in kernel_calls)
+    assert all(c[0] == "dense" and "csr" in c for c in calls)
+    if ratio < 1:  # every layer goes sparse
+        # a copies x.T, b and up share it (another layout than a's), up returns a transposed view (a ReLU
+        # away from down), down reads it: three layouts of 512 -> 512 and 512 -> 1024, one of down
+        assert len(calls) == 4
+        assert {layer.name: layer.kernel for layer in est.layers} == dict.fromkeys(
+            ("a", "b", "up", "down"), "csr"
+        )
+    else:  # nothing goes sparse: no copy to share, no view to read; b is measured with a
+        assert len(calls) == 3
+        assert all(layer.kernel == "dense" for layer in est.layers)
     names = ("dense", *INNER_KERNELS, *("compact+" + k for k in INNER_KERNELS))
     assert all(layer.kernel in names for layer in est.layers) and est.predicted_ms > 0
-    from prunekit.accel.engine import input_kinds, input_links, view_links
+
+
+def test_input_sources_give_each_layer_its_input_kind_given_the_layers_before_it() -> None:
+    from prunekit.accel.choice import linear_mask
+    from prunekit.accel.engine import input_kind, input_links, input_sources, view_links
+    from prunekit.kernels import SparseLinear
 
     m = Branches()
+    x = torch.randn(4, 512)
     with torch.no_grad():
         linears = {n: c for n, c in m.named_children() if isinstance(c, nn.Linear)}
-        assert view_links(m, torch.randn(4, 512), linears) == ({"up"}, {"down"})
-        assert input_links(m, torch.randn(4, 512), linears) == ({"up"}, {"down"}, {"b", "up"})
+        assert view_links(m, x, linears) == ({"up"}, {"down"})
+        assert input_links(m, x, linears) == ({"up"}, {"down"}, {"b", "up"})
     pk.prune_weights(m, 0.9, scope="layer")
-    assert input_kinds(m, torch.randn(4, 512), list(linears.items())) == {
-        "a": "fresh", "b": "shared", "up": "shared", "down": "view"
-    }  # fmt: skip
+    sources = input_sources(m, x, list(linears.items()))
+    assert sources["down"].feeders == {"up"} and sources["up"].readers == {"a", "b"}
+
+    def swapped(kernels: dict[str, str]) -> dict[str, tuple[nn.Module, nn.Module]]:
+        return {n: (linears[n], SparseLinear(linears[n].weight, linears[n].bias, linear_mask(linears[n]), kernel=k)) for n, k in kernels.items()}  # fmt: skip
+
+    def kinds(kernels: dict[str, str], views: bool = True) -> dict[str, str]:
+        return {n: input_kind(n, sources, swapped(kernels), views) for n in linears}
+
+    every = dict.fromkeys(linears, "csr")
+    assert kinds(every) == {"a": "fresh", "b": "shared", "up": "shared", "down": "view"}
+    assert kinds(every, views=False)["down"] == "fresh"
+    assert kinds({}) == dict.fromkeys(linears, "fresh")  # a dense layer makes no copy and returns no view
+    assert kinds({"b": "csr"}) == {"a": "fresh", "b": "fresh", "up": "shared", "down": "fresh"}
+    # a compact layer gathers its kept columns (no copy to share); a dense inner kernel returns no view
+    assert kinds({"a": "compact+csr"})["b"] == "fresh"
+    assert kinds({"up": "compact+dense"})["down"] == "fresh"
 
 
 class SmallCNN(nn.Module):

@@ -10,7 +10,7 @@ wins by ``margin``, and its output is checked against the masked layer (``F.line
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, TypeVar
@@ -210,6 +210,27 @@ def pick(case: LayerCase, fns: Mapping[str, Callable[[], object]], cfg: Accelera
 InputKind = Literal["fresh", "view", "shared"]
 
 
+@dataclass(frozen=True)
+class InputSource:
+    """Where a pruned Linear's input comes from in the model (:func:`~prunekit.accel.engine.input_sources`):
+    ``feeders`` are the layers whose output reaches it through parameter-free, shape-keeping modules only
+    (GELU, Dropout, ...), ``readers`` the earlier layers that read the very same tensor."""
+
+    feeders: frozenset[str] = frozenset()
+    readers: frozenset[str] = frozenset()
+
+    def kind(self, returning: Container[str], copying: Container[str]) -> InputKind:
+        """The input kind once the layers in ``returning`` run a sparse kernel (they can return their output
+        as a transposed view) and those in ``copying`` make an ``x.T`` copy others can share: ``"view"``
+        when every feeder returns one, ``"shared"`` when an earlier reader of the tensor made the copy,
+        else ``"fresh"`` (the layer pays its own copy)."""
+        if self.feeders and all(f in returning for f in self.feeders):
+            return "view"
+        if any(r in copying for r in self.readers):
+            return "shared"
+        return "fresh"
+
+
 def choose_layer(name: str, module: nn.Linear | nn.Conv2d, in_shape: tuple[int, ...], cfg: AccelerateConfig,
                  timer: Timer | None, input_kind: InputKind = "shared"
                  ) -> tuple[LayerChoice, SparseLinear | SparseConv2d | None]:  # fmt: skip
@@ -372,6 +393,7 @@ __all__ = [
     "Timer",
     "choose_conv",
     "InputKind",
+    "InputSource",
     "choose_layer",
     "close",
     "conv_layers",

@@ -31,6 +31,7 @@ from prunekit.accel.choice import (
     AccelerateConfig,
     AccelerationError,
     InputKind,
+    InputSource,
     LayerCase,
     Timer,
     choose_layer,
@@ -133,35 +134,42 @@ def input_links(
 ) -> tuple[set[str], set[str], set[str]]:
     """``(feeders, receivers, sharers)`` of the layers of ``sparse`` (name -> module): feeders and receivers
     as in :func:`view_links`; sharers read the very tensor an earlier one of them read (attention's k and v
-    after q: one ``x.T`` copy serves them all).
+    after q: one ``x.T`` copy serves them all). See :func:`traced_sources`."""
+    sources = traced_sources(model, example_inputs, sparse)
+    feeders = {f for src in sources.values() for f in src.feeders}
+    return (
+        feeders,
+        {n for n, src in sources.items() if src.feeders},
+        {n for n, src in sources.items() if src.readers},
+    )
 
-    One forward with hooks; tensors are told apart by ``id``, kept alive until the end (so no id is reused).
-    """
-    producers: dict[int, set[str]] = {}  # id(tensor) -> sparse layers it derives from
-    read: set[int] = set()  # id(tensor) of the inputs of sparse layers so far
+
+def traced_sources(
+    model: nn.Module, example_inputs: Any, layers: Mapping[str, nn.Module]
+) -> dict[str, InputSource]:
+    """The :class:`InputSource` of each of ``layers`` (name -> module) called in one forward with hooks:
+    which of them feed its input through parameter-free, shape-keeping modules, and which read the same
+    tensor before it. Tensors are told apart by ``id``, kept alive until the end (so no id is reused)."""
+    producers: dict[int, frozenset[str]] = {}  # id(tensor) -> layers it derives from
+    readers: dict[int, list[str]] = {}  # id(tensor) -> the layers that read it so far
     alive: list[torch.Tensor] = []
-    feeders: set[str] = set()
-    receivers: set[str] = set()
-    sharers: set[str] = set()
-    names = {id(m): n for n, m in sparse.items()}
+    sources: dict[str, InputSource] = {}
+    names = {id(m): n for n, m in layers.items()}
     handles = []
 
     def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if id(mod) in names and args and isinstance(args[0], torch.Tensor):
-            found = producers.get(id(args[0]), ())
-            feeders.update(found)
-            if found:
-                receivers.add(names[id(mod)])
-            if id(args[0]) in read:
-                sharers.add(names[id(mod)])
-            read.add(id(args[0]))
-            alive.append(args[0])
+            x, name = args[0], names[id(mod)]
+            earlier = readers.setdefault(id(x), [])
+            sources.setdefault(name, InputSource(producers.get(id(x), frozenset()), frozenset(earlier)))
+            earlier.append(name)
+            alive.append(x)
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not isinstance(out, torch.Tensor):
             return
         if id(mod) in names:
-            producers[id(out)] = {names[id(mod)]}
+            producers[id(out)] = frozenset((names[id(mod)],))
             alive.append(out)
         elif (len(args) == 1 and isinstance(args[0], torch.Tensor) and id(args[0]) in producers
               and args[0].shape == out.shape and next(mod.parameters(recurse=False), None) is None
@@ -177,14 +185,13 @@ def input_links(
     finally:
         for h in handles:
             h.remove()
-    return feeders, receivers, sharers
+    return sources
 
 
-def input_kinds(model: nn.Module, example_inputs: Any, linears: Sequence[tuple[str, nn.Module]]
-                ) -> dict[str, InputKind]:  # fmt: skip
-    """What each pruned Linear of ``linears`` will read once they all run sparse (:func:`choose_layer`'s
-    ``input_kind``): a transposed view from a sparse layer before it, the input of an earlier one, or a
-    tensor of its own that it must copy. One eval, no-grad forward."""
+def input_sources(model: nn.Module, example_inputs: Any, linears: Sequence[tuple[str, nn.Module]]
+                  ) -> dict[str, InputSource]:  # fmt: skip
+    """The :class:`InputSource` of each pruned Linear of ``linears`` among the pruned ones (what it will read
+    depends on which of them go sparse: :meth:`InputSource.kind`). One eval, no-grad forward."""
     pruned = {n: m for n, m in linears if isinstance(m, nn.Linear) and not bool(linear_mask(m).all())}
     if not pruned:
         return {}
@@ -192,10 +199,22 @@ def input_kinds(model: nn.Module, example_inputs: Any, linears: Sequence[tuple[s
     model.eval()
     try:
         with torch.no_grad():
-            _, receivers, sharers = input_links(model, example_inputs, pruned)
+            return traced_sources(model, example_inputs, pruned)
     finally:
         model.train(was_training)
-    return {n: "view" if n in receivers else "shared" if n in sharers else "fresh" for n in pruned}
+
+
+def input_kind(name: str, sources: Mapping[str, InputSource], swaps: Mapping[str, tuple[nn.Module, nn.Module]],
+               transposed_outputs: bool = True) -> InputKind:  # fmt: skip
+    """What ``name``'s input will be given the layers swapped so far (:func:`choose_layer`'s ``input_kind``):
+    a view only where its feeders run a sparse kernel (and outputs may be views), a shared ``x.T`` only
+    where an earlier reader of the same tensor made that copy."""
+    src = sources.get(name)
+    if src is None:
+        return "fresh"
+    sparse = {n for n, (_, new) in swaps.items() if isinstance(new, SparseLinear) and new.inner != "dense"}
+    copying = {n for n in sparse if getattr(swaps[n][1], "col_index", None) is None}
+    return src.kind(sparse if transposed_outputs else (), copying)
 
 
 def end_to_end_ms(model: nn.Module, example_inputs: Any, swaps: Mapping[str, tuple[nn.Module, nn.Module]],
@@ -288,9 +307,7 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
     layers: list[tuple[str, nn.Module]] = sorted([*linears, *convs], key=lambda nm: order[nm[0]])
     skipped = sorted([*skipped, *conv_skipped], key=lambda nr: order.get(nr[0], 0))
     shapes, reference = record_input_shapes(model, layers, example_inputs)
-    kinds = input_kinds(model, example_inputs, linears)
-    if not cfg.transposed_outputs:  # no layer returns a view: the receivers copy too
-        kinds = {n: "fresh" if k == "view" else k for n, k in kinds.items()}
+    sources = input_sources(model, example_inputs, linears)
     choices: list[LayerChoice] = []
     swaps: dict[str, tuple[nn.Module, nn.Module]] = {}
     for name, module in layers:
@@ -298,7 +315,8 @@ def run_accelerate(model: nn.Module, example_inputs: Any, cfg: AccelerateConfig,
             skipped.append((name, "not called on example_inputs"))
             continue
         assert isinstance(module, (nn.Linear, nn.Conv2d))
-        choice, fast = choose_layer(name, module, shapes[name], cfg, timer, kinds.get(name, "fresh"))
+        kind = input_kind(name, sources, swaps, cfg.transposed_outputs)  # given the layers chosen before it
+        choice, fast = choose_layer(name, module, shapes[name], cfg, timer, kind)
         choices.append(choice)
         if fast is not None:
             swaps[name] = (module, fast)
@@ -433,8 +451,10 @@ __all__ = [
     "accelerate",
     "apply_choices",
     "choose_layer",
-    "input_kinds",
+    "input_kind",
     "input_links",
+    "input_sources",
+    "traced_sources",
     "close",
     "conv_layers",
     "deaccelerate",

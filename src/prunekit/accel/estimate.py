@@ -279,7 +279,7 @@ def speedup_estimate(model: nn.Module, example_inputs: Any, option: Any, *, tabl
             dense |= {n: table.dense_ms_for(c.out_channels, _patch_len(c), conv_tokens[n]) for n, c in convs}
             total = sum(dense.values())
         measured = (
-            _measured_ratios(trial, example_inputs, linears, tokens, rounds)
+            _measured_ratios(trial, example_inputs, linears, tokens, rounds, margin)
             | _measured_conv_ratios(trial, convs, shapes, rounds)
             if measure and not structured
             else {}
@@ -404,17 +404,18 @@ def _unstructured(name: str, kind: str, shape: tuple[int, int], tokens: int, mas
 
 
 def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[str, nn.Linear]],
-                     tokens: Mapping[str, int], rounds: int) -> dict[str, tuple[float, str]]:  # fmt: skip
+                     tokens: Mapping[str, int], rounds: int, margin: float) -> dict[str, tuple[float, str]]:  # fmt: skip
     """Kernel time / dense time and the fastest kernel for each pruned Linear, measured on its own shape.
 
     Layers of one shape, token count, sparsity (to 0.01) and layout share one measurement, taken on
     the first of them with its real mask: the candidates :func:`accelerate` would time, run as it
-    runs them, in the layout it will give them (a layer feeding another pruned one through GELU,
-    Dropout, ... returns a transposed view; the one it feeds reads it without a copy; a layer reading the
-    input of an earlier one shares its ``x.T``; any other pays its copy: see
-    :func:`~prunekit.accel.engine.input_links`).
+    runs them, in the layout it will give them, decided in model order as it decides: a layer reads the
+    transposed view a layer before it returns (through GELU, Dropout, ...) only where that one went
+    sparse, shares the ``x.T`` of an earlier reader of its input only where that one made it, and
+    otherwise pays its copy (see :func:`~prunekit.accel.engine.input_kind`); a layer feeding another
+    pruned one returns a transposed view.
     """
-    from prunekit.accel.engine import input_links
+    from prunekit.accel.engine import traced_sources
     from prunekit.kernels import SparseLinear, candidate_kernels
 
     masks: dict[str, torch.Tensor] = {}
@@ -425,31 +426,41 @@ def _measured_ratios(trial: nn.Module, example_inputs: Any, linears: list[tuple[
         if not bool(mask.all()) and mask.numel() >= _ACCEL_MIN_WEIGHTS:
             masks[n] = mask
     with torch.no_grad():
-        feeds, reads, shares = input_links(trial.eval(), example_inputs,
-                                           {n: trial.get_submodule(n) for n in masks})  # fmt: skip
-    groups: dict[tuple[int, int, int, float, bool, bool, bool], list[str]] = {}
-    for n, m in linears:
-        if n in masks:
-            s = 1.0 - float(masks[n].float().mean())
-            key = (m.out_features, m.in_features, tokens[n], round(s, 2), n in feeds, n in reads, n in shares)
-            groups.setdefault(key, []).append(n)
+        sources = traced_sources(trial.eval(), example_inputs, {n: trial.get_submodule(n) for n in masks})
+    feeds = {f for src in sources.values() for f in src.feeders}
+    sparse: set[str] = set()  # the layers measured to run a sparse kernel so far (they return views)
+    copying: set[str] = set()  # ... whose x.T copy a later reader of the same tensor shares
+    found: dict[tuple[int, int, int, float, bool, str], tuple[float, str]] = {}
     out: dict[str, tuple[float, str]] = {}
     g = torch.Generator().manual_seed(0)
-    for (_, in_f, t, _, feed, read, shared), names in groups.items():
-        rep = trial.get_submodule(names[0])
-        assert isinstance(rep, nn.Linear)
-        w, b, mask = rep.weight.detach(), None if rep.bias is None else rep.bias.detach(), masks[names[0]]
-        masked = torch.where(mask, w, w.new_zeros(()))
-        x = torch.randn(t, in_f, dtype=w.dtype, generator=g)
-        xs = x.t().contiguous().t() if read else x  # the transposed view the feeding layer returns
-        fns: dict[str, Any] = {"dense": lambda x=x, w=masked, b=b: F.linear(x, w, b)}
-        for k in candidate_kernels(mask, dtype=w.dtype):
-            if k != "dense":
-                layer = SparseLinear(w, b, mask, kernel=k).eval()
-                layer.transposed_output = feed
-                # as accelerate times it: the x.T copy is paid unless the input is a view or shared
-                fns[k] = partial(layer, xs) if read or shared else fresh_inputs(layer, xs)
-        out.update(dict.fromkeys(names, _fastest(fns, rounds)))
+    for n, m in linears:
+        if n not in masks:
+            continue
+        kind = sources[n].kind(sparse, copying) if n in sources else "fresh"
+        key = (m.out_features, m.in_features, tokens[n], round(1.0 - float(masks[n].float().mean()), 2), n in feeds,
+               kind)  # fmt: skip
+        if key not in found:
+            rep = trial.get_submodule(n)
+            assert isinstance(rep, nn.Linear)
+            w, b, mask = rep.weight.detach(), None if rep.bias is None else rep.bias.detach(), masks[n]
+            masked = torch.where(mask, w, w.new_zeros(()))
+            x = torch.randn(tokens[n], m.in_features, dtype=w.dtype, generator=g)
+            xs = (
+                x.t().contiguous().t() if kind == "view" else x
+            )  # the transposed view the feeding layer returns
+            fns: dict[str, Any] = {"dense": lambda x=x, w=masked, b=b: F.linear(x, w, b)}
+            for k in candidate_kernels(mask, dtype=w.dtype):
+                if k != "dense":
+                    layer = SparseLinear(w, b, mask, kernel=k).eval()
+                    layer.transposed_output = n in feeds
+                    # as accelerate times it: the x.T copy is paid unless the input is a view or shared
+                    fns[k] = fresh_inputs(layer, xs) if kind == "fresh" else partial(layer, xs)
+            found[key] = _fastest(fns, rounds)
+        out[n] = ratio, best = found[key]
+        if ratio * margin <= 1.0 and best.rpartition("+")[2] != "dense":  # compact+dense returns no view
+            sparse.add(n)
+            if not best.startswith("compact+"):  # a compact layer gathers its kept columns instead
+                copying.add(n)
     return out
 
 
